@@ -1,0 +1,163 @@
+"""Checkpoints: one safetensors file with every weight and the config as JSON metadata.
+
+Never pickle. Files are written to a temporary name in the same folder, flushed and renamed, so
+a crash leaves either the old file or the new one, never half of one. Reading validates the
+safetensors header against the file size before any tensor is touched, so a truncated or foreign
+file gets a one-line error instead of a deep stack trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffgen import __version__
+from diffgen.config import Config, config_from_dict, config_to_dict
+from diffgen.errors import CheckpointError, ConfigError
+from diffgen.model import DiffusionModel, build_model
+
+FORMAT_NAME = "diffgen"
+FORMAT_VERSION = 1
+# A safetensors header is JSON of a few hundred bytes per tensor; anything larger is not one.
+_MAX_HEADER_BYTES = 100 * 2**20
+# Metadata entries stored as plain strings; every other entry is JSON.
+_PLAIN_METADATA = frozenset({"format", "format_version", "content_hash", "diffgen_version"})
+
+
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of all tensors, in name order (hex)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same filesystem)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path, tensors: dict[str, torch.Tensor], config: Config,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write ``tensors`` and ``config`` (plus JSON-able ``extra`` entries) atomically; return the hash."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    digest = content_hash(tensors)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(config_to_dict(config)),
+        "content_hash": digest,
+        "diffgen_version": __version__,
+    }
+    for key, value in (extra or {}).items():
+        metadata[key] = json.dumps(value)
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return digest
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """Validate the safetensors framing and return the parsed header."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint is not a file: {path}")
+    size = path.stat().st_size
+    not_safetensors = CheckpointError(f"{path} is not a safetensors file")
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise not_safetensors
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(size - 8, _MAX_HEADER_BYTES):
+            raise not_safetensors if header_len > _MAX_HEADER_BYTES else CheckpointError(
+                f"{path} is truncated (header says {header_len} bytes, file has {size - 8})")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise not_safetensors from None
+    try:
+        data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                       default=0)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        raise not_safetensors from None
+    if 8 + header_len + data_end > size:
+        raise CheckpointError(
+            f"{path} is truncated: {size} bytes on disk, {8 + header_len + data_end} expected "
+            "(an interrupted copy or download?)")
+    return header
+
+
+def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any]]:
+    """Load (tensors, config, metadata) from a diffgen checkpoint; clear errors for bad files.
+
+    ``metadata`` holds the decoded JSON entries (``config`` excluded). With ``verify`` the content
+    hash is recomputed and compared, which catches bit rot and hand-edited files.
+    """
+    path = Path(path)
+    header = _read_header(path)
+    raw = header.get("__metadata__") or {}
+    if raw.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is a safetensors file but not a diffgen checkpoint")
+    if raw.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path} has checkpoint format version {raw.get('format_version')!r}; this diffgen "
+            f"{__version__} reads version {FORMAT_VERSION}")
+    try:
+        config = config_from_dict(json.loads(raw["config"]))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has no readable config in its metadata ({exc})") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds an invalid config: {exc}") from None
+    metadata: dict[str, Any] = {k: raw[k] for k in _PLAIN_METADATA if k in raw}
+    for key in raw.keys() - _PLAIN_METADATA - {"config"}:
+        try:
+            metadata[key] = json.loads(raw[key])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path} has unreadable metadata entry '{key}'") from None
+    tensors = load_file(str(path))
+    if verify and content_hash(tensors) != raw.get("content_hash"):
+        raise CheckpointError(f"{path} is corrupt: its weights do not match the recorded content hash")
+    return tensors, config, metadata
+
+
+def save_model(path: str | Path, model: DiffusionModel, extra: dict[str, Any] | None = None) -> str:
+    """Save a DiffusionModel (all weights + config) as one inference checkpoint; return its hash."""
+    return save_checkpoint(path, model.state_dict(), model.config, extra)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a DiffusionModel from a checkpoint written by ``save_model``, in eval mode."""
+    tensors, config, metadata = read_checkpoint(path)
+    model = build_model(config, load_pretrained_text=False)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        names = (missing or unexpected)[:3]
+        raise CheckpointError(
+            f"{path} does not match its config: {'missing' if missing else 'unexpected'} weights "
+            f"{', '.join(names)}{' ...' if len(missing or unexpected) > 3 else ''}")
+    model.content_hash = metadata["content_hash"]
+    model.metadata = metadata
+    model.requires_grad_(False)
+    return model.to(device).eval()

@@ -1,0 +1,236 @@
+"""Frozen configuration dataclasses, loaded strictly from TOML.
+
+A config file has one table per dataclass: ``[model]`` (top level), ``[text]``, ``[unet]``,
+``[denoiser]`` and ``[train]``. An unknown key, a wrong type or an impossible value is an error that
+names the key; a missing key takes the default written here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffgen.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """CLIP text encoder (and its image tower, kept for training and evaluation).
+
+    With ``arch`` empty the model is built from the widths below with random weights. With ``arch``
+    set (an open_clip architecture such as ``ViT-B-32``) the widths are ignored and ``pretrained``
+    names an open_clip pretrained tag or a local ``.safetensors`` weights file.
+    """
+
+    arch: str = ""
+    pretrained: str = ""
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 128
+    heads: int = 4
+    layers: int = 4
+    embed_dim: int = 128
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_head_width: int = 32
+    vision_patch_size: int = 4
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Cross-attention U-Net widths and depths.
+
+    ``channel_mult[i]`` scales ``base_channels`` at level i (level 0 is full resolution; each next
+    level halves it). Transformer blocks (self-attention, cross-attention, feed-forward) are placed
+    at the levels whose resolution in pixels is listed in ``attention_resolutions``.
+    """
+
+    in_channels: int = 3
+    base_channels: int = 48
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16, 8)
+    head_dim: int = 24
+    transformer_depth: int = 1
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """EDM preconditioning and training noise distribution (Karras et al. 2022, Table 1)."""
+
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings for both training stages."""
+
+    seed: int = 0
+    batch_size: int = 64
+    grad_accum: int = 1
+    steps: int = 20000
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    clip_steps: int = 3000
+    clip_batch_size: int = 128
+    clip_lr: float = 5e-4
+    sample_every: int = 1000
+    checkpoint_every: int = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole model and training recipe; travels inside every checkpoint."""
+
+    image_size: int = 32
+    text: TextConfig = field(default_factory=TextConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+_SECTIONS = {"text": TextConfig, "unet": UNetConfig, "denoiser": DenoiserConfig, "train": TrainConfig}
+
+
+def _check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Return ``value`` coerced to ``annotation`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__}")
+        return tuple(_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a new field type needs a rule here
+        raise TypeError(f"no rule to check config field type {annotation!r}")
+    if not ok:
+        raise ConfigError(
+            f"config key '{key}' must be {annotation.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown config key '{path}' (known: {', '.join(sorted(known))})")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' must be a table")
+            kwargs[key] = _build(annotation, value, f"{path}.")
+        else:
+            kwargs[key] = _check_value(path, value, annotation)
+    return cls(**kwargs)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _validate(cfg: Config) -> None:
+    """Cross-field checks that a type check cannot express."""
+    _require(cfg.image_size >= 4 and cfg.image_size & (cfg.image_size - 1) == 0,
+             f"config key 'image_size' must be a power of two >= 4, got {cfg.image_size}")
+    u = cfg.unet
+    _require(len(u.channel_mult) >= 1 and all(m > 0 for m in u.channel_mult),
+             "config key 'unet.channel_mult' must be a non-empty list of positive integers")
+    _require(cfg.image_size % 2 ** (len(u.channel_mult) - 1) == 0,
+             f"config key 'unet.channel_mult' has {len(u.channel_mult)} levels, too many for "
+             f"image_size {cfg.image_size}")
+    for key in ("base_channels", "num_res_blocks", "head_dim", "in_channels"):
+        _require(getattr(u, key) > 0, f"config key 'unet.{key}' must be positive")
+    levels = [cfg.image_size // 2**i for i in range(len(u.channel_mult))]
+    for res in u.attention_resolutions:
+        _require(res in levels, f"config key 'unet.attention_resolutions' has {res}, "
+                                f"but the U-Net levels are {levels} px")
+    d = cfg.denoiser
+    for key in ("sigma_data", "sigma_min", "sigma_max", "p_std"):
+        value = getattr(d, key)
+        _require(math.isfinite(value) and value > 0, f"config key 'denoiser.{key}' must be positive")
+    _require(d.sigma_min < d.sigma_max, "config key 'denoiser.sigma_min' must be below sigma_max")
+    t = cfg.text
+    if not t.arch:
+        _require(t.width % t.heads == 0, "config key 'text.width' must be divisible by text.heads")
+        _require(cfg.image_size % t.vision_patch_size == 0,
+                 "config key 'text.vision_patch_size' must divide image_size")
+        _require(t.vision_width % t.vision_head_width == 0,
+                 "config key 'text.vision_width' must be divisible by text.vision_head_width")
+    _require(t.context_length >= 2, "config key 'text.context_length' must be at least 2")
+    tr = cfg.train
+    _require(0.0 <= tr.caption_dropout < 1.0, "config key 'train.caption_dropout' must be in [0, 1)")
+    _require(0.0 <= tr.ema_decay < 1.0, "config key 'train.ema_decay' must be in [0, 1)")
+    for key in ("batch_size", "grad_accum", "clip_batch_size"):
+        _require(getattr(tr, key) > 0, f"config key 'train.{key}' must be positive")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts (as parsed from TOML or JSON), strictly."""
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dicts (tuples as lists), suitable for JSON and TOML."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML config file strictly; errors name the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_toml(cfg: Config) -> str:
+    """Render a Config as TOML that ``load_config`` reads back to an equal Config."""
+    data = config_to_dict(cfg)
+    lines = [f"image_size = {data.pop('image_size')}", ""]
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+

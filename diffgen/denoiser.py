@@ -1,0 +1,115 @@
+"""EDM preconditioning D(x, sigma, cond) -> x0_hat, and the training loss that goes with it.
+
+Karras, Aittala, Aila, Laine, "Elucidating the Design Space of Diffusion-Based Generative Models"
+(NeurIPS 2022), Table 1 and Section 5:
+    D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
+    c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)     c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
+    c_in = 1 / sqrt(sigma^2 + sigma_data^2)              c_noise = ln(sigma) / 4
+Loss: lambda(sigma) |D(x0 + sigma n) - x0|^2 with lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
+and ln(sigma) ~ N(P_mean, P_std^2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def eps_from_x0(x: torch.Tensor, x0_hat: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """The noise a denoiser implies: x = x0 + sigma * eps, so eps_hat = (x - x0_hat) / sigma.
+
+    This is the one place the noise-prediction (DDPM) view and the denoiser (EDM) view meet; it is
+    also dx/dsigma of the probability-flow ODE, which the samplers integrate.
+    """
+    return (x - x0_hat) / sigma
+
+
+def x0_from_eps(x: torch.Tensor, eps_hat: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """Inverse of ``eps_from_x0``: x0_hat = x - sigma * eps_hat."""
+    return x - sigma * eps_hat
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning for a batch: per-token states (B, L, D) and pooled embedding (B, E)."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        """Concatenate along the batch dimension."""
+        return Conditioning(torch.cat([p.tokens for p in parts]), torch.cat([p.pooled for p in parts]))
+
+    def expand(self, batch: int) -> Conditioning:
+        """Repeat a single conditioning row ``batch`` times (a view, no copy)."""
+        if len(self) == batch:
+            return self
+        if len(self) != 1:
+            raise ValueError(f"cannot expand a conditioning of batch {len(self)} to {batch}")
+        return Conditioning(self.tokens.expand(batch, -1, -1), self.pooled.expand(batch, -1))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
+        return Conditioning(self.tokens.to(device, dtype), self.pooled.to(device, dtype))
+
+
+def _per_sample_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a float32 (B,) tensor on x's device; a scalar is broadcast over the batch."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+    return sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+
+
+class Denoiser(nn.Module):
+    """Wraps a raw network F(x, c_noise, tokens, pooled) with EDM preconditioning."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__()
+        self.net = net
+        self.sigma_data = sigma_data
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Conditioning) -> torch.Tensor:
+        """x (B,C,H,W) noisy image, sigma (B,) or scalar, cond of batch B -> x0_hat (B,C,H,W)."""
+        sigma = _per_sample_sigma(sigma, x)
+        s = sigma.to(x.dtype)[:, None, None, None]
+        sd = self.sigma_data
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
+        c_noise = sigma.log() / 4
+        net_dtype = next(self.net.parameters()).dtype
+        out = self.net((c_in * x).to(net_dtype), c_noise, cond.tokens, cond.pooled)
+        return c_skip * x + c_out * out.to(x.dtype)
+
+
+def sample_training_sigmas(
+    batch: int, p_mean: float, p_std: float, generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Log-normal noise levels for training: ln(sigma) ~ N(p_mean, p_std^2), shape (B,)."""
+    gen_device = generator.device if generator is not None else device
+    normal = torch.randn(batch, generator=generator, device=gen_device).to(device)
+    return (p_mean + p_std * normal).exp()
+
+
+def edm_loss(
+    denoiser: Denoiser, x0: torch.Tensor, cond: Conditioning, p_mean: float = -1.2,
+    p_std: float = 1.2, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """EDM training loss per sample, shape (B,): lambda(sigma) * mean |D(x0 + sigma n) - x0|^2.
+
+    The weight is 1 / c_out^2, so this is the plain mean-squared error of the raw network F against
+    its effective target (EDM eq. 8), whose variance is 1 at every sigma.
+    """
+    sigma = sample_training_sigmas(x0.shape[0], p_mean, p_std, generator, x0.device)
+    gen_device = generator.device if generator is not None else x0.device
+    noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
+    s = sigma[:, None, None, None]
+    x0_hat = denoiser(x0 + s * noise, sigma, cond)
+    sd = denoiser.sigma_data
+    weight = (s**2 + sd**2) / (s * sd) ** 2
+    return (weight * (x0_hat.float() - x0.float()) ** 2).mean(dim=(1, 2, 3))

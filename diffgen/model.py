@@ -1,0 +1,51 @@
+"""The whole text-to-image model: CLIP text encoder + EDM-preconditioned U-Net, from one Config."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffgen.config import Config
+from diffgen.denoiser import Conditioning, Denoiser
+from diffgen.text import TextEncoder, TextEncoding, build_text_encoder
+from diffgen.unet import UNet
+
+
+class DiffusionModel(nn.Module):
+    """Holds the config, the text encoder and the denoiser; ``state_dict`` is the checkpoint."""
+
+    def __init__(self, config: Config, text_encoder: TextEncoder, denoiser: Denoiser):
+        super().__init__()
+        self.config = config
+        self.text_encoder = text_encoder
+        self.denoiser = denoiser
+        # Set when loaded from a checkpoint: identifies the weights in image metadata.
+        self.content_hash: str | None = None
+        self.metadata: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[Conditioning, TextEncoding]:
+        """Prompts -> conditioning for the U-Net, plus the encoding (token counts, truncation)."""
+        encoding = self.text_encoder.encode(prompts)
+        return Conditioning(encoding.tokens, encoding.pooled), encoding
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part: U-Net, CLIP text tower, CLIP image tower."""
+        clip = self.text_encoder.clip
+        image = sum(p.numel() for p in clip.visual.parameters())
+        text = sum(p.numel() for p in clip.parameters()) - image
+        unet = sum(p.numel() for p in self.denoiser.net.parameters())
+        return {"unet": unet, "text": text, "image": image}
+
+
+def build_model(config: Config, load_pretrained_text: bool = True) -> DiffusionModel:
+    """A model with fresh U-Net weights; the text encoder is random or pretrained per config.
+
+    ``load_pretrained_text=False`` skips fetching pretrained CLIP weights (a checkpoint has them).
+    """
+    text_encoder = build_text_encoder(config, load_weights=load_pretrained_text)
+    net = UNet(config.unet, config.image_size, text_encoder.token_dim, text_encoder.pooled_dim)
+    return DiffusionModel(config, text_encoder, Denoiser(net, config.denoiser.sigma_data))
