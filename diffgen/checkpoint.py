@@ -86,10 +86,14 @@ def _read_header(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     not_safetensors = CheckpointError(f"{path} is not a safetensors file")
     with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
+        prefix = handle.read(9)
+        if prefix.startswith(b"PK\x03\x04"):
+            raise CheckpointError(
+                f"{path} is a zip/pickle file (a PyTorch .pt/.ckpt?); diffgen reads only safetensors")
+        if len(prefix) < 9 or prefix[8:9] != b"{":  # the JSON header opens right after the length
             raise not_safetensors
-        (header_len,) = struct.unpack("<Q", prefix)
+        handle.seek(8)
+        (header_len,) = struct.unpack("<Q", prefix[:8])
         if header_len > min(size - 8, _MAX_HEADER_BYTES):
             raise not_safetensors if header_len > _MAX_HEADER_BYTES else CheckpointError(
                 f"{path} is truncated (header says {header_len} bytes, file has {size - 8})")

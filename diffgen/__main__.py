@@ -1,0 +1,5 @@
+"""``python -m diffgen`` runs the command line."""
+
+from diffgen.cli import main
+
+main()
