@@ -36,3 +36,18 @@ def randomize_zero_params(module: torch.nn.Module, seed: int = 0) -> None:
         for p in module.parameters():
             if torch.count_nonzero(p) == 0:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
+    """A tiny checkpoint whose zero-initialised layers are made non-zero, so images depend on
+    the prompt, the seed and every sampler step."""
+    from diffgen.checkpoint import save_model
+    from diffgen.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config)
+    randomize_zero_params(model.denoiser)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_model(path, model)
+    return path

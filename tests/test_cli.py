@@ -1,20 +1,40 @@
-"""The command line: instant help, thin commands, one-line errors with the right exit code."""
+"""The command line through Typer's CliRunner: results, reproducibility, one-line errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
+from PIL import Image
+from safetensors import safe_open
 from typer.testing import CliRunner
 
+from diffgen import cli, generate
 from diffgen.checkpoint import save_model
 from diffgen.cli import app
 
 runner = CliRunner()
 
 
+def run(*args: str, env: dict | None = None):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200", **(env or {})})
+
+
+def sample(ckpt, out, *args):
+    return run("sample", "-c", ckpt, "-o", out, "--steps", "3", "--seed", "7", "-q", *args)
+
+
+def pngs(folder):
+    return sorted(p for p in folder.glob("*.png") if "trajectory" not in p.name and "grid" not in p.name)
+
+
+# --- speed of the front door -------------------------------------------------------------------
+
 def test_help_does_not_import_torch():
-    code = "import sys, diffgen.cli; assert 'torch' not in sys.modules and 'open_clip' not in sys.modules"
+    code = ("import sys, diffgen.cli, diffgen.prompts, diffgen.images; "
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -23,25 +43,199 @@ def test_python_dash_m_runs_the_cli():
     assert out.returncode == 0 and out.stdout.startswith("diffgen ")
 
 
-def test_info_shows_the_checkpoint(tmp_path, tiny_model):
-    path = tmp_path / "tiny.safetensors"
-    digest = save_model(path, tiny_model)
-    result = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "200"})
+def test_sampler_names_in_help_match_the_registry():
+    from diffgen.samplers import SAMPLERS
+
+    assert cli.SAMPLER_NAMES == ", ".join(SAMPLERS)
+
+
+# --- sample ------------------------------------------------------------------------------------
+
+def test_sample_writes_named_pngs_and_only_paths_on_stdout(tiny_checkpoint, tmp_path):
+    result = sample(tiny_checkpoint, tmp_path, "a red apple", "a blue car", "-n", "2")
     assert result.exit_code == 0, result.output
-    assert digest[:16] in result.output
-    assert "8 x 8 px" in result.output
+    names = [p.name for p in pngs(tmp_path)]
+    assert names == ["00000-7-a-red-apple.png", "00001-8-a-red-apple.png",
+                     "00002-9-a-blue-car.png", "00003-10-a-blue-car.png"]
+    assert result.stdout.split() == [str(tmp_path / n) for n in names]
 
 
-def test_bad_checkpoint_is_one_line_exit_2(tmp_path):
-    bad = tmp_path / "bad.safetensors"
-    bad.write_text("hello")
-    result = runner.invoke(app, ["info", str(bad)])
+def test_same_command_twice_gives_identical_bytes(tiny_checkpoint, tmp_path):
+    for folder in ("a", "b"):
+        assert sample(tiny_checkpoint, tmp_path / folder, "a cat", "-n", "2",
+                      "--sampler", "dpmpp-2m-sde").exit_code == 0
+    for a, b in zip(pngs(tmp_path / "a"), pngs(tmp_path / "b")):
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_batch_size_one_and_eight_agree(tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    for folder, bs in (("one", "1"), ("eight", "8")):
+        assert sample(tiny_checkpoint, tmp_path / folder, "a cat", "a dog", "-n", "3",
+                      "--batch-size", bs, "--sampler", "euler-ancestral").exit_code == 0
+    for a, b in zip(pngs(tmp_path / "one"), pngs(tmp_path / "eight")):
+        diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+        assert diff.max() <= 1
+
+
+def test_png_metadata_and_replay_byte_for_byte(tiny_checkpoint, tmp_path):
+    assert sample(tiny_checkpoint, tmp_path / "orig", "a red apple", "-n", "2", "--negative", "blurry",
+                  "-g", "2.5", "--sampler", "heun").exit_code == 0
+    original = pngs(tmp_path / "orig")[1]
+    with Image.open(original) as image:
+        params = image.info["parameters"].split("\n")
+        recipe = json.loads(image.info["diffgen"])
+    assert params[0] == "a red apple"
+    assert params[1] == "Negative prompt: blurry"
+    assert params[2].startswith("Steps: 3, Sampler: Heun, Schedule type: Karras, CFG scale: 2.5, "
+                                "Seed: 8, Size: 8x8, Model hash: ")
+    assert params[2].endswith(", Model: tiny, Version: diffgen 0.1.0")
+    assert recipe["seed"] == 8 and recipe["negative"] == "blurry" and recipe["index"] == 1
+    result = run("sample", "--replay", original, "-c", tiny_checkpoint, "-o", tmp_path / "replay", "-q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "replay" / original.name).read_bytes() == original.read_bytes()
+
+
+def test_replay_warns_about_another_model(tiny_checkpoint, tiny_model, tmp_path):
+    assert sample(tiny_checkpoint, tmp_path, "a cat", "-n", "1").exit_code == 0
+    other = tmp_path / "other.safetensors"
+    save_model(other, tiny_model)
+    result = run("sample", "--replay", pngs(tmp_path)[0], "-c", other, "-o", tmp_path / "r")
+    assert result.exit_code == 0
+    assert "warning:" in result.stderr and "will differ" in result.stderr
+
+
+def test_prompt_files_overrides_partial_batch_and_resume(tiny_checkpoint, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a cat", "n": 3}\n\n# a comment\n'
+                       '{"prompt": "a dog", "seed": 100, "steps": 2, "guidance": 1, "sampler": "euler"}\n')
+    out = tmp_path / "out"
+    result = sample(tiny_checkpoint, out, "-f", prompts, "-n", "2", "--batch-size", "2", "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["prompt"], r["seed"], r["steps"], r["sampler"]) for r in lines] == [
+        ("a cat", 7, 3, "dpmpp-2m"), ("a cat", 8, 3, "dpmpp-2m"), ("a cat", 9, 3, "dpmpp-2m"),
+        ("a dog", 100, 2, "euler"), ("a dog", 101, 2, "euler")]
+    assert all(not r["skipped"] and r["seconds"] > 0 for r in lines)
+    first = pngs(out)[0]
+    first.unlink()
+    again = sample(tiny_checkpoint, out, "-f", prompts, "-n", "2", "--json")
+    skipped = [json.loads(line)["skipped"] for line in again.stdout.splitlines()]
+    assert skipped == [False, True, True, True, True]
+    txt = tmp_path / "p.txt"
+    txt.write_text("# header\n a cat \n\na dog\n")
+    assert sample(tiny_checkpoint, tmp_path / "txt", "-f", txt, "-n", "1").exit_code == 0
+    assert [p.name for p in pngs(tmp_path / "txt")] == ["00000-7-a-cat.png", "00001-8-a-dog.png"]
+
+
+def test_grid_and_trajectory(tiny_checkpoint, tmp_path):
+    assert sample(tiny_checkpoint, tmp_path, "a cat", "-n", "2", "--grid", "--trajectory").exit_code == 0
+    assert (tmp_path / "grid-00000-7.png").exists()
+    strip = Image.open(tmp_path / "00000-7-a-cat-trajectory.png")
+    assert strip.width == 3 * strip.height  # one frame per step
+
+
+def test_progress_goes_to_stderr(tiny_checkpoint, tmp_path):
+    result = run("sample", "-c", tiny_checkpoint, "-o", tmp_path, "--steps", "2", "a cat", "-n", "1")
+    assert result.exit_code == 0
+    assert "seed:" in result.stderr and "sampling" in result.stderr
+    assert result.stdout.strip() == str(pngs(tmp_path)[0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0", "x"], "--steps must be at least 1"),
+    (["-g", "-1", "x"], "guidance must be a finite number"),
+    (["-g", "nan", "x"], "guidance must be a finite number"),
+    (["-n", "0", "x"], "num-images must be at least 1"),
+    (["--sampler", "nope", "x"], "unknown sampler 'nope'"),
+    (["--steps", "abc", "x"], "Invalid value for '--steps'"),
+    ([], "no prompt given"),
+    (["-f", "{missing}"], "prompt file not found"),
+    (["-f", "{empty}"], "has no prompts"),
+    (["-f", "{badjsonl}"], "bad.jsonl:2: not valid JSON"),
+    (["--replay", "{plainpng}"], "no diffgen recipe"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoint, tmp_path, args, message):
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    paths = {"missing": tmp_path / "missing.txt", "empty": tmp_path / "empty.txt",
+             "badjsonl": tmp_path / "bad.jsonl", "plainpng": tmp_path / "plain.png"}
+    args = [a.format(**paths) for a in args]
+    out = tmp_path / "out"
+    result = run("sample", "-c", tiny_checkpoint, "-o", out, *args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "not_safetensors"])
+def test_bad_checkpoint_exit_2(tiny_checkpoint, tmp_path, kind):
+    path = tmp_path / "model.safetensors"
+    if kind == "corrupt":
+        path.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    elif kind == "not_safetensors":
+        path.write_text("hello")
+    result = run("sample", "x", "-c", path, "-o", tmp_path / "out")
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [f"error: {bad} is not a safetensors file"]
-    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_path_that_is_a_file(tiny_checkpoint, tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    result = run("sample", "x", "-c", tiny_checkpoint, "-o", target)
+    assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(generate, "DEFAULT_CHECKPOINT_CANDIDATES", [tmp_path / "none.safetensors"])
+    monkeypatch.delenv("DIFFGEN_CHECKPOINT", raising=False)
+    result = run("sample", "a cat", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "no default model found" in result.output and "diffgen train" in result.output
+
+
+def test_checkpoint_from_environment(tiny_checkpoint, tmp_path):
+    result = run("sample", "a cat", "-n", "1", "--steps", "1", "--seed", "1", "-q", "-o", tmp_path,
+                 env={"DIFFGEN_CHECKPOINT": str(tiny_checkpoint)})
+    assert result.exit_code == 0, result.output
+    assert len(pngs(tmp_path)) == 1
+
+
+# --- encode and info ---------------------------------------------------------------------------
+
+def test_encode_table_json_and_file(tiny_checkpoint, tmp_path):
+    long_prompt = " ".join(["apple"] * 90)
+    result = run("encode", "a red apple", "a green apple", long_prompt, "-c", tiny_checkpoint)
+    assert result.exit_code == 0, result.output
+    assert "truncated to 77" in result.stdout and "cosine similarity" in result.stdout
+    out = tmp_path / "enc.safetensors"
+    result = run("encode", "a red apple", "a green apple", "-c", tiny_checkpoint, "--json", "-o", out)
+    data = json.loads(result.stdout)
+    assert [p["num_tokens"] for p in data["prompts"]] == [5, 5]
+    assert data["cosine"][0][0] == pytest.approx(1.0)
+    with safe_open(str(out), "pt") as f:
+        assert json.loads(f.metadata()["prompts"]) == ["a red apple", "a green apple"]
+        assert f.get_tensor("tokens").shape[:2] == (2, 77)
+        assert f.get_tensor("pooled").shape[0] == 2
+
+
+def test_info_shows_the_checkpoint(tiny_checkpoint):
+    result = run("info", tiny_checkpoint)
+    assert result.exit_code == 0, result.output
+    assert "8 x 8 px" in result.stdout and "parameters: unet" in result.stdout
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = runner.invoke(app, ["info", str(tmp_path / "missing.safetensors"), "--debug"])
+    result = run("info", tmp_path / "missing.safetensors", "--debug")
     assert result.exit_code == 2
     assert "Traceback" in result.output
+
+
+def test_no_arguments_prints_help():
+    result = run()
+    assert result.exit_code == 0 and "sample" in result.output

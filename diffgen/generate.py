@@ -1,0 +1,266 @@
+"""The sampling pipeline: prompts -> per-image seeds -> batches -> images.
+
+Reproducibility (DESIGN.md): image k of a run gets seed ``seed + k``; its starting noise and every
+ancestral noise draw come from its own CPU ``torch.Generator``. So the same seed gives the same
+image whatever the batch size, and on CPU and GPU alike up to float rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffgen import __version__
+from diffgen.errors import DiffgenError, InputError
+from diffgen.guidance import classifier_free_guidance
+from diffgen.images import image_filename
+from diffgen.model import DiffusionModel
+from diffgen.prompts import PromptSpec
+from diffgen.samplers import SAMPLERS, seeded_noise_sampler
+from diffgen.schedule import SCHEDULES
+
+# The names AUTOMATIC1111's web UI writes for the same samplers, so its readers understand ours.
+A1111_SAMPLER_LABELS = {
+    "euler": "Euler",
+    "euler-ancestral": "Euler a",
+    "heun": "Heun",
+    "dpmpp-2m": "DPM++ 2M",
+    "dpmpp-2m-sde": "DPM++ 2M SDE",
+    "edm-stochastic": "EDM stochastic",
+}
+ENV_CHECKPOINT = "DIFFGEN_CHECKPOINT"
+# Where the embedded default model may live: inside the package (wheel installs) or at the top of
+# a source checkout (editable installs).
+_PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT_CANDIDATES = [_PACKAGE_DIR / "checkpoints" / "default.safetensors",
+                                 _PACKAGE_DIR.parent / "checkpoints" / "default.safetensors"]
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """Everything that determines one image (its recipe, minus the model)."""
+
+    index: int
+    prompt: str
+    seed: int
+    negative: str = ""
+    steps: int = 20
+    sampler: str = "dpmpp-2m"
+    schedule: str = "karras"
+    guidance: float = 3.0
+
+    @property
+    def filename(self) -> str:
+        return image_filename(self.index, self.seed, self.prompt)
+
+    def batch_key(self) -> tuple:
+        """Tasks with equal keys can share a batch (same step count, sampler and guidance)."""
+        return (self.steps, self.sampler, self.schedule, self.guidance)
+
+    def validate(self) -> None:
+        """Raise InputError for settings no sampler can run."""
+        if self.steps < 1:
+            raise InputError(f"steps must be at least 1, got {self.steps}")
+        if not (self.guidance >= 0 and self.guidance < float("inf")):  # also rejects NaN
+            raise InputError(f"guidance must be a finite number >= 0, got {self.guidance}")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler '{self.sampler}' (choose from: {', '.join(SAMPLERS)})")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule '{self.schedule}' (choose from: {', '.join(SCHEDULES)})")
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be in [0, 2^63), got {self.seed}")
+
+
+def plan_tasks(specs: list[PromptSpec], seed: int, defaults: ImageTask) -> list[ImageTask]:
+    """Number images across prompts and repeats: image k gets seed + k unless its prompt has a seed
+    of its own (then image j of that prompt gets prompt_seed + j)."""
+    tasks = []
+    for spec in specs:
+        for j in range(spec.num_images):
+            k = len(tasks)
+            image_seed = (spec.seed + j) if spec.seed is not None else seed + k
+            task = replace(defaults, index=k, prompt=spec.prompt, seed=image_seed, **spec.overrides)
+            task.validate()
+            tasks.append(task)
+    return tasks
+
+
+def batches(tasks: list[ImageTask], batch_size: int) -> Iterator[list[ImageTask]]:
+    """Consecutive runs of compatible tasks, at most ``batch_size`` each (a short last batch is fine)."""
+    batch: list[ImageTask] = []
+    for task in tasks:
+        if batch and (len(batch) == batch_size or task.batch_key() != batch[0].batch_key()):
+            yield batch
+            batch = []
+        batch.append(task)
+    if batch:
+        yield batch
+
+
+def recipe(task: ImageTask, model: DiffusionModel, model_name: str) -> dict[str, Any]:
+    """The JSON recipe stored in each PNG; ``--replay`` rebuilds the task from it."""
+    size = model.config.image_size
+    return {
+        **asdict(task),
+        "sampler_label": A1111_SAMPLER_LABELS.get(task.sampler, task.sampler),
+        "width": size,
+        "height": size,
+        "model": model_name,
+        "model_hash": model.content_hash or "",
+        "version": __version__,
+    }
+
+
+def task_from_recipe(data: dict[str, Any]) -> ImageTask:
+    """Rebuild an ImageTask from a stored recipe, refusing incomplete ones."""
+    fields = ImageTask.__dataclass_fields__
+    try:
+        task = ImageTask(**{k: data[k] for k in fields})
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"the diffgen recipe is incomplete ({exc})") from None
+    task.validate()
+    return task
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but no CUDA GPU is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was asked for, but Apple MPS is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device '{name}' (choose from: auto, cpu, cuda, mps)")
+    return torch.device(name)
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint used without ``-c``: $DIFFGEN_CHECKPOINT, else the embedded default model."""
+    env = os.environ.get(ENV_CHECKPOINT)
+    if env:
+        return Path(env)
+    for path in DEFAULT_CHECKPOINT_CANDIDATES:
+        if path.is_file():
+            return path
+    raise DiffgenError(
+        "no default model found (looked for checkpoints/default.safetensors). Pass -c FILE, set "
+        f"{ENV_CHECKPOINT}, or train one with `diffgen train` (see the README)")
+
+
+class _TextCache:
+    """Encodes each distinct prompt once per run, not once per batch or per step."""
+
+    def __init__(self, model: DiffusionModel):
+        self.model = model
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prefetch(self, prompts: list[str]) -> None:
+        missing = sorted({p for p in prompts if p not in self.cache})
+        if missing:
+            enc = self.model.text_encoder.encode(missing)
+            for i, prompt in enumerate(missing):
+                self.cache[prompt] = (enc.tokens[i], enc.pooled[i])
+
+    def __call__(self, prompts: list[str]):
+        from diffgen.denoiser import Conditioning
+
+        self.prefetch(prompts)
+        return Conditioning(torch.stack([self.cache[p][0] for p in prompts]),
+                            torch.stack([self.cache[p][1] for p in prompts]))
+
+
+StepCallback = Callable[[int], None]
+
+
+def generate(
+    model: DiffusionModel, tasks: list[ImageTask], batch_size: int,
+    on_step: StepCallback | None = None, trajectory: bool = False,
+) -> Iterator[tuple[ImageTask, torch.Tensor, list[torch.Tensor] | None]]:
+    """Yield (task, image (3,H,W) in [-1,1] on CPU, per-step x0 estimates or None) in task order.
+
+    ``on_step(n)`` is called after each sampler step with the number of images it advanced.
+    """
+    device = model.device
+    cfg = model.config
+    size = cfg.image_size
+    channels = cfg.unet.in_channels
+    text = _TextCache(model)
+    text.prefetch([t.prompt for t in tasks] + [t.negative for t in tasks])
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    for batch in batches(tasks, batch_size):
+        first = batch[0]
+        generators = [torch.Generator().manual_seed(t.seed) for t in batch]
+        sigmas = SCHEDULES[first.schedule](first.steps, cfg.denoiser.sigma_min, cfg.denoiser.sigma_max)
+        noise = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])
+        x = (noise * sigmas[0].item()).to(device)
+        denoise = classifier_free_guidance(
+            model.denoiser, text([t.prompt for t in batch]), text([t.negative for t in batch]),
+            first.guidance)
+        frames: list[torch.Tensor] = []
+
+        def callback(i: int, x_i: torch.Tensor, x0_hat: torch.Tensor) -> None:
+            if trajectory:
+                frames.append(x0_hat.float().cpu())
+            if on_step is not None:
+                on_step(len(batch))
+
+        with torch.inference_mode(), autocast:
+            out = SAMPLERS[first.sampler](denoise, x, sigmas, seeded_noise_sampler(generators, x),
+                                          callback)
+        out = out.float().cpu()
+        for row, task in enumerate(batch):
+            yield task, out[row], ([f[row] for f in frames] if trajectory else None)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image of a run: where it is, how long it took, whether it was already there."""
+
+    task: ImageTask
+    path: Path
+    seconds: float
+    skipped: bool
+    trajectory_path: Path | None = None
+
+
+def write_images(
+    model: DiffusionModel, tasks: list[ImageTask], out_dir: Path, model_name: str,
+    batch_size: int = 8, overwrite: bool = False, trajectory: bool = False,
+    on_step: StepCallback | None = None,
+) -> Iterator[ImageResult]:
+    """Generate ``tasks`` into ``out_dir`` as PNGs with recipes; existing files are skipped unless
+    ``overwrite``, so an interrupted run resumes where it stopped. Yields results in task order."""
+    import time
+
+    from diffgen.images import save_png, to_pil, trajectory_strip
+
+    todo = [t for t in tasks if overwrite or not (out_dir / t.filename).exists()]
+    done = {t.index for t in tasks} - {t.index for t in todo}
+    pending = iter(generate(model, todo, batch_size, on_step, trajectory))
+    clock = time.perf_counter()
+    for task in tasks:
+        if task.index in done:
+            yield ImageResult(task, out_dir / task.filename, 0.0, skipped=True)
+            continue
+        _, image, frames = next(pending)
+        path = out_dir / task.filename
+        save_png(to_pil(image[None])[0], path, recipe(task, model, model_name))
+        strip_path = None
+        if frames is not None:
+            strip_path = path.with_name(path.stem + "-trajectory.png")
+            save_png(trajectory_strip(to_pil(torch.stack(frames))), strip_path)
+        now = time.perf_counter()
+        yield ImageResult(task, path, now - clock, skipped=False, trajectory_path=strip_path)
+        clock = now

@@ -1,0 +1,76 @@
+"""Prompt files: ``.txt`` (one prompt per line) and ``.jsonl`` (one object per line with overrides).
+
+No torch here: the CLI reads and checks prompt files before it loads any model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffgen.errors import InputError
+
+# JSONL keys a line may set, with the type each must have.
+_JSONL_KEYS: dict[str, tuple[type, ...]] = {
+    "prompt": (str,), "negative": (str,), "n": (int,), "seed": (int,), "steps": (int,),
+    "guidance": (int, float), "sampler": (str,),
+}
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One prompt, how many images to make of it, and its own settings (override the CLI's)."""
+
+    prompt: str
+    num_images: int
+    seed: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> PromptSpec:
+    where = f"{path}:{number}"
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: each line must be a JSON object with a 'prompt'")
+    for key, value in data.items():
+        if key not in _JSONL_KEYS:
+            raise InputError(f"{where}: unknown key '{key}' (known: {', '.join(_JSONL_KEYS)})")
+        if isinstance(value, bool) or not isinstance(value, _JSONL_KEYS[key]):
+            raise InputError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+    if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
+        raise InputError(f"{where}: missing or empty 'prompt'")
+    n = data.get("n", num_images)
+    if n < 1:
+        raise InputError(f"{where}: 'n' must be at least 1")
+    overrides = {k: data[k] for k in ("negative", "steps", "sampler") if k in data}
+    if "guidance" in data:
+        overrides["guidance"] = float(data["guidance"])
+    return PromptSpec(data["prompt"].strip(), n, data.get("seed"), overrides)
+
+
+def read_prompt_file(path: Path, num_images: int) -> list[PromptSpec]:
+    """Parse a .txt or .jsonl prompt file; blank lines and lines starting with '#' are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"prompt file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"prompt file is a folder: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read prompt file {path}: {exc}") from None
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    specs = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        specs.append(_parse_jsonl_line(line, number, path, num_images) if jsonl
+                     else PromptSpec(line, num_images))
+    if not specs:
+        raise InputError(f"prompt file {path} has no prompts (only blank or # lines)")
+    return specs
