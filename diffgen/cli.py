@@ -349,6 +349,85 @@ def _print_encode_tables(report: Any) -> None:
         console.print(sim)
 
 
+data_app = typer.Typer(help="Work with captioned image folders.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _print_data_report(data: Path, image_size: int | None) -> Any:
+    from diffgen.data import scan_folder
+
+    report = scan_folder(data)
+    for line in report.summary_lines(image_size):
+        typer.echo(line)
+    return report
+
+
+@data_app.command("check")
+def data_check(
+    data: Annotated[Path, typer.Argument(help="Folder of images with .txt captions or metadata.jsonl.")],
+    debug: DebugOption = False,
+) -> None:
+    """Lint a captioned folder: counts, unreadable images, missing or long captions, duplicates."""
+    with user_errors(debug):
+        report = _print_data_report(data, None)
+        if not report.items:
+            raise InputError(f"no usable image-caption pairs in {data}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Folder of images with .txt captions or metadata.jsonl.")],
+    out: Annotated[Optional[Path], typer.Option(
+        "-o", "--out", help="Run folder (default: runs/<data folder name>).", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="TOML config (default: the built-in default, configs/default.toml).",
+        show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Diffusion training steps (overrides the config).",
+                                                 show_default=False)] = None,
+    clip_steps: Annotated[Optional[int], typer.Option(help="CLIP training steps (overrides the config).",
+                                                      show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Per-process batch size (overrides the config).",
+                                                      show_default=False)] = None,
+    text_encoder: Annotated[Optional[str], typer.Option(
+        help="Use this text encoder instead of training one: a diffgen checkpoint, or ARCH:PRETRAINED "
+        "for open_clip (a tag or a local .safetensors file).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in the -o folder from its last state.")] = False,
+    check: Annotated[bool, typer.Option(help="Only lint the data folder, do not train.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or messages.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Train a CLIP text encoder and a U-Net from scratch on a captioned folder (torchrun for DDP)."""
+    import dataclasses
+
+    with user_errors(debug):
+        from diffgen.config import Config, load_config
+
+        cfg = load_config(config) if config is not None else Config()
+        overrides = {k: v for k, v in (("steps", steps), ("clip_steps", clip_steps),
+                                       ("batch_size", batch_size)) if v is not None}
+        for key, value in overrides.items():
+            if value < (0 if key == "clip_steps" else 1):
+                raise InputError(f"--{key.replace('_', '-')} must be at least {0 if key == 'clip_steps' else 1}")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+        if check:
+            report = _print_data_report(data, cfg.image_size)
+            if not report.items:
+                raise InputError(f"no usable image-caption pairs in {data}")
+            return
+        from diffgen.train import TrainOptions, run_training
+
+        out = out or Path("runs") / data.resolve().name
+        _check_output_dir(out)
+        log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
+        summary = run_training(TrainOptions(data, out, cfg, resume, text_encoder, device,
+                                            progress=not quiet, log=log))
+        if not quiet and int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(f"model: {out / 'model.safetensors'}", err=True)
+        if int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(json.dumps(summary))
+
+
 @app.command()
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="A diffgen .safetensors checkpoint.")],

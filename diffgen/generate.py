@@ -20,7 +20,7 @@ from diffgen import __version__
 from diffgen.errors import DiffgenError, InputError
 from diffgen.guidance import classifier_free_guidance
 from diffgen.images import image_filename
-from diffgen.model import DiffusionModel
+from diffgen.model import DiffusionModel, PromptCache
 from diffgen.prompts import PromptSpec
 from diffgen.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.schedule import SCHEDULES
@@ -158,28 +158,6 @@ def default_checkpoint() -> Path:
         f"{ENV_CHECKPOINT}, or train one with `diffgen train` (see the README)")
 
 
-class _TextCache:
-    """Encodes each distinct prompt once per run, not once per batch or per step."""
-
-    def __init__(self, model: DiffusionModel):
-        self.model = model
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def prefetch(self, prompts: list[str]) -> None:
-        missing = sorted({p for p in prompts if p not in self.cache})
-        if missing:
-            enc = self.model.text_encoder.encode(missing)
-            for i, prompt in enumerate(missing):
-                self.cache[prompt] = (enc.tokens[i], enc.pooled[i])
-
-    def __call__(self, prompts: list[str]):
-        from diffgen.denoiser import Conditioning
-
-        self.prefetch(prompts)
-        return Conditioning(torch.stack([self.cache[p][0] for p in prompts]),
-                            torch.stack([self.cache[p][1] for p in prompts]))
-
-
 StepCallback = Callable[[int], None]
 
 
@@ -195,8 +173,8 @@ def generate(
     cfg = model.config
     size = cfg.image_size
     channels = cfg.unet.in_channels
-    text = _TextCache(model)
-    text.prefetch([t.prompt for t in tasks] + [t.negative for t in tasks])
+    text = PromptCache(model.text_encoder)
+    text.encode_all([t.prompt for t in tasks] + [t.negative for t in tasks])
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     for batch in batches(tasks, batch_size):

@@ -91,11 +91,15 @@ def png_info(recipe: dict[str, Any]) -> PngImagePlugin.PngInfo:
     return info
 
 
-def save_png(image: Image.Image, path: Path, recipe: dict[str, Any] | None = None) -> None:
-    """Write a PNG (with recipe chunks if given) to a temporary name, then rename it into place."""
+def save_png(image: Image.Image, path: Path, recipe: dict[str, Any] | None = None,
+             text: dict[str, str] | None = None) -> None:
+    """Write a PNG (with recipe chunks and extra ``text`` chunks if given) to a temporary name,
+    then rename it into place."""
     from diffgen.checkpoint import atomic_write
 
-    info = png_info(recipe) if recipe is not None else None
+    info = png_info(recipe) if recipe is not None else PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 

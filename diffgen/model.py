@@ -49,3 +49,33 @@ def build_model(config: Config, load_pretrained_text: bool = True) -> DiffusionM
     text_encoder = build_text_encoder(config, load_weights=load_pretrained_text)
     net = UNet(config.unet, config.image_size, text_encoder.token_dim, text_encoder.pooled_dim)
     return DiffusionModel(config, text_encoder, Denoiser(net, config.denoiser.sigma_data))
+
+
+class PromptCache:
+    """Encodes each distinct prompt once and serves Conditioning batches from the cache.
+
+    Prompts are encoded in sorted order and fixed-size chunks, so the cached values do not depend
+    on the order in which prompts are first asked for (a resumed training run sees the same
+    numbers as an uninterrupted one).
+    """
+
+    def __init__(self, text_encoder: TextEncoder, chunk_size: int = 256):
+        self.text_encoder = text_encoder
+        self.chunk_size = chunk_size
+        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def encode_all(self, prompts: list[str]) -> None:
+        """Encode every prompt not cached yet."""
+        missing = sorted(set(prompts) - self.rows.keys())
+        for start in range(0, len(missing), self.chunk_size):
+            chunk = missing[start:start + self.chunk_size]
+            encoding = self.text_encoder.encode(chunk)
+            for i, prompt in enumerate(chunk):
+                self.rows[prompt] = (encoding.tokens[i], encoding.pooled[i])
+
+    def __call__(self, prompts: list[str]) -> Conditioning:
+        """Conditioning (B rows) for ``prompts``."""
+        self.encode_all(prompts)
+        return Conditioning(torch.stack([self.rows[p][0] for p in prompts]),
+                            torch.stack([self.rows[p][1] for p in prompts]))

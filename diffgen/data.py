@@ -1,0 +1,193 @@
+"""Captioned-image folders: discovery, linting, preprocessing and the in-memory training set.
+
+A folder (searched recursively) holds images (png, jpg/jpeg, webp, bmp) with captions either in a
+same-name ``.txt`` file (one caption per line; one is drawn at random each time the image is used)
+or in a ``metadata.jsonl`` with ``file_name`` and ``text`` (the Hugging Face imagefolder layout).
+Bad files are reported by name and skipped, never silently trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from diffgen.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+METADATA_NAME = "metadata.jsonl"
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    path: Path
+    captions: tuple[str, ...]
+
+
+@dataclass
+class DataReport:
+    """What a folder holds: usable pairs, skipped files with reasons, and warnings."""
+
+    root: Path
+    items: list[CaptionedImage] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    duplicates: list[list[Path]] = field(default_factory=list)
+    long_captions: list[tuple[Path, int]] = field(default_factory=list)
+
+    def summary_lines(self, image_size: int | None = None) -> list[str]:
+        """Human-readable lines: counts, size statistics, problems."""
+        lines = [f"{len(self.items)} usable image-caption pairs in {self.root}",
+                 f"{len(self.skipped)} file(s) skipped"]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        if self.sizes:
+            widths, heights = zip(*self.sizes)
+            lines.append(f"image sizes: width {min(widths)}-{max(widths)} (median "
+                         f"{statistics.median(widths):g}), height {min(heights)}-{max(heights)} "
+                         f"(median {statistics.median(heights):g})")
+            if image_size:
+                small = sum(min(s) < image_size for s in self.sizes)
+                if small:
+                    lines.append(f"{small} image(s) smaller than {image_size} px will be upscaled")
+        num_captions = sum(len(i.captions) for i in self.items)
+        distinct = len({c for i in self.items for c in i.captions})
+        lines.append(f"{num_captions} captions ({distinct} distinct)")
+        for group in self.duplicates:
+            lines.append("duplicate images: " + ", ".join(str(p) for p in group))
+        for path, count in self.long_captions:
+            lines.append(f"caption of {path} has {count} tokens; the text context keeps 77")
+        lines += self.warnings
+        return lines
+
+
+def _read_metadata(folder: Path, report: DataReport) -> dict[Path, list[str]]:
+    """Captions from every metadata.jsonl under ``folder``, keyed by resolved image path."""
+    captions: dict[Path, list[str]] = {}
+    for meta in sorted(folder.rglob(METADATA_NAME)):
+        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                name, text = row["file_name"], row["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                report.warnings.append(f"{meta}:{number}: not an object with file_name and text; ignored")
+                continue
+            texts = [text] if isinstance(text, str) else text
+            if not isinstance(name, str) or not isinstance(texts, list):
+                report.warnings.append(f"{meta}:{number}: file_name/text have the wrong type; ignored")
+                continue
+            path = (meta.parent / name).resolve()
+            captions.setdefault(path, []).extend(t.strip() for t in texts if isinstance(t, str))
+    return captions
+
+
+def _check_image(path: Path) -> tuple[int, int] | str:
+    """The image's size, or the reason it cannot be used."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes every byte: catches truncated files
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"unreadable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
+def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = True) -> DataReport:
+    """Find image-caption pairs under ``folder`` and everything wrong with the rest."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"data folder not found: {folder}")
+    if not folder.is_dir():
+        raise InputError(f"data path is not a folder: {folder}")
+    report = DataReport(folder)
+    metadata = _read_metadata(folder, report)
+    hashes: dict[str, list[Path]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        txt = path.with_suffix(".txt")
+        if txt.is_file():
+            captions = [c.strip() for c in txt.read_text(encoding="utf-8", errors="replace").splitlines()]
+        elif path.resolve() in metadata:
+            captions = metadata[path.resolve()]
+        else:
+            report.skipped.append((path, "no caption (.txt file or metadata.jsonl entry)"))
+            continue
+        captions = [c for c in captions if c]
+        if not captions:
+            report.skipped.append((path, "empty caption"))
+            continue
+        checked = _check_image(path)
+        if isinstance(checked, str):
+            report.skipped.append((path, checked))
+            continue
+        report.sizes.append(checked)
+        report.items.append(CaptionedImage(path, tuple(captions)))
+        hashes.setdefault(hashlib.sha1(path.read_bytes()).hexdigest(), []).append(path)
+    report.duplicates = [group for group in hashes.values() if len(group) > 1]
+    if check_tokens and report.items:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        tokenizer = SimpleTokenizer(context_length=context_length)
+        for item in report.items:
+            longest = max(len(tokenizer.encode(c)) + 2 for c in item.captions)
+            if longest > context_length:
+                report.long_captions.append((item.path, longest))
+    return report
+
+
+def load_image(path: Path, size: int, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """RGB image of ``size`` x ``size``: transparency composited onto ``background``, grayscale and
+    palette images converted, the shorter side resized to ``size`` and the centre cropped."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, background + (255,))
+            image = Image.alpha_composite(canvas, rgba)
+        image = image.convert("RGB")
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
+                           Image.Resampling.LANCZOS)
+    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+@dataclass
+class TrainingSet:
+    """Images preprocessed once to the model resolution and kept in memory as uint8."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    captions: list[tuple[str, ...]]
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def load_training_set(items: list[CaptionedImage], size: int) -> TrainingSet:
+    """Decode, composite, resize and crop every image once (uint8, N x 3 x size x size)."""
+    import numpy as np
+    import torch
+
+    arrays = [np.asarray(load_image(item.path, size), dtype=np.uint8) for item in items]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return TrainingSet(images, [item.captions for item in items], [item.path for item in items])
+
+
+def split_holdout(num_items: int, seed: int, fraction: float = 0.1, cap: int = 500) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices: a seeded random ``fraction`` (at most ``cap``) is held out of
+    training so retrieval and image-distance metrics see images the model never saw."""
+    import torch
+
+    held = min(cap, int(num_items * fraction)) if num_items >= 20 else 0
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[held:]), sorted(order[:held])

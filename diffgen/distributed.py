@@ -1,0 +1,75 @@
+"""torch.distributed set-up for `torchrun` (DDP): NCCL on GPUs, gloo on CPUs.
+
+Without torchrun's environment (WORLD_SIZE unset or 1) everything here is a no-op, so the same
+training code runs on one CPU, one GPU or many.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world_size, local_rank)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def weights_agree(module: torch.nn.Module, info: DistInfo) -> bool:
+    """True when every rank holds bit-identical parameters (compares a checksum vector)."""
+    if not info.enabled:
+        return True
+    flat = torch.cat([p.detach().float().reshape(-1) for p in module.parameters()])
+    # Two checksums: a plain and a position-weighted sum catch both changed and swapped values.
+    weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    local = torch.stack([flat.double().sum(), (flat.double() * weights).sum()])
+    gathered = [torch.zeros_like(local) for _ in range(info.world_size)]
+    dist.all_gather(gathered, local)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean of a tensor over ranks (for logging the global loss)."""
+    if info.enabled:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= info.world_size
+    return value

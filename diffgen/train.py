@@ -1,0 +1,333 @@
+"""Training from scratch: stage 1 trains a small CLIP on the folder's image-caption pairs
+(open_clip's model and contrastive loss), stage 2 trains the U-Net with the EDM loss against the
+frozen text encoder. One loop per stage, EMA, exact resume, DDP under torchrun.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from diffgen import distributed
+from diffgen.checkpoint import load_model, save_model
+from diffgen.config import Config, config_to_dict, config_to_toml
+from diffgen.data import TrainingSet, load_training_set, scan_folder, split_holdout
+from diffgen.denoiser import Denoiser, edm_loss
+from diffgen.errors import InputError
+from diffgen.model import DiffusionModel, PromptCache, build_model
+from diffgen.trainloop import (BatchPlan, RunLog, Throughput, cosine_lr, image_batch, lr_at,
+                               maybe_no_sync, pick_captions, step_generator)
+from diffgen.trainstate import TrainingState, optimizer_from_tensors, optimizer_to_tensors, \
+    require_state, restore_rng, rng_tensors, save_state
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    out: Path
+    config: Config
+    resume: bool = False
+    text_encoder: str | None = None  # a diffgen checkpoint, or "ARCH:PRETRAINED" for open_clip
+    device: str = "auto"
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Run:
+    """What both stages need: options, data, model, device, process group, log."""
+
+    opts: TrainOptions
+    cfg: Config
+    data: TrainingSet
+    train_idx: list[int]
+    held_idx: list[int]
+    model: DiffusionModel
+    device: torch.device
+    dist: distributed.DistInfo
+    log: RunLog
+
+    def plan(self, per_rank: int) -> BatchPlan:
+        return BatchPlan(self.train_idx, per_rank, self.cfg.train.grad_accum, self.dist.world_size,
+                         self.cfg.train.seed)
+
+    def say(self, message: str) -> None:
+        if self.dist.is_main:
+            self.opts.log(message)
+
+
+def _resolve_text_encoder(cfg: Config, spec: str | None) -> tuple[Config, DiffusionModel | None]:
+    """Apply --text-encoder: a diffgen checkpoint (its text config and weights) or ARCH:PRETRAINED."""
+    if not spec:
+        return cfg, None
+    if spec.endswith(".safetensors") and Path(spec).exists():
+        source = load_model(spec)
+        return dataclasses.replace(cfg, text=source.config.text), source
+    arch, _, pretrained = spec.partition(":")
+    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, arch=arch, pretrained=pretrained)), None
+
+
+def _progress(run: Run, total: int, start: int, stage: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} img/s"),
+                        TimeRemainingColumn(), disable=not (run.opts.progress and run.dist.is_main))
+    task = progress.add_task(stage, total=total, completed=start, loss="-", rate="-")
+    return progress, task
+
+
+def _save(run: Run, stage: str, step: int, tensors: dict, optimizer: torch.optim.Optimizer,
+          plan: BatchPlan) -> None:
+    if run.dist.is_main:
+        opt_tensors, groups = optimizer_to_tensors(optimizer, "optim")
+        info = {"config": config_to_dict(run.cfg), "optimizer_groups": groups,
+                "data_position": plan.position(step), "num_images": len(run.data)}
+        save_state(run.opts.out / "state", TrainingState(stage, step, {**tensors, **opt_tensors,
+                                                                       **rng_tensors()}, info))
+    distributed.barrier(run.dist)
+
+
+def train_clip(run: Run, resume: TrainingState | None) -> dict[str, Any]:
+    """Stage 1: contrastive training of the CLIP text and image towers (Radford et al. 2021)."""
+    import open_clip
+
+    t = run.cfg.train
+    clip = run.model.text_encoder.clip.train()
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=t.clip_lr, weight_decay=t.weight_decay)
+    start = 0
+    if resume is not None:
+        clip.load_state_dict({k[len("clip."):]: v for k, v in resume.tensors.items() if k.startswith("clip.")})
+        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
+        restore_rng(resume.tensors)
+        start = resume.step
+    net = DistributedDataParallel(clip) if run.dist.enabled else clip
+    loss_fn = open_clip.loss.ClipLoss(gather_with_grad=True, rank=run.dist.rank,
+                                      world_size=run.dist.world_size)
+    plan = run.plan(t.clip_batch_size)
+    tokenizer = run.model.text_encoder
+    speed = Throughput()
+    progress, bar = _progress(run, t.clip_steps, start, "clip")
+    with progress:
+        for step in range(start, t.clip_steps):
+            lr = cosine_lr(step, t.clip_steps, t.clip_lr, min(t.warmup_steps, t.clip_steps // 10 + 1))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            total = 0.0
+            for micro in range(t.grad_accum):
+                idx = plan.batch(step, micro, run.dist.rank)
+                gen = step_generator(t.seed, "clip", step * t.grad_accum + micro, run.dist.rank)
+                ids = tokenizer.tokenize(pick_captions(run.data, idx, gen))[0].to(run.device)
+                with maybe_no_sync(net, micro < t.grad_accum - 1):
+                    image_features, text_features, scale = net(image_batch(run.data, idx, run.device), ids)[:3]
+                    loss = loss_fn(image_features, text_features, scale) / t.grad_accum
+                    loss.backward()
+                total += loss.item()
+            torch.nn.utils.clip_grad_norm_(clip.parameters(), t.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                clip.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
+            rate = speed.add(plan.global_batch)
+            run.log.write({"stage": "clip", "step": step + 1, "loss": total, "lr": lr,
+                           "images_per_s": rate})
+            progress.update(bar, advance=1, loss=f"{total:.4f}", rate=f"{rate:.1f}")
+            if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.clip_steps:
+                _save(run, "clip", step + 1, {f"clip.{k}": v for k, v in clip.state_dict().items()},
+                      optimizer, plan)
+    clip.eval()
+    return retrieval_accuracy(run.model, run.data, run.held_idx or run.train_idx[:500], run.device)
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: DiffusionModel, data: TrainingSet, indices: list[int],
+                       device: torch.device) -> dict[str, Any]:
+    """Image-to-text retrieval over ``indices`` (first caption each): top-1/top-5 accuracy and the
+    accuracy random ranking would get (higher than 1/N where captions repeat)."""
+    clip = model.text_encoder.clip
+    captions = [data.captions[i][0] for i in indices]
+    image_features = torch.nn.functional.normalize(clip.encode_image(image_batch(data, indices, device)), dim=-1)
+    ids = model.text_encoder.tokenize(captions)[0].to(device)
+    text_features = torch.nn.functional.normalize(clip.encode_text(ids), dim=-1)
+    ranking = (image_features @ text_features.T).argsort(dim=1, descending=True).cpu()
+    n = len(captions)
+    hits1 = hits5 = chance1 = chance5 = 0.0
+    for row, own in enumerate(captions):
+        same = sum(c == own for c in captions)
+        hits1 += captions[ranking[row, 0]] == own
+        hits5 += any(captions[j] == own for j in ranking[row, :5].tolist())
+        chance1 += same / n
+        miss5 = 1.0  # probability that 5 random picks without replacement all miss
+        for k in range(min(5, n)):
+            miss5 *= max(0.0, (n - same - k) / (n - k))
+        chance5 += 1 - miss5
+    return {"images": n, "top1": hits1 / n, "top5": hits5 / n, "chance_top1": chance1 / n,
+            "chance_top5": chance5 / n, "held_out": True}
+
+
+def train_diffusion(run: Run, resume: TrainingState | None) -> None:
+    """Stage 2: the U-Net with the EDM loss; frozen text encoder; EMA; caption dropout for CFG."""
+    t, d = run.cfg.train, run.cfg.denoiser
+    text = run.model.text_encoder.eval().requires_grad_(False)
+    unet = run.model.denoiser.net.train()
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    start = 0
+    if resume is not None:  # the model weights were restored by run_training
+        ema.load_state_dict({k[len("ema."):]: v for k, v in resume.tensors.items() if k.startswith("ema.")})
+        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
+        restore_rng(resume.tensors)
+        start = resume.step
+    net = DistributedDataParallel(unet) if run.dist.enabled else unet
+    denoiser = Denoiser(net, d.sigma_data)
+    cache = PromptCache(text)
+    cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
+    plan = run.plan(t.batch_size)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda")
+    speed = Throughput()
+    progress, bar = _progress(run, t.steps, start, "diffusion")
+    smoothed = None
+    with progress:
+        for step in range(start, t.steps):
+            lr = lr_at(step, t.lr, t.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            total = torch.zeros((), device=run.device)
+            for micro in range(t.grad_accum):
+                idx = plan.batch(step, micro, run.dist.rank)
+                gen = step_generator(t.seed, "diffusion", step * t.grad_accum + micro, run.dist.rank)
+                cond = cache(pick_captions(run.data, idx, gen, t.caption_dropout))
+                with maybe_no_sync(net, micro < t.grad_accum - 1), autocast:
+                    loss = edm_loss(denoiser, image_batch(run.data, idx, run.device), cond,
+                                    d.p_mean, d.p_std, generator=gen).mean() / t.grad_accum
+                    loss.backward()
+                total += loss.detach()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), t.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            decay = min(t.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), unet.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+            loss_value = distributed.all_reduce_mean(total, run.dist).item()
+            smoothed = loss_value if smoothed is None else 0.98 * smoothed + 0.02 * loss_value
+            rate = speed.add(plan.global_batch)
+            run.log.write({"stage": "diffusion", "step": step + 1, "loss": loss_value, "lr": lr,
+                           "images_per_s": rate})
+            progress.update(bar, advance=1, loss=f"{smoothed:.4f}", rate=f"{rate:.1f}")
+            last = step + 1 == t.steps
+            if run.dist.is_main and ((step + 1) % t.sample_every == 0 or last):
+                sample_grid(run, ema, step + 1)
+            if (step + 1) % t.checkpoint_every == 0 or last:
+                tensors = {**{f"model.{k}": v for k, v in run.model.state_dict().items()},
+                           **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
+                _save(run, "diffusion", step + 1, tensors, optimizer, plan)
+                run.log.loss_curve(run.opts.out / "loss.png")
+    run.model.denoiser.net.load_state_dict(ema.state_dict())  # ship the EMA weights
+
+
+def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
+    """A grid at fixed prompts (held-out captions where there are any) and seeds 0..7, with the
+    EMA weights, so grids of different steps and runs compare side by side."""
+    from diffgen.generate import ImageTask, generate
+    from diffgen.images import labelled_grid, save_png, to_pil
+
+    view = DiffusionModel(run.cfg, run.model.text_encoder, Denoiser(ema_unet, run.cfg.denoiser.sigma_data))
+    source = run.held_idx or run.train_idx
+    prompts = list(dict.fromkeys(run.data.captions[i][0] for i in source))[:8]
+    tasks = [ImageTask(index=k, prompt=p, seed=k, steps=20) for k, p in enumerate(prompts)]
+    images = torch.stack([image for _, image, _ in generate(view, tasks, batch_size=8)])
+    path = run.opts.out / "samples" / f"step-{step:08d}.png"
+    recipe = {"step": step, "prompts": prompts, "seeds": list(range(len(prompts))), "steps": 20,
+              "sampler": "dpmpp-2m", "guidance": tasks[0].guidance}
+    save_png(labelled_grid(to_pil(images), [f"{p} ({k})" for k, p in enumerate(prompts)]), path,
+             text={"diffgen-grid": json.dumps(recipe)})
+    return path
+
+
+def run_training(opts: TrainOptions) -> dict[str, Any]:
+    """Both stages end to end; returns the training summary (also stored in the checkpoint)."""
+    import time
+
+    from diffgen.checkpoint import atomic_write
+    from diffgen.generate import pick_device
+
+    started = time.perf_counter()
+    device = pick_device(opts.device)
+    dist = distributed.init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    try:
+        cfg, source = _resolve_text_encoder(opts.config, opts.text_encoder)
+        report = scan_folder(opts.data, cfg.text.context_length, check_tokens=False)
+        if dist.is_main:
+            for path, reason in report.skipped:
+                opts.log(f"skipped {path}: {reason}")
+        if not report.items:
+            raise InputError(f"no usable image-caption pairs in {opts.data} "
+                             f"({len(report.skipped)} file(s) skipped; see `diffgen data check`)")
+        state_dir = opts.out / "state"
+        resume = None
+        if opts.resume:
+            resume = require_state(state_dir)
+            if resume.info["config"] != config_to_dict(cfg):
+                raise InputError(f"--resume: the state in {state_dir} was made with another config")
+        elif list(state_dir.glob("state-*.json")):
+            raise InputError(f"{opts.out} already holds a training run: add --resume to continue it, "
+                             "or choose another -o folder")
+        data = load_training_set(report.items, cfg.image_size)
+        train_idx, held_idx = split_holdout(len(data), cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg).to(device)
+        if source is not None:
+            try:
+                model.text_encoder.load_state_dict(source.text_encoder.state_dict())
+            except RuntimeError:
+                raise InputError("--text-encoder: that checkpoint was made for another image size") from None
+        if resume is not None and resume.stage == "diffusion":
+            model.load_state_dict({k[len("model."):]: v for k, v in resume.tensors.items()
+                                   if k.startswith("model.")})
+        if dist.is_main:
+            opts.out.mkdir(parents=True, exist_ok=True)
+            atomic_write(opts.out / "config.toml", lambda tmp: Path(tmp).write_text(config_to_toml(cfg)))
+        log = RunLog(opts.out, dist.is_main, (resume.stage, resume.step) if resume else None)
+        run = Run(opts, cfg, data, train_idx, held_idx, model, device, dist, log)
+        run.say(f"{len(train_idx)} training images, {len(held_idx)} held out; global batch "
+                f"{cfg.train.batch_size * cfg.train.grad_accum * dist.world_size} on {dist.world_size} "
+                f"process(es), {device}")
+        summary: dict[str, Any] = {}
+        if not cfg.text.arch and source is None:
+            if resume is None or resume.stage == "clip":
+                train_clip(run, resume)
+            summary["clip_retrieval"] = retrieval_accuracy(model, data, held_idx or train_idx[:500], device)
+            summary["clip_retrieval"]["held_out"] = bool(held_idx)
+            r = summary["clip_retrieval"]
+            run.say(f"CLIP image-to-text retrieval on {r['images']} {'held-out' if held_idx else 'training'}"
+                    f" images: top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 "
+                    f"{r['top5']:.1%} (chance {r['chance_top5']:.1%})")
+        train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
+        summary.update({
+            "images": len(data), "train_images": len(train_idx), "held_out_images": len(held_idx),
+            "skipped_files": len(report.skipped), "steps": cfg.train.steps,
+            "clip_steps": cfg.train.clip_steps if "clip_retrieval" in summary else 0,
+            "world_size": dist.world_size,
+            "global_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size,
+            "final_loss": next((r["loss"] for r in reversed(log.rows) if r["stage"] == "diffusion"), None),
+            "ranks_identical": distributed.weights_agree(model.denoiser, dist),
+            "device": str(device), "seconds_this_process": round(time.perf_counter() - started, 2),
+        })
+        if dist.is_main:
+            save_model(opts.out / "model.safetensors", model.cpu(), extra={"training": summary})
+            atomic_write(opts.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
+        distributed.barrier(dist)
+        return summary
+    finally:
+        distributed.shutdown(dist)

@@ -1,0 +1,154 @@
+"""Pieces both training stages share: deterministic batches, per-step generators, the run log.
+
+Every random draw of step s (which images, which caption, caption dropout, noise levels, noise)
+comes from a generator seeded by (seed, stage, step, rank). With the global RNG state saved too,
+a resumed run repeats exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from diffgen.data import TrainingSet
+
+
+def step_generator(seed: int, stage: str, step: int, rank: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, stage, step, rank)."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{step}/{rank}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+@dataclass
+class BatchPlan:
+    """Which images each rank and micro-batch of a step uses: epochs are seeded permutations of
+    the training indices, walked in order by the global batch."""
+
+    indices: list[int]
+    per_rank: int
+    accum: int
+    world_size: int
+    seed: int
+    _perms: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_rank * self.accum * self.world_size
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            self._perms = {epoch: [self.indices[i] for i in torch.randperm(
+                len(self.indices), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            ).tolist()]}
+        return self._perms[epoch]
+
+    def batch(self, step: int, micro: int, rank: int) -> list[int]:
+        start = step * self.global_batch + (micro * self.world_size + rank) * self.per_rank
+        n = len(self.indices)
+        return [self._perm(p // n)[p % n] for p in range(start, start + self.per_rank)]
+
+    def position(self, step: int) -> dict[str, int]:
+        """Epoch and offset reached after ``step`` steps (for the state file)."""
+        done = step * self.global_batch
+        return {"epoch": done // len(self.indices), "offset": done % len(self.indices)}
+
+
+def pick_captions(data: TrainingSet, indices: list[int], gen: torch.Generator,
+                  dropout: float = 0.0) -> list[str]:
+    """One caption per image, drawn at random; with probability ``dropout`` the empty prompt."""
+    captions = []
+    for i in indices:
+        options = data.captions[i]
+        choice = options[int(torch.randint(len(options), (1,), generator=gen))]
+        drop = dropout > 0 and torch.rand((), generator=gen).item() < dropout
+        captions.append("" if drop else choice)
+    return captions
+
+
+def image_batch(data: TrainingSet, indices: list[int], device: torch.device) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1] on ``device``."""
+    return data.images[indices].to(device, non_blocking=True).float() / 127.5 - 1
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up, then constant (EDM's schedule; the EMA does the averaging)."""
+    return base_lr * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def cosine_lr(step: int, total: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up, then cosine decay to 10% (used for the short CLIP stage)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total - warmup_steps)
+    return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class RunLog:
+    """metrics.jsonl plus a loss curve; on resume, lines past the resumed step are dropped so the
+    file always describes one consistent run."""
+
+    def __init__(self, folder: Path, enabled: bool, resume_from: tuple[str, int] | None = None):
+        self.path = folder / "metrics.jsonl"
+        self.enabled = enabled
+        self.rows: list[dict] = []
+        if enabled and self.path.exists():
+            if resume_from is not None:
+                stage_rank = {"clip": 0, "diffusion": 1}
+                keep_stage, keep_step = stage_rank[resume_from[0]], resume_from[1]
+                for line in self.path.read_text().splitlines():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by a kill
+                    if (stage_rank[row["stage"]], row["step"]) <= (keep_stage, keep_step):
+                        self.rows.append(row)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.rows.append(row)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def loss_curve(self, path: Path) -> None:
+        if not self.enabled:
+            return
+        from diffgen.images import save_png
+        from diffgen.plots import line_chart
+
+        rows = [r for r in self.rows if r["stage"] == "diffusion"] or self.rows
+        if rows:
+            chart = line_chart([r["step"] for r in rows], [r["loss"] for r in rows],
+                               f"{rows[0]['stage']} training loss")
+            save_png(chart, path)
+
+
+class Throughput:
+    """Images per second over the recent steps."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.images = 0
+
+    def add(self, images: int) -> float:
+        self.images += images
+        return self.images / max(1e-9, time.perf_counter() - self.start)
+
+
+@contextmanager
+def maybe_no_sync(module: torch.nn.Module, skip_sync: bool) -> Iterator[None]:
+    """DDP's no_sync for all but the last micro-batch of a step (gradient accumulation)."""
+    if skip_sync and hasattr(module, "no_sync"):
+        with module.no_sync():
+            yield
+    else:
+        yield

@@ -1,0 +1,118 @@
+"""Training state on disk: safetensors tensors + a JSON file, never pickles.
+
+A state is two files named by stage and step: ``state-<stage>-<step>.safetensors`` (model, EMA,
+optimizer moments, RNG states) and ``state-<stage>-<step>.json`` (step, optimizer hyper-parameters,
+data position, the tensors' content hash). Both are written to temporary names and renamed, the
+JSON last: a state exists only once its JSON does, and the JSON names the hash its tensors must
+have. A run killed at any moment therefore leaves the previous state intact, and loading skips
+anything incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffgen.checkpoint import atomic_write, content_hash
+from diffgen.errors import InputError
+
+STATE_VERSION = 1
+_STATE_NAME = re.compile(r"^state-(clip|diffusion)-(\d{8})\.json$")
+STAGE_ORDER = {"clip": 0, "diffusion": 1}
+
+
+@dataclass
+class TrainingState:
+    stage: str
+    step: int
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list]:
+    """Flatten an optimizer's per-parameter state into named tensors plus JSON-able groups."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            tensors[f"{prefix}.{index}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+    return tensors, state["param_groups"]
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           prefix: str, groups: list) -> None:
+    """Inverse of ``optimizer_to_tensors``."""
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix + "."):
+            index, key = name[len(prefix) + 1:].split(".", 1)
+            per_param.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """The global RNG states (CPU, and CUDA when present) as uint8 tensors."""
+    tensors = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    return tensors
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def save_state(folder: Path, state: TrainingState, keep: int = 2) -> Path:
+    """Write a state atomically (tensors first, then the JSON that vouches for them); keep the
+    newest ``keep`` states and delete older ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"state-{state.stage}-{state.step:08d}"
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
+    atomic_write(folder / f"{stem}.safetensors", lambda tmp: save_file(tensors, tmp))
+    info = {**state.info, "version": STATE_VERSION, "stage": state.stage, "step": state.step,
+            "tensors": f"{stem}.safetensors", "tensors_hash": content_hash(tensors)}
+    json_path = folder / f"{stem}.json"
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
+    for old in _state_files(folder)[:-keep]:
+        old.unlink(missing_ok=True)  # the JSON first: from here on the state no longer exists
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return json_path
+
+
+def _state_files(folder: Path) -> list[Path]:
+    """State JSON files, oldest first (by stage, then step)."""
+    found = []
+    for path in folder.glob("state-*.json"):
+        match = _STATE_NAME.match(path.name)
+        if match:
+            found.append((STAGE_ORDER[match[1]], int(match[2]), path))
+    return [p for _, _, p in sorted(found)]
+
+
+def load_latest_state(folder: Path) -> TrainingState | None:
+    """The newest complete state in ``folder``, or None; incomplete or damaged ones are skipped."""
+    for json_path in reversed(_state_files(folder)):
+        try:
+            info = json.loads(json_path.read_text())
+            tensors = load_file(str(folder / info["tensors"]))
+        except (OSError, ValueError, KeyError):
+            continue
+        if info.get("version") != STATE_VERSION or content_hash(tensors) != info.get("tensors_hash"):
+            continue
+        return TrainingState(info["stage"], info["step"], tensors, info)
+    return None
+
+
+def require_state(folder: Path) -> TrainingState:
+    state = load_latest_state(folder)
+    if state is None:
+        raise InputError(f"--resume: no training state in {folder} (start without --resume)")
+    return state

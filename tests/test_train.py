@@ -1,0 +1,166 @@
+"""`diffgen train`: it learns, resumes exactly after SIGKILL, runs DDP on two CPU processes, and
+refuses bad input with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from diffgen.cli import app
+from diffgen.trainstate import _state_files, load_latest_state
+
+from .conftest import ROOT
+
+# Tiny and quick: 8 px, a few CLIP steps, a state every 4 steps.
+TRAIN_CONFIG = (ROOT / "configs" / "tiny.toml").read_text().replace(
+    "checkpoint_every = 25", "checkpoint_every = 4").replace("sample_every = 25", "sample_every = 1000")
+
+
+@pytest.fixture()
+def config_file(tmp_path) -> Path:
+    path = tmp_path / "train.toml"
+    path.write_text(TRAIN_CONFIG)
+    return path
+
+
+def train_args(data: Path, out: Path, config: Path, steps: int = 24, clip_steps: int = 6) -> list[str]:
+    return ["train", str(data), "-o", str(out), "--config", str(config), "--steps", str(steps),
+            "--clip-steps", str(clip_steps), "--device", "cpu", "-q"]
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_a_short_run_lowers_the_loss_and_writes_the_run_folder(shapes_folder, tmp_path, config_file):
+    out = tmp_path / "run"
+    result = cli(*train_args(shapes_folder, out, config_file, steps=60))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    diffusion = [r["loss"] for r in rows if r["stage"] == "diffusion"]
+    assert len(diffusion) == 60 and len([r for r in rows if r["stage"] == "clip"]) == 6
+    assert sum(diffusion[-10:]) / 10 < 0.8 * sum(diffusion[:10]) / 10
+    assert {"step", "loss", "lr", "images_per_s"} <= rows[-1].keys()
+    for name in ("config.toml", "loss.png", "model.safetensors", "summary.json"):
+        assert (out / name).exists(), name
+    assert list((out / "samples").glob("step-*.png"))
+    assert summary["clip_retrieval"]["top5"] >= 0 and summary["global_batch_size"] == 8
+    sampled = cli("sample", "a red square", "-n", "1", "--steps", "2", "--seed", "0", "-q",
+                  "-c", str(out / "model.safetensors"), "-o", str(tmp_path / "img"))
+    assert sampled.exit_code == 0, sampled.output
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _kill_when(proc: subprocess.Popen, state_dir: Path, pattern: str, extra_delay: float) -> None:
+    """SIGKILL the run a moment after a state matching ``pattern`` appears (mid-step, mid-write)."""
+    deadline = time.monotonic() + 120
+    while not list(state_dir.glob(pattern)):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(extra_delay)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("stage, pattern, extra_delay", [
+    ("clip", "state-clip-*.json", 0.0), ("diffusion", "state-diffusion-*.json", 0.3)])
+def test_sigkill_then_resume_gives_the_same_weights(shapes_folder, tmp_path, config_file, stage,
+                                                    pattern, extra_delay):
+    reference = tmp_path / "reference"
+    assert cli(*train_args(shapes_folder, reference, config_file, steps=40)).exit_code == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "diffgen",
+                             *train_args(shapes_folder, out, config_file, steps=40)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, out / "state", pattern, extra_delay)
+    state = load_latest_state(out / "state")
+    assert state is not None and state.stage == stage
+    # whatever survived is complete: each state JSON vouches for tensors whose hash it records
+    assert all(p.with_suffix(".safetensors").exists() for p in _state_files(out / "state"))
+    resumed = cli(*train_args(shapes_folder, out, config_file, steps=40), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    ref, got = _weights(reference / "model.safetensors"), _weights(out / "model.safetensors")
+    assert ref.keys() == got.keys()
+    worst = max((ref[k].float() - got[k].float()).abs().max().item() for k in ref)
+    assert worst < 1e-5
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["stage"] == "diffusion"] == list(range(1, 41))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_with_gloo(shapes_folder, tmp_path, config_file):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "diffgen",
+           *train_args(shapes_folder, out, config_file, steps=8, clip_steps=4)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1  # only rank 0 prints and writes
+    summary = summaries[0]
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+    assert summary["global_batch_size"] == 2 * 8
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["stage"] == "diffusion"] == list(range(1, 9))
+    assert len(_state_files(out / "state")) == 2
+
+
+@pytest.mark.parametrize("case", ["missing", "no_captions", "all_corrupt", "bad_key", "bad_value",
+                                  "resume_without_state", "resume_other_config", "existing_run"])
+def test_bad_input_is_one_line_exit_2(case, shapes_folder, tmp_path, config_file):
+    data, out, config = shapes_folder, tmp_path / "run", config_file
+    extra: list[str] = []
+    if case == "missing":
+        data = tmp_path / "nope"
+    elif case == "no_captions":
+        for txt in shapes_folder.glob("*.txt"):
+            txt.unlink()
+    elif case == "all_corrupt":
+        for png in shapes_folder.glob("*.png"):
+            png.write_bytes(b"garbage")
+    elif case == "bad_key":
+        config.write_text(TRAIN_CONFIG + "\n[extra]\nfoo = 1\n")
+    elif case == "bad_value":
+        config.write_text(TRAIN_CONFIG.replace("batch_size = 8", 'batch_size = "eight"'))
+    elif case == "resume_without_state":
+        extra = ["--resume"]
+    elif case in ("resume_other_config", "existing_run"):
+        assert cli(*train_args(data, out, config, steps=4, clip_steps=2)).exit_code == 0
+        if case == "resume_other_config":
+            config.write_text(TRAIN_CONFIG.replace("base_channels = 16", "base_channels = 8"))
+            extra = ["--resume"]
+    result = cli(*train_args(data, out, config, steps=4, clip_steps=2), *extra)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+
+
+def test_data_check_command(shapes_folder):
+    (shapes_folder / "orphan.png").write_bytes((shapes_folder / "img000.png").read_bytes())
+    result = cli("data", "check", str(shapes_folder))
+    assert result.exit_code == 0
+    assert "24 usable image-caption pairs" in result.stdout
+    assert "orphan.png: no caption" in result.stdout
