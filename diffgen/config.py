@@ -52,11 +52,11 @@ class UNetConfig:
     """
 
     in_channels: int = 3
-    base_channels: int = 48
+    base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
     attention_resolutions: tuple[int, ...] = (16, 8)
-    head_dim: int = 24
+    head_dim: int = 32
     transformer_depth: int = 1
     dropout: float = 0.0
 
@@ -77,20 +77,20 @@ class TrainConfig:
     """Optimisation settings for both training stages."""
 
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 32
     grad_accum: int = 1
     steps: int = 20000
-    lr: float = 2e-4
+    lr: float = 3e-4
     weight_decay: float = 0.01
-    warmup_steps: int = 500
+    warmup_steps: int = 200
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
     caption_dropout: float = 0.1
-    clip_steps: int = 3000
+    clip_steps: int = 500
     clip_batch_size: int = 128
     clip_lr: float = 5e-4
-    sample_every: int = 1000
-    checkpoint_every: int = 500
+    sample_every: int = 500
+    checkpoint_every: int = 200
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,15 @@ class Run:
             self.opts.log(message)
 
 
+# Settings a resumed run may change: how long it goes on and how often it saves or samples.
+RESUMABLE_CHANGES = ("steps", "sample_every", "checkpoint_every")
+
+
+def _without_schedule(config: dict[str, Any]) -> dict[str, Any]:
+    train = {k: v for k, v in config["train"].items() if k not in RESUMABLE_CHANGES}
+    return {**config, "train": train}
+
+
 def _resolve_text_encoder(cfg: Config, spec: str | None) -> tuple[Config, DiffusionModel | None]:
     """Apply --text-encoder: a diffgen checkpoint (its text config and weights) or ARCH:PRETRAINED."""
     if not spec:
@@ -278,7 +287,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
         resume = None
         if opts.resume:
             resume = require_state(state_dir)
-            if resume.info["config"] != config_to_dict(cfg):
+            if _without_schedule(resume.info["config"]) != _without_schedule(config_to_dict(cfg)):
                 raise InputError(f"--resume: the state in {state_dir} was made with another config")
         elif list(state_dir.glob("state-*.json")):
             raise InputError(f"{opts.out} already holds a training run: add --resume to continue it, "

@@ -1,0 +1,83 @@
+"""The emoji scene composer (with sprites made here, no font needed) and one real-glyph build."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from diffgen.data import scan_folder
+from diffgen.emoji_data import (FONT_CANDIDATES, Concept, SceneComposer, article, build_emoji_dataset,
+                                concepts, heldout_pairs)
+
+ITEMS = [Concept("x", "panda", "pandas", "animal"), Concept("x", "bicycle", "bicycles", "vehicle"),
+         Concept("x", "apple", "apples", "food"), Concept("x", "dog", "dogs", "animal"),
+         Concept("x", "grapes", "grapes", "food"), Concept("x", "house", "houses", "building")]
+
+
+def sprites() -> dict[str, Image.Image]:
+    out = {}
+    for i, c in enumerate(ITEMS):
+        image = Image.new("RGBA", (20, 16 + i), (0, 0, 0, 0))
+        ImageDraw.Draw(image).ellipse([0, 0, 19, 15 + i], fill=(40 * i, 200 - 30 * i, 90, 255))
+        out[c.name] = image
+    return out
+
+
+def composer(held=frozenset()) -> SceneComposer:
+    return SceneComposer(sprites(), ITEMS, 32, set(held))
+
+
+def test_scenes_are_deterministic_and_captioned():
+    a = [composer().scene(random.Random(5)) for _ in range(3)]
+    b = [composer().scene(random.Random(5)) for _ in range(3)]
+    for (img_a, cap_a), (img_b, cap_b) in zip(a, b):
+        assert img_a.size == (32, 32) and img_a.mode == "RGB"
+        assert img_a.tobytes() == img_b.tobytes() and cap_a == cap_b and cap_a
+
+
+def test_held_out_pairs_never_appear_together():
+    held = {("dog", "apple"), ("apple", "dog")}
+    comp, rng = composer(held), random.Random(0)
+    for _ in range(600):
+        _, captions = comp.scene(rng)
+        assert not any("dog" in c and "apple" in c for c in captions)
+
+
+def test_caption_grammar():
+    assert [article(w) for w in ("apple", "unicorn", "umbrella", "panda", "orange")] == \
+        ["an", "a", "an", "a", "an"]
+    comp, rng = composer(), random.Random(1)
+    seen = [c for _ in range(400) for c in comp.scene(rng)[1]]
+    assert not any(c.startswith(("a grapes", "an grapes", "a apple")) for c in seen)
+    assert any(c.startswith(("two ", "three ", "four ")) for c in seen)
+    assert any(" riding " in c for c in seen) and any(" to the left of " in c for c in seen)
+    assert any(" bike" in c for c in seen)  # synonyms are used
+
+
+def test_heldout_choice_keeps_the_showcase_pair():
+    held = heldout_pairs(concepts())
+    assert ("panda", "bicycle") not in held and ("bicycle", "panda") not in held
+    assert 0.01 < len(held) / (131 * 130) < 0.05
+
+
+FONT = next((Path(p) for p in FONT_CANDIDATES if Path(p).is_file()), None)
+
+
+@pytest.mark.skipif(FONT is None, reason="Noto Color Emoji is not installed (.ci/run installs it)")
+def test_real_glyph_build(tmp_path):
+    first = build_emoji_dataset(tmp_path / "a", count=40, size=32, seed=3)
+    build_emoji_dataset(tmp_path / "b", count=40, size=32, seed=3)
+    assert first["images"] == 40 and first["concepts"] == len(concepts())
+    meta = (tmp_path / "a" / "metadata.jsonl").read_text()
+    assert meta == (tmp_path / "b" / "metadata.jsonl").read_text()
+    row = json.loads(meta.splitlines()[7])
+    assert (tmp_path / "a" / row["file_name"]).read_bytes() == (tmp_path / "b" / row["file_name"]).read_bytes()
+    image = Image.open(tmp_path / "a" / row["file_name"])
+    assert image.size == (32, 32) and len(image.getcolors(4096) or range(4097)) > 10  # real artwork, not a flat fill
+    report = scan_folder(tmp_path / "a", check_tokens=False)
+    assert len(report.items) == 40 and report.skipped == []
+    assert json.loads((tmp_path / "a" / "heldout.json").read_text())["prompts"]
