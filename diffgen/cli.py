@@ -451,6 +451,69 @@ def train(
             typer.echo(json.dumps(summary))
 
 
+def _number_list(text: str, kind: type, option: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{option} must be a comma-separated list of numbers, got '{text}'") from None
+    if not values:
+        raise InputError(f"{option} is empty")
+    return values
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="The captioned folder the model was trained on "
+                                              "(its held-out split is the reference).")],
+    checkpoint: CheckpointOption = None,
+    samplers: Annotated[str, typer.Option(help="Comma-separated sampler names.")] = "dpmpp-2m",
+    steps: Annotated[str, typer.Option(help="Comma-separated step counts.")] = "5,10,20,50",
+    guidance: Annotated[str, typer.Option("-g", "--guidance", help="Comma-separated guidance scales.")] = "3",
+    images: Annotated[int, typer.Option(help="Images per setting (and per real set).")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Images through the model at once.")] = 64,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write eval.json, eval.md and "
+                                                "eval.png (FD vs steps) here.", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Measure quality: Fréchet distance and KID to held-out real images, CLIP score and retrieval,
+    over samplers x steps x guidance, in the feature space of the checkpoint's own CLIP."""
+    with user_errors(debug):
+        step_list = _number_list(steps, int, "--steps")
+        scales = _number_list(guidance, float, "--guidance")
+        names = [n.strip() for n in samplers.split(",") if n.strip()]
+        if images < 10 or batch_size < 1 or min(step_list) < 1 or min(scales) < 0:
+            raise InputError("--images must be >= 10, --batch-size >= 1, steps >= 1, guidance >= 0")
+        if out is not None:
+            _check_output_dir(out)
+        from diffgen.evaluate import markdown_table, run_eval, sweep_chart
+        from diffgen.samplers import SAMPLERS
+
+        unknown = [n for n in names if n not in SAMPLERS]
+        if unknown:
+            raise InputError(f"unknown sampler '{unknown[0]}' (choose from: {', '.join(SAMPLERS)})")
+        model = _load_model(checkpoint, device)
+
+        def show(row: dict) -> None:
+            if not as_json:
+                typer.echo(f"{row['sampler']:>16} steps {row['steps']:>4} g {row['guidance']:<4g} "
+                           f"FD {row['fd']:.4f}  KID {row['kid'] * 1e3:.3f}e-3  CLIP {row['clip_score']:.2f}  "
+                           f"top-1 {row['retrieval_top1']:.3f}  ({row['seconds']} s)", err=True)
+
+        result = run_eval(model, data, names, step_list, scales, images, batch_size, on_result=show)
+        result["checkpoint"] = str(checkpoint) if checkpoint else "default"
+        result["model_hash"] = model.content_hash
+        if out is not None:
+            from diffgen.checkpoint import atomic_write
+            from diffgen.images import save_png
+
+            atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+            atomic_write(out / "eval.md", lambda tmp: Path(tmp).write_text(markdown_table(result) + "\n"))
+            save_png(sweep_chart(result), out / "eval.png")
+        typer.echo(json.dumps(result) if as_json else markdown_table(result))
+
+
 @app.command()
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="A diffgen .safetensors checkpoint.")],

@@ -125,11 +125,13 @@ class RunLog:
         from diffgen.images import save_png
         from diffgen.plots import line_chart
 
-        rows = [r for r in self.rows if r["stage"] == "diffusion"] or self.rows
-        if rows:
-            chart = line_chart([r["step"] for r in rows], [r["loss"] for r in rows],
-                               f"{rows[0]['stage']} training loss")
-            save_png(chart, path)
+        series = {}
+        for stage in ("clip", "diffusion"):
+            rows = [r for r in self.rows if r["stage"] == stage]
+            if rows:
+                series[f"{stage} loss"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+        if series:
+            save_png(line_chart(series, "training loss (per step, and smoothed)", smooth=0.98), path)
 
 
 class Throughput:

@@ -1,0 +1,169 @@
+"""`diffgen eval`: image quality and prompt agreement, measured with the checkpoint's own CLIP.
+
+Standard metric networks (Inception, DINOv2, pretrained CLIP) cannot be downloaded everywhere, so
+features come from the image tower of the CLIP that diffgen trained with the model. Numbers are
+comparable between samplers, step counts and guidance scales of one model, and against the
+real-versus-real floor printed beside them, not across models or with published FID values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from diffgen.data import load_training_set, scan_folder, split_holdout
+from diffgen.errors import InputError
+from diffgen.generate import ImageTask, generate
+from diffgen.model import DiffusionModel
+
+FEATURE_NOTE = ("features: the checkpoint's own CLIP image tower (not Inception); compare within "
+                "one model and against the real-vs-real floor")
+
+
+@torch.inference_mode()
+def image_features(model: DiffusionModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Unit-norm CLIP image features (N, E) of images (N, 3, S, S) in [-1, 1]."""
+    clip = model.text_encoder.clip
+    device = model.device
+    parts = [F.normalize(clip.encode_image(images[i:i + batch_size].to(device)).float(), dim=-1).cpu()
+             for i in range(0, len(images), batch_size)]
+    return torch.cat(parts)
+
+
+@torch.inference_mode()
+def text_features(model: DiffusionModel, prompts: list[str]) -> torch.Tensor:
+    """Unit-norm CLIP text features (N, E)."""
+    return F.normalize(model.text_encoder.encode(prompts).pooled.float(), dim=-1).cpu()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussian fits of two feature sets (Heusel et al. 2017):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    evals, evecs = torch.linalg.eigh(cov_a)
+    sqrt_a = evecs @ torch.diag(evals.clamp(min=0).sqrt()) @ evecs.T
+    middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
+
+
+def kernel_inception_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3 (Bińkowski et al. 2018)."""
+    a, b = a.double(), b.double()
+    d = a.shape[1]
+    k_aa, k_bb, k_ab = ((a @ a.T) / d + 1) ** 3, ((b @ b.T) / d + 1) ** 3, ((a @ b.T) / d + 1) ** 3
+    m, n = len(a), len(b)
+    return float((k_aa.sum() - k_aa.diagonal().sum()) / (m * (m - 1))
+                 + (k_bb.sum() - k_bb.diagonal().sum()) / (n * (n - 1)) - 2 * k_ab.mean())
+
+
+def prompt_agreement(img: torch.Tensor, prompts: list[str], txt_by_prompt: dict[str, torch.Tensor]) -> dict[str, float]:
+    """CLIP score (100 x mean cosine of each image with its prompt) and image-to-prompt retrieval
+    top-1 among the distinct prompts, with its chance level."""
+    distinct = sorted(set(prompts))
+    txt = torch.stack([txt_by_prompt[p] for p in distinct])
+    own = torch.tensor([distinct.index(p) for p in prompts])
+    sims = img @ txt.T
+    score = sims[torch.arange(len(prompts)), own].mean().item() * 100
+    top1 = (sims.argmax(dim=1) == own).float().mean().item()
+    return {"clip_score": score, "retrieval_top1": top1, "retrieval_chance": 1 / len(distinct)}
+
+
+@dataclass
+class EvalSet:
+    """Real images and prompts, split as training split them."""
+
+    real_heldout: torch.Tensor  # (N, 3, S, S) in [-1, 1]
+    real_train: torch.Tensor  # the same count of training images, for the real-vs-real floor
+    prompts: list[str]  # one per held-out image: its first caption
+
+
+def load_eval_set(model: DiffusionModel, data: Path, max_images: int) -> EvalSet:
+    """Held-out images of ``data`` (the split training used, by the checkpoint's seed)."""
+    report = scan_folder(data, check_tokens=False)
+    if not report.items:
+        raise InputError(f"no usable image-caption pairs in {data}")
+    full = load_training_set(report.items, model.config.image_size)
+    train_idx, held_idx = split_holdout(len(full), model.config.train.seed)
+    if len(held_idx) < 10:
+        raise InputError(f"{data} has too few images for a held-out set ({len(full)}; need 100+)")
+    n = min(max_images, len(held_idx), len(train_idx))
+    held, train = held_idx[:n], train_idx[:n]
+    to_float = lambda idx: full.images[idx].float() / 127.5 - 1  # noqa: E731
+    return EvalSet(to_float(held), to_float(train), [full.captions[i][0] for i in held])
+
+
+def evaluate_settings(model: DiffusionModel, evalset: EvalSet, real_feats: torch.Tensor,
+                      txt_by_prompt: dict[str, torch.Tensor], sampler: str, steps: int,
+                      guidance: float, batch_size: int, seed: int = 0) -> dict[str, Any]:
+    """Generate one image per held-out prompt (fixed seeds) and score it."""
+    import time
+
+    tasks = [ImageTask(index=k, prompt=p, seed=seed + k, steps=steps, sampler=sampler, guidance=guidance)
+             for k, p in enumerate(evalset.prompts)]
+    start = time.perf_counter()
+    images = torch.stack([img for _, img, _ in generate(model, tasks, batch_size)])
+    seconds = time.perf_counter() - start
+    feats = image_features(model, images)
+    return {"sampler": sampler, "steps": steps, "guidance": guidance, "images": len(images),
+            "fd": frechet_distance(feats, real_feats), "kid": kernel_inception_distance(feats, real_feats),
+            **prompt_agreement(feats, evalset.prompts, txt_by_prompt), "seconds": round(seconds, 2)}
+
+
+def run_eval(model: DiffusionModel, data: Path, samplers: list[str], steps: list[int],
+             guidances: list[float], max_images: int = 500, batch_size: int = 64,
+             on_result: Any = None) -> dict[str, Any]:
+    """The floor, then every (sampler, steps, guidance) combination; returns all rows."""
+    evalset = load_eval_set(model, data, max_images)
+    real_feats = image_features(model, evalset.real_heldout)
+    floor_feats = image_features(model, evalset.real_train)
+    txt_by_prompt = dict(zip(sorted(set(evalset.prompts)), text_features(model, sorted(set(evalset.prompts)))))
+    floor = {"images": len(real_feats), "fd": frechet_distance(floor_feats, real_feats),
+             "kid": kernel_inception_distance(floor_feats, real_feats),
+             **prompt_agreement(real_feats, evalset.prompts, txt_by_prompt)}
+    rows = []
+    for sampler, num_steps, guidance in itertools.product(samplers, steps, guidances):
+        row = evaluate_settings(model, evalset, real_feats, txt_by_prompt, sampler, num_steps, guidance,
+                                batch_size)
+        rows.append(row)
+        if on_result is not None:
+            on_result(row)
+    return {"note": FEATURE_NOTE, "floor": floor, "rows": rows}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The eval result as a Markdown table, the real-vs-real floor first."""
+    floor = result["floor"]
+    lines = [f"_{result['note']}_", "",
+             "| sampler | steps | guidance | FD | KID x1e3 | CLIP score | retrieval top-1 | seconds |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| real vs real (floor) | - | - | {floor['fd']:.4f} | {floor['kid'] * 1e3:.3f} | "
+             f"{floor['clip_score']:.2f} | {floor['retrieval_top1']:.3f} | - |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['fd']:.4f} | "
+                     f"{r['kid'] * 1e3:.3f} | {r['clip_score']:.2f} | {r['retrieval_top1']:.3f} | {r['seconds']} |")
+    lines.append(f"\n{floor['images']} images per set; retrieval chance level "
+                 f"{result['rows'][0]['retrieval_chance'] if result['rows'] else float('nan'):.3f}.")
+    return "\n".join(lines)
+
+
+def sweep_chart(result: dict[str, Any]) -> Any:
+    """FD against steps, one line per (sampler, guidance), with the floor as a flat line."""
+    from diffgen.plots import line_chart
+
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for r in result["rows"]:
+        xs, ys = series.setdefault(f"{r['sampler']} g={r['guidance']:g}", ([], []))
+        xs.append(r["steps"])
+        ys.append(r["fd"])
+    all_steps = sorted({r["steps"] for r in result["rows"]})
+    if len(all_steps) > 1:
+        series["real vs real"] = (all_steps, [result["floor"]["fd"]] * len(all_steps))
+    return line_chart(series, "Fréchet distance (CLIP features) vs sampler steps", x_label="steps",
+                      log_x=True)
