@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # lie on local disk. Elsewhere override it, e.g. `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test clean
+.PHONY: install test sample bench clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,15 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+# The main job: images from the embedded default model, into outputs/.
+sample: install
+	$(VENV)/bin/diffgen sample "panda on a bike" -n 8 --seed 0 --grid -o outputs
+
+# Regenerates docs/BENCHMARKS.md on this machine (EVAL_DATA=folder adds the quality section).
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/run_all.py $(if $(EVAL_DATA),--eval-data $(EVAL_DATA))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

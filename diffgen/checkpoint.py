@@ -24,6 +24,8 @@ from diffgen.config import Config, config_from_dict, config_to_dict
 from diffgen.errors import CheckpointError, ConfigError
 from diffgen.model import DiffusionModel, build_model
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 FORMAT_NAME = "diffgen"
 FORMAT_VERSION = 1
 # A safetensors header is JSON of a few hundred bytes per tensor; anything larger is not one.
@@ -51,6 +53,7 @@ def atomic_write(path: Path, write: Any) -> None:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
