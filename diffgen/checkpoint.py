@@ -34,9 +34,10 @@ _MAX_HEADER_BYTES = 100 * 2**20
 _PLAIN_METADATA = frozenset({"format", "format_version", "content_hash", "diffgen_version"})
 
 
-def content_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of all tensors, in name order (hex)."""
-    digest = hashlib.sha256()
+def content_hash(tensors: dict[str, torch.Tensor], config_json: str = "") -> str:
+    """SHA-256 over the config JSON and the names, dtypes, shapes and bytes of all tensors, in
+    name order (hex): it changes when any weight or any setting changes."""
+    digest = hashlib.sha256(config_json.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -66,11 +67,12 @@ def save_checkpoint(
 ) -> str:
     """Write ``tensors`` and ``config`` (plus JSON-able ``extra`` entries) atomically; return the hash."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    digest = content_hash(tensors)
+    config_json = json.dumps(config_to_dict(config))
+    digest = content_hash(tensors, config_json)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
-        "config": json.dumps(config_to_dict(config)),
+        "config": config_json,
         "content_hash": digest,
         "diffgen_version": __version__,
     }
@@ -143,8 +145,11 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict[str, to
             metadata[key] = json.loads(raw[key])
         except json.JSONDecodeError:
             raise CheckpointError(f"{path} has unreadable metadata entry '{key}'") from None
-    tensors = load_file(str(path))
-    if verify and content_hash(tensors) != raw.get("content_hash"):
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError and friends: the file is damaged
+        raise CheckpointError(f"{path} is damaged: {str(exc).splitlines()[0]}") from None
+    if verify and content_hash(tensors, raw["config"]) != raw.get("content_hash"):
         raise CheckpointError(f"{path} is corrupt: its weights do not match the recorded content hash")
     return tensors, config, metadata
 
@@ -158,7 +163,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Diffusio
     """Load a DiffusionModel from a checkpoint written by ``save_model``, in eval mode."""
     tensors, config, metadata = read_checkpoint(path)
     model = build_model(config, load_pretrained_text=False)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{path} does not match its config: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         names = (missing or unexpected)[:3]
         raise CheckpointError(

@@ -483,7 +483,8 @@ def evaluate(
         step_list = _number_list(steps, int, "--steps")
         scales = _number_list(guidance, float, "--guidance")
         names = [n.strip() for n in samplers.split(",") if n.strip()]
-        if images < 10 or batch_size < 1 or min(step_list) < 1 or min(scales) < 0:
+        if images < 10 or batch_size < 1 or min(step_list) < 1 or \
+                not all(math.isfinite(g) and g >= 0 for g in scales):
             raise InputError("--images must be >= 10, --batch-size >= 1, steps >= 1, guidance >= 0")
         if out is not None:
             _check_output_dir(out)

@@ -169,8 +169,13 @@ def _validate(cfg: Config) -> None:
     _require(cfg.image_size % 2 ** (len(u.channel_mult) - 1) == 0,
              f"config key 'unet.channel_mult' has {len(u.channel_mult)} levels, too many for "
              f"image_size {cfg.image_size}")
-    for key in ("base_channels", "num_res_blocks", "head_dim", "in_channels"):
+    for key in ("base_channels", "num_res_blocks", "head_dim", "transformer_depth"):
         _require(getattr(u, key) > 0, f"config key 'unet.{key}' must be positive")
+    _require(u.in_channels == 3, "config key 'unet.in_channels' must be 3 (RGB images)")
+    _require(u.base_channels % 2 == 0, "config key 'unet.base_channels' must be even")
+    _require(all((u.base_channels * m) % u.head_dim == 0 for m in u.channel_mult),
+             "config key 'unet.head_dim' must divide the width of every U-Net level")
+    _require(0.0 <= u.dropout < 1.0, "config key 'unet.dropout' must be in [0, 1)")
     levels = [cfg.image_size // 2**i for i in range(len(u.channel_mult))]
     for res in u.attention_resolutions:
         _require(res in levels, f"config key 'unet.attention_resolutions' has {res}, "
@@ -180,8 +185,14 @@ def _validate(cfg: Config) -> None:
         value = getattr(d, key)
         _require(math.isfinite(value) and value > 0, f"config key 'denoiser.{key}' must be positive")
     _require(d.sigma_min < d.sigma_max, "config key 'denoiser.sigma_min' must be below sigma_max")
+    _require(math.isfinite(d.p_mean), "config key 'denoiser.p_mean' must be finite")
     t = cfg.text
     if not t.arch:
+        for key in ("width", "heads", "layers", "embed_dim", "vision_width", "vision_layers",
+                    "vision_head_width", "vision_patch_size"):
+            _require(getattr(t, key) > 0, f"config key 'text.{key}' must be positive")
+        _require(t.vocab_size >= 49408, "config key 'text.vocab_size' must be at least 49408 "
+                                        "(the CLIP tokenizer's vocabulary)")
         _require(t.width % t.heads == 0, "config key 'text.width' must be divisible by text.heads")
         _require(cfg.image_size % t.vision_patch_size == 0,
                  "config key 'text.vision_patch_size' must divide image_size")
@@ -191,8 +202,16 @@ def _validate(cfg: Config) -> None:
     tr = cfg.train
     _require(0.0 <= tr.caption_dropout < 1.0, "config key 'train.caption_dropout' must be in [0, 1)")
     _require(0.0 <= tr.ema_decay < 1.0, "config key 'train.ema_decay' must be in [0, 1)")
-    for key in ("batch_size", "grad_accum", "clip_batch_size"):
+    for key in ("batch_size", "grad_accum", "clip_batch_size", "steps", "sample_every",
+                "checkpoint_every"):
         _require(getattr(tr, key) > 0, f"config key 'train.{key}' must be positive")
+    for key in ("clip_steps", "warmup_steps"):
+        _require(getattr(tr, key) >= 0, f"config key 'train.{key}' must be >= 0")
+    for key in ("lr", "clip_lr", "grad_clip"):
+        value = getattr(tr, key)
+        _require(math.isfinite(value) and value > 0, f"config key 'train.{key}' must be positive")
+    _require(math.isfinite(tr.weight_decay) and tr.weight_decay >= 0,
+             "config key 'train.weight_decay' must be >= 0")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -34,6 +34,8 @@ def init_distributed(device_type: str) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
+    if "RANK" not in os.environ:
+        raise RuntimeError("WORLD_SIZE is set but RANK is not: start distributed runs with torchrun")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":

@@ -227,6 +227,9 @@ def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
     composer = SceneComposer(sprites, items, size, held)
     rng = random.Random(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    # Until the new metadata.jsonl is written the folder is not a dataset: an interrupted rebuild
+    # must not pair old captions with new images.
+    (out / "metadata.jsonl").unlink(missing_ok=True)
     rows = []
     for i in range(count):
         image, captions = composer.scene(rng)

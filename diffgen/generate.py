@@ -122,9 +122,9 @@ def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     fields = ImageTask.__dataclass_fields__
     try:
         task = ImageTask(**{k: data[k] for k in fields})
+        task.validate()
     except (KeyError, TypeError) as exc:
-        raise InputError(f"the diffgen recipe is incomplete ({exc})") from None
-    task.validate()
+        raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
     return task
 
 
@@ -222,10 +222,14 @@ def write_images(
     ``overwrite``, so an interrupted run resumes where it stopped. Yields results in task order."""
     import time
 
-    from diffgen.images import save_png, to_pil, trajectory_strip
+    from diffgen.images import read_recipe, save_png, to_pil, trajectory_strip
 
     todo = [t for t in tasks if overwrite or not (out_dir / t.filename).exists()]
     done = {t.index for t in tasks} - {t.index for t in todo}
+    for task in tasks:  # a file is only "done" if it was made by the same recipe
+        if task.index in done and read_recipe(out_dir / task.filename) != recipe(task, model, model_name):
+            raise InputError(f"{out_dir / task.filename} exists but was made with other settings or "
+                             "another model: add --overwrite, or choose another -o folder")
     pending = iter(generate(model, todo, batch_size, on_step, trajectory))
     clock = time.perf_counter()
     for task in tasks:

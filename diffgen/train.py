@@ -77,10 +77,13 @@ def _resolve_text_encoder(cfg: Config, spec: str | None) -> tuple[Config, Diffus
     """Apply --text-encoder: a diffgen checkpoint (its text config and weights) or ARCH:PRETRAINED."""
     if not spec:
         return cfg, None
-    if spec.endswith(".safetensors") and Path(spec).exists():
-        source = load_model(spec)
+    if spec.endswith(".safetensors") and ":" not in spec:
+        source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
         return dataclasses.replace(cfg, text=source.config.text), source
     arch, _, pretrained = spec.partition(":")
+    if not pretrained:
+        raise InputError(f"--text-encoder {spec}: give a diffgen checkpoint (.safetensors) or "
+                         "ARCH:PRETRAINED (an open_clip tag or a local weights file)")
     return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, arch=arch, pretrained=pretrained)), None
 
 
@@ -105,7 +108,7 @@ def _save(run: Run, stage: str, step: int, tensors: dict, optimizer: torch.optim
     distributed.barrier(run.dist)
 
 
-def train_clip(run: Run, resume: TrainingState | None) -> dict[str, Any]:
+def train_clip(run: Run, resume: TrainingState | None) -> None:
     """Stage 1: contrastive training of the CLIP text and image towers (Radford et al. 2021)."""
     import open_clip
 
@@ -153,7 +156,6 @@ def train_clip(run: Run, resume: TrainingState | None) -> dict[str, Any]:
                 _save(run, "clip", step + 1, {f"clip.{k}": v for k, v in clip.state_dict().items()},
                       optimizer, plan)
     clip.eval()
-    return retrieval_accuracy(run.model, run.data, run.held_idx or run.train_idx[:500], run.device)
 
 
 @torch.no_grad()
@@ -179,7 +181,7 @@ def retrieval_accuracy(model: DiffusionModel, data: TrainingSet, indices: list[i
             miss5 *= max(0.0, (n - same - k) / (n - k))
         chance5 += 1 - miss5
     return {"images": n, "top1": hits1 / n, "top5": hits5 / n, "chance_top1": chance1 / n,
-            "chance_top5": chance5 / n, "held_out": True}
+            "chance_top5": chance5 / n}
 
 
 def train_diffusion(run: Run, resume: TrainingState | None) -> None:
@@ -289,13 +291,17 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
             resume = require_state(state_dir)
             if _without_schedule(resume.info["config"]) != _without_schedule(config_to_dict(cfg)):
                 raise InputError(f"--resume: the state in {state_dir} was made with another config")
+            if resume.info.get("num_images") != len(report.items):
+                raise InputError(f"--resume: the run was trained on {resume.info.get('num_images')} images, "
+                                 f"{opts.data} now has {len(report.items)}; the held-out split would change")
         elif list(state_dir.glob("state-*.json")):
             raise InputError(f"{opts.out} already holds a training run: add --resume to continue it, "
                              "or choose another -o folder")
         data = load_training_set(report.items, cfg.image_size)
         train_idx, held_idx = split_holdout(len(data), cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg).to(device)
+        # weights from --text-encoder or the state replace any pretrained download
+        model = build_model(cfg, load_pretrained_text=source is None and resume is None).to(device)
         if source is not None:
             try:
                 model.text_encoder.load_state_dict(source.text_encoder.state_dict())

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
+from diffgen.checkpoint import atomic_write
 from diffgen.data import TrainingSet
+from diffgen.trainstate import STAGE_ORDER
 
 
 def step_generator(seed: int, stage: str, step: int, rank: int) -> torch.Generator:
@@ -101,16 +103,16 @@ class RunLog:
         self.rows: list[dict] = []
         if enabled and self.path.exists():
             if resume_from is not None:
-                stage_rank = {"clip": 0, "diffusion": 1}
-                keep_stage, keep_step = stage_rank[resume_from[0]], resume_from[1]
+                keep = (STAGE_ORDER[resume_from[0]], resume_from[1])
                 for line in self.path.read_text().splitlines():
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # a line cut by a kill
-                    if (stage_rank[row["stage"]], row["step"]) <= (keep_stage, keep_step):
+                    if (STAGE_ORDER[row["stage"]], row["step"]) <= keep:
                         self.rows.append(row)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            text = "".join(json.dumps(r) + "\n" for r in self.rows)
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
     def write(self, row: dict) -> None:
         if not self.enabled:

@@ -103,7 +103,7 @@ def load_latest_state(folder: Path) -> TrainingState | None:
         try:
             info = json.loads(json_path.read_text())
             tensors = load_file(str(folder / info["tensors"]))
-        except (OSError, ValueError, KeyError):
+        except Exception:  # noqa: BLE001 - any unreadable state (incl. SafetensorError) is skipped
             continue
         if info.get("version") != STATE_VERSION or content_hash(tensors) != info.get("tensors_hash"):
             continue
@@ -114,5 +114,7 @@ def load_latest_state(folder: Path) -> TrainingState | None:
 def require_state(folder: Path) -> TrainingState:
     state = load_latest_state(folder)
     if state is None:
-        raise InputError(f"--resume: no training state in {folder} (start without --resume)")
+        hint = ("its state files are damaged: move the folder away and start again"
+                if list(folder.glob("state-*.json")) else "start without --resume")
+        raise InputError(f"--resume: no usable training state in {folder} ({hint})")
     return state

@@ -239,3 +239,13 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_no_arguments_prints_help():
     result = run()
     assert result.exit_code == 0 and "sample" in result.output
+
+
+def test_rerun_with_other_settings_refuses_to_mix(tiny_checkpoint, tmp_path):
+    assert sample(tiny_checkpoint, tmp_path, "a cat", "-n", "1").exit_code == 0
+    before = pngs(tmp_path)[0].read_bytes()
+    result = sample(tiny_checkpoint, tmp_path, "a cat", "-n", "1", "-g", "5")
+    assert result.exit_code == 2 and "other settings" in result.output
+    assert pngs(tmp_path)[0].read_bytes() == before
+    assert sample(tiny_checkpoint, tmp_path, "a cat", "-n", "1", "-g", "5", "--overwrite").exit_code == 0
+    assert pngs(tmp_path)[0].read_bytes() != before

@@ -35,6 +35,14 @@ def test_tiny_config_loads(tiny_config):
         ({"denoiser": {"sigma_min": -1.0}}, "denoiser.sigma_min"),
         ({"image_size": 24}, "image_size"),
         ({"train": {"caption_dropout": 1.0}}, "train.caption_dropout"),
+        ({"text": {"heads": 0}}, "text.heads"),
+        ({"unet": {"base_channels": 33}}, "unet.base_channels"),
+        ({"unet": {"head_dim": 20}}, "unet.head_dim"),
+        ({"unet": {"in_channels": 4}}, "unet.in_channels"),
+        ({"train": {"checkpoint_every": 0}}, "train.checkpoint_every"),
+        ({"train": {"steps": 0}}, "train.steps"),
+        ({"train": {"lr": float("nan")}}, "train.lr"),
+        ({"text": {"vocab_size": 1000}}, "text.vocab_size"),
     ],
 )
 def test_bad_values_name_the_key(data, key):

@@ -65,6 +65,8 @@ def test_eval_command_writes_table_json_and_plot(tiny_checkpoint, tmp_path):
     assert "CLIP image tower" in result.stdout
 
 
-def test_eval_refuses_a_folder_too_small(tiny_checkpoint, shapes_folder):
+def test_eval_refuses_a_folder_too_small_and_bad_guidance(tiny_checkpoint, shapes_folder):
     result = CliRunner().invoke(app, ["eval", str(shapes_folder), "-c", str(tiny_checkpoint)])
     assert result.exit_code == 2 and "too few images" in result.output
+    result = CliRunner().invoke(app, ["eval", str(shapes_folder), "-c", str(tiny_checkpoint), "-g", "nan"])
+    assert result.exit_code == 2 and "guidance" in result.output

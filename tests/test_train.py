@@ -129,7 +129,8 @@ def test_two_process_ddp_with_gloo(shapes_folder, tmp_path, config_file):
 
 
 @pytest.mark.parametrize("case", ["missing", "no_captions", "all_corrupt", "bad_key", "bad_value",
-                                  "resume_without_state", "resume_other_config", "existing_run"])
+                                  "resume_without_state", "resume_other_config", "existing_run",
+                                  "resume_changed_data", "text_encoder_without_tag"])
 def test_bad_input_is_one_line_exit_2(case, shapes_folder, tmp_path, config_file):
     data, out, config = shapes_folder, tmp_path / "run", config_file
     extra: list[str] = []
@@ -147,8 +148,13 @@ def test_bad_input_is_one_line_exit_2(case, shapes_folder, tmp_path, config_file
         config.write_text(TRAIN_CONFIG.replace("batch_size = 8", 'batch_size = "eight"'))
     elif case == "resume_without_state":
         extra = ["--resume"]
-    elif case in ("resume_other_config", "existing_run"):
+    elif case == "text_encoder_without_tag":
+        extra = ["--text-encoder", "ViT-B-32"]
+    elif case in ("resume_other_config", "existing_run", "resume_changed_data"):
         assert cli(*train_args(data, out, config, steps=4, clip_steps=2)).exit_code == 0
+        if case == "resume_changed_data":
+            next(data.glob("*.txt")).unlink()
+            extra = ["--resume"]
         if case == "resume_other_config":
             config.write_text(TRAIN_CONFIG.replace("base_channels = 16", "base_channels = 8"))
             extra = ["--resume"]
