@@ -69,7 +69,6 @@ def sampling_rows(name: str, batches: list[int], steps: int, peak: float) -> lis
     for batch in batches:
         tasks = [ImageTask(index=k, prompt="a panda on a bike", seed=k, steps=steps, guidance=3.0)
                  for k in range(batch)]
-        whole = time_it(lambda: list(generate(model, tasks, batch_size=batch)), 2 if batch > 16 else 3)
         # the U-Net forwards alone: the same number of calls on the same (guided, 2B) batch
         x, cond = unet_inputs(cfg, model, 2 * batch)
         sigma = torch.full((2 * batch,), 1.0)
@@ -78,7 +77,13 @@ def sampling_rows(name: str, batches: list[int], steps: int, peak: float) -> lis
             with torch.inference_mode():
                 for _ in range(steps):
                     model.denoiser(x, sigma, cond)
-        unet_only = time_it(forwards, 2 if batch > 16 else 3)
+        # alternate the two measurements and keep each one's best, so drifting clock speed or
+        # background load does not land on one side only
+        whole_times, unet_times = [], []
+        for _ in range(2 if batch > 16 else 4):
+            whole_times.append(time_it(lambda: list(generate(model, tasks, batch_size=batch)), 1))
+            unet_times.append(time_it(forwards, 1))
+        whole, unet_only = min(whole_times), min(unet_times)
         flops = flops_per_forward(model, cfg, 2 * batch)
         rows.append(f"| {name} | {batch} | {steps} | {batch / whole:.2f} | {whole / steps * 1e3:.1f} | "
                     f"{flops / 1e9:.2f} | {flops * steps / whole / 1e9:.1f} | {flops * steps / whole / peak:.1%} | "

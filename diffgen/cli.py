@@ -471,6 +471,9 @@ def evaluate(
     guidance: Annotated[str, typer.Option("-g", "--guidance", help="Comma-separated guidance scales.")] = "3",
     images: Annotated[int, typer.Option(help="Images per setting (and per real set).")] = 500,
     batch_size: Annotated[int, typer.Option(help="Images through the model at once.")] = 64,
+    prompt_file: Annotated[Optional[list[Path]], typer.Option(
+        "-f", "--prompt-file", help="Also measure prompt agreement on this prompt set (e.g. held-out "
+        "object pairs); repeatable.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write eval.json, eval.md and "
                                                 "eval.png (FD vs steps) here.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -502,7 +505,14 @@ def evaluate(
                            f"FD {row['fd']:.4f}  KID {row['kid'] * 1e3:.3f}e-3  CLIP {row['clip_score']:.2f}  "
                            f"top-1 {row['retrieval_top1']:.3f}  ({row['seconds']} s)", err=True)
 
+        from diffgen.evaluate import prompt_set_agreement
+        from diffgen.prompts import read_prompt_file
+
+        prompt_sets = {str(f): [s.prompt for s in read_prompt_file(f, 1)] for f in prompt_file or []}
         result = run_eval(model, data, names, step_list, scales, images, batch_size, on_result=show)
+        result["prompt_sets"] = {
+            name: prompt_set_agreement(model, prompts, 4, names[0], max(step_list), scales[0], batch_size)
+            for name, prompts in prompt_sets.items()}
         result["checkpoint"] = str(checkpoint) if checkpoint else "default"
         result["model_hash"] = model.content_hash
         if out is not None:

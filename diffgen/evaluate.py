@@ -137,6 +137,20 @@ def run_eval(model: DiffusionModel, data: Path, samplers: list[str], steps: list
     return {"note": FEATURE_NOTE, "floor": floor, "rows": rows}
 
 
+def prompt_set_agreement(model: DiffusionModel, prompts: list[str], images_per_prompt: int, sampler: str,
+                         steps: int, guidance: float, batch_size: int) -> dict[str, Any]:
+    """CLIP score and retrieval for images of an arbitrary prompt set (e.g. held-out object pairs),
+    retrieval ranking each image against the set's distinct prompts."""
+    expanded = [p for p in prompts for _ in range(images_per_prompt)]
+    tasks = [ImageTask(index=k, prompt=p, seed=k, steps=steps, sampler=sampler, guidance=guidance)
+             for k, p in enumerate(expanded)]
+    images = torch.stack([img for _, img, _ in generate(model, tasks, batch_size)])
+    distinct = sorted(set(prompts))
+    txt = dict(zip(distinct, text_features(model, distinct)))
+    return {"prompts": len(distinct), "images": len(images), "sampler": sampler, "steps": steps,
+            "guidance": guidance, **prompt_agreement(image_features(model, images), expanded, txt)}
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The eval result as a Markdown table, the real-vs-real floor first."""
     floor = result["floor"]
@@ -150,6 +164,11 @@ def markdown_table(result: dict[str, Any]) -> str:
                      f"{r['kid'] * 1e3:.3f} | {r['clip_score']:.2f} | {r['retrieval_top1']:.3f} | {r['seconds']} |")
     lines.append(f"\n{floor['images']} images per set; retrieval chance level "
                  f"{result['rows'][0]['retrieval_chance'] if result['rows'] else float('nan'):.3f}.")
+    if result.get("prompt_sets"):
+        lines += ["", "| prompt set | prompts | images | CLIP score | retrieval top-1 | chance |", "|---|---|---|---|---|---|"]
+        for name, r in result["prompt_sets"].items():
+            lines.append(f"| {name} | {r['prompts']} | {r['images']} | {r['clip_score']:.2f} | "
+                         f"{r['retrieval_top1']:.3f} | {r['retrieval_chance']:.3f} |")
     return "\n".join(lines)
 
 

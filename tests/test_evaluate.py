@@ -52,9 +52,11 @@ def test_prompt_agreement():
 def test_eval_command_writes_table_json_and_plot(tiny_checkpoint, tmp_path):
     data = make_shapes_folder(tmp_path / "shapes", count=120, size=8)
     out = tmp_path / "eval"
+    prompts = tmp_path / "heldout.txt"
+    prompts.write_text("a red circle\na blue square\n")
     result = CliRunner().invoke(app, ["eval", str(data), "-c", str(tiny_checkpoint), "--images", "10",
                                       "--steps", "2,4", "--samplers", "euler,dpmpp-2m", "-g", "1,2",
-                                      "-o", str(out), "--device", "cpu"])
+                                      "-o", str(out), "--device", "cpu", "-f", str(prompts)])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "eval.json").read_text())
     assert len(saved["rows"]) == 2 * 2 * 2
@@ -62,6 +64,8 @@ def test_eval_command_writes_table_json_and_plot(tiny_checkpoint, tmp_path):
     assert all(r["fd"] >= 0 and 0 <= r["retrieval_top1"] <= 1 for r in saved["rows"])
     assert "real vs real (floor)" in (out / "eval.md").read_text()
     assert (out / "eval.png").exists()
+    held = saved["prompt_sets"][str(prompts)]
+    assert held["prompts"] == 2 and held["images"] == 8 and held["retrieval_chance"] == 0.5
     assert "CLIP image tower" in result.stdout
 
 
