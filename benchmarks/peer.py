@@ -7,15 +7,13 @@ Run: .venv/bin/python benchmarks/peer.py   (needs the bench extra: pip install -
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffgen.config import Config
 from diffgen.generate import ImageTask, generate
 from diffgen.model import build_model
+from speed import time_it  # benchmarks/ is on sys.path when this file runs as a script
 
 STEPS, GUIDANCE = 20, 3.0
 
@@ -54,16 +52,6 @@ def diffusers_sample(unet, scheduler, tokens, pooled, uncond_tokens, uncond_pool
     return x
 
 
-def median_time(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     import diffusers
     from diffusers import DPMSolverMultistepScheduler
@@ -96,9 +84,9 @@ def main() -> None:
             theirs(x, torch.tensor(500), encoder_hidden_states=tokens, class_labels=pooled)
         tasks = [ImageTask(index=k, prompt="a panda on a bike", seed=k, steps=STEPS, guidance=GUIDANCE)
                  for k in range(batch)]
-        ours_s = median_time(lambda: list(generate(model, tasks, batch_size=batch))) / batch
-        theirs_s = median_time(lambda: diffusers_sample(theirs, scheduler, cond.tokens, cond.pooled,
-                                                        uncond.tokens, uncond.pooled, batch, size)) / batch
+        ours_s = time_it(lambda: list(generate(model, tasks, batch_size=batch)), 3) / batch
+        theirs_s = time_it(lambda: diffusers_sample(theirs, scheduler, cond.tokens, cond.pooled,
+                                                    uncond.tokens, uncond.pooled, batch, size), 3) / batch
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         print(f"| {batch} | {count(ours) / 1e6:.2f} M | {count(theirs) / 1e6:.2f} M | "
               f"{ours_flops.get_total_flops() / 1e9:.2f} | {their_flops.get_total_flops() / 1e9:.2f} | "
