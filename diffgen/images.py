@@ -41,7 +41,9 @@ def image_filename(index: int, seed: int, prompt: str) -> str:
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images (rounded to the nearest level)."""
-    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(dtype=_uint8())
+    import torch
+
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return [Image.fromarray(p.permute(1, 2, 0).numpy(), "RGB") for p in pixels]
 
 
@@ -55,12 +57,6 @@ def from_pil(image: Image.Image, size: int | None = None) -> torch.Tensor:
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
     return array.permute(2, 0, 1).float() / 127.5 - 1
-
-
-def _uint8() -> Any:
-    import torch
-
-    return torch.uint8
 
 
 def a1111_parameters(recipe: dict[str, Any]) -> str:
