@@ -154,9 +154,17 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict[str, to
     return tensors, config, metadata
 
 
-def save_model(path: str | Path, model: DiffusionModel, extra: dict[str, Any] | None = None) -> str:
-    """Save a DiffusionModel (all weights + config) as one inference checkpoint; return its hash."""
-    return save_checkpoint(path, model.state_dict(), model.config, extra)
+def save_model(path: str | Path, model: DiffusionModel, extra: dict[str, Any] | None = None,
+               dtype: torch.dtype | None = None) -> str:
+    """Save a DiffusionModel (all weights + config) as one inference checkpoint; return its hash.
+
+    ``dtype`` (e.g. float16) stores the floating-point weights in that type, halving the file;
+    ``load_model`` copies them back into float32 parameters.
+    """
+    tensors = model.state_dict()
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    return save_checkpoint(path, tensors, model.config, extra)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:

@@ -415,6 +415,11 @@ def train(
         help="Use this text encoder instead of training one: a diffgen checkpoint, or ARCH:PRETRAINED "
         "for open_clip (a tag or a local .safetensors file).", show_default=False)] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in the -o folder from its last state.")] = False,
+    time_limit: Annotated[Optional[float], typer.Option(
+        help="Minutes: end the diffusion stage once the run has taken this long, saving the state "
+        "and the model (--resume goes on to --steps).", show_default=False)] = None,
+    weights_dtype: Annotated[str, typer.Option(
+        help="Storage type of model.safetensors: float32, float16 (half the size) or bfloat16.")] = "float32",
     check: Annotated[bool, typer.Option(help="Only lint the data folder, do not train.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or messages.")] = False,
@@ -433,6 +438,8 @@ def train(
             if value < (0 if key == "clip_steps" else 1):
                 raise InputError(f"--{key.replace('_', '-')} must be at least {0 if key == 'clip_steps' else 1}")
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+        if time_limit is not None and not time_limit > 0:
+            raise InputError(f"--time-limit must be a positive number of minutes, got {time_limit}")
         if check:
             report = _print_data_report(data, cfg.image_size)
             if not report.items:
@@ -443,8 +450,9 @@ def train(
         out = out or Path("runs") / data.resolve().name
         _check_output_dir(out)
         log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
-        summary = run_training(TrainOptions(data, out, cfg, resume, text_encoder, device,
-                                            progress=not quiet, log=log))
+        summary = run_training(TrainOptions(
+            data, out, cfg, resume, text_encoder, device, progress=not quiet, log=log,
+            time_limit=None if time_limit is None else 60 * time_limit, weights_dtype=weights_dtype))
         if not quiet and int(os.environ.get("RANK", "0")) == 0:
             typer.echo(f"model: {out / 'model.safetensors'}", err=True)
         if int(os.environ.get("RANK", "0")) == 0:

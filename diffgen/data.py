@@ -154,6 +154,8 @@ def load_image(path: Path, size: int, background: tuple[int, int, int] = (255, 2
             image = Image.alpha_composite(canvas, rgba)
         image = image.convert("RGB")
     width, height = image.size
+    if width == height == size:
+        return image
     scale = size / min(width, height)
     resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
                            Image.Resampling.LANCZOS)

@@ -75,3 +75,12 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(value)
         value /= info.world_size
     return value
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (so all ranks stop together)."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,8 @@ from diffgen.data import TrainingSet, load_training_set, scan_folder, split_hold
 from diffgen.denoiser import Denoiser, edm_loss
 from diffgen.errors import InputError
 from diffgen.model import DiffusionModel, PromptCache, build_model
-from diffgen.trainloop import (BatchPlan, RunLog, Throughput, cosine_lr, image_batch, lr_at,
-                               maybe_no_sync, pick_captions, step_generator)
+from diffgen.trainloop import (BatchPlan, NoiseGenerator, PendingLosses, RunLog, Throughput, cosine_lr,
+                               image_batch, lr_at, maybe_no_sync, pick_captions, step_generator)
 from diffgen.trainstate import TrainingState, optimizer_from_tensors, optimizer_to_tensors, \
     require_state, restore_rng, rng_tensors, save_state
 
@@ -39,6 +40,10 @@ class TrainOptions:
     device: str = "auto"
     progress: bool = True
     log: Callable[[str], None] = print
+    # Stop the diffusion stage once the run has taken this many seconds (saved and resumable).
+    time_limit: float | None = None
+    # Storage type of the floating-point weights in model.safetensors (the state stays float32).
+    weights_dtype: str = "float32"
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Run:
     device: torch.device
     dist: distributed.DistInfo
     log: RunLog
+    started: float = dataclasses.field(default_factory=time.perf_counter)
 
     def plan(self, per_rank: int) -> BatchPlan:
         return BatchPlan(self.train_idx, per_rank, self.cfg.train.grad_accum, self.dist.world_size,
@@ -66,6 +72,9 @@ class Run:
 
 # Settings a resumed run may change: how long it goes on and how often it saves or samples.
 RESUMABLE_CHANGES = ("steps", "sample_every", "checkpoint_every")
+# On a GPU the losses are read back every this many steps (see PendingLosses).
+GPU_LOG_EVERY = 25
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _without_schedule(config: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +106,42 @@ def _progress(run: Run, total: int, start: int, stage: str):
     return progress, task
 
 
+class StageMeter:
+    """Progress bar, metrics.jsonl rows and images/s for one stage, fed in batches of steps."""
+
+    def __init__(self, run: Run, stage: str, total: int, start: int, images_per_step: int):
+        self.run, self.stage, self.images_per_step = run, stage, images_per_step
+        self.pending = PendingLosses(1 if run.device.type == "cpu" else GPU_LOG_EVERY)
+        self.speed = Throughput()
+        self.smoothed: float | None = None
+        self.progress, self.bar = _progress(run, total, start, stage)
+
+    def add(self, step: int, lr: float, loss: torch.Tensor, force: bool = False) -> None:
+        """Record step ``step``'s loss; write out the pending steps when due or ``force``."""
+        self.pending.add(step, lr, loss)
+        if force or self.pending.due():
+            self.flush()
+
+    def flush(self) -> None:
+        rows = self.pending.flush(lambda v: distributed.all_reduce_mean(v, self.run.dist))
+        if not rows:
+            return
+        rate = self.speed.add(self.images_per_step * len(rows))
+        for step, lr, loss in rows:
+            self.smoothed = loss if self.smoothed is None else 0.98 * self.smoothed + 0.02 * loss
+            self.run.log.write({"stage": self.stage, "step": step, "loss": loss, "lr": lr,
+                                "images_per_s": rate})
+        self.progress.update(self.bar, advance=len(rows), loss=f"{self.smoothed:.4f}", rate=f"{rate:.1f}")
+
+    def out_of_time(self) -> bool:
+        """True on every rank once the run's time limit has passed (checked at flushes only)."""
+        limit = self.run.opts.time_limit
+        if limit is None or self.pending.rows:
+            return False
+        return distributed.any_rank(time.perf_counter() - self.run.started >= limit, self.run.dist,
+                                    self.run.device)
+
+
 def _save(run: Run, stage: str, step: int, tensors: dict, optimizer: torch.optim.Optimizer,
           plan: BatchPlan) -> None:
     if run.dist.is_main:
@@ -126,33 +171,39 @@ def train_clip(run: Run, resume: TrainingState | None) -> None:
                                       world_size=run.dist.world_size)
     plan = run.plan(t.clip_batch_size)
     tokenizer = run.model.text_encoder
-    speed = Throughput()
-    progress, bar = _progress(run, t.clip_steps, start, "clip")
-    with progress:
+    token_ids: dict[str, torch.Tensor] = {}
+
+    def tokens_for(captions: list[str]) -> torch.Tensor:
+        # Each distinct caption is tokenized once: the Python tokenizer costs more than a GPU step.
+        missing = sorted(set(captions) - token_ids.keys())
+        if missing:
+            token_ids.update(zip(missing, tokenizer.tokenize(missing)[0]))
+        return torch.stack([token_ids[c] for c in captions]).to(run.device)
+
+    meter = StageMeter(run, "clip", t.clip_steps, start, plan.global_batch)
+    with meter.progress:
         for step in range(start, t.clip_steps):
             lr = cosine_lr(step, t.clip_steps, t.clip_lr, min(t.warmup_steps, t.clip_steps // 10 + 1))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            total = 0.0
+            total = torch.zeros((), device=run.device)
             for micro in range(t.grad_accum):
                 idx = plan.batch(step, micro, run.dist.rank)
                 gen = step_generator(t.seed, "clip", step * t.grad_accum + micro, run.dist.rank)
-                ids = tokenizer.tokenize(pick_captions(run.data, idx, gen))[0].to(run.device)
+                ids = tokens_for(pick_captions(run.data, idx, gen))
                 with maybe_no_sync(net, micro < t.grad_accum - 1):
                     image_features, text_features, scale = net(image_batch(run.data, idx, run.device), ids)[:3]
                     loss = loss_fn(image_features, text_features, scale) / t.grad_accum
                     loss.backward()
-                total += loss.item()
+                total += loss.detach()
             torch.nn.utils.clip_grad_norm_(clip.parameters(), t.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 clip.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
-            rate = speed.add(plan.global_batch)
-            run.log.write({"stage": "clip", "step": step + 1, "loss": total, "lr": lr,
-                           "images_per_s": rate})
-            progress.update(bar, advance=1, loss=f"{total:.4f}", rate=f"{rate:.1f}")
-            if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.clip_steps:
+            save = (step + 1) % t.checkpoint_every == 0 or step + 1 == t.clip_steps
+            meter.add(step + 1, lr, total, force=save)
+            if save:
                 _save(run, "clip", step + 1, {f"clip.{k}": v for k, v in clip.state_dict().items()},
                       optimizer, plan)
     clip.eval()
@@ -184,13 +235,16 @@ def retrieval_accuracy(model: DiffusionModel, data: TrainingSet, indices: list[i
             "chance_top5": chance5 / n}
 
 
-def train_diffusion(run: Run, resume: TrainingState | None) -> None:
-    """Stage 2: the U-Net with the EDM loss; frozen text encoder; EMA; caption dropout for CFG."""
+def train_diffusion(run: Run, resume: TrainingState | None) -> int:
+    """Stage 2: the U-Net with the EDM loss; frozen text encoder; EMA; caption dropout for CFG.
+    Returns the number of steps done (fewer than configured when the time limit stopped it)."""
     t, d = run.cfg.train, run.cfg.denoiser
     text = run.model.text_encoder.eval().requires_grad_(False)
     unet = run.model.denoiser.net.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # fused: one kernel for the whole update instead of a few per parameter tensor
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                  fused=True if run.device.type == "cuda" else None)
     start = 0
     if resume is not None:  # the model weights were restored by run_training
         ema.load_state_dict({k[len("ema."):]: v for k, v in resume.tensors.items() if k.startswith("ema.")})
@@ -203,10 +257,11 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> None:
     cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
     plan = run.plan(t.batch_size)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda")
-    speed = Throughput()
-    progress, bar = _progress(run, t.steps, start, "diffusion")
-    smoothed = None
-    with progress:
+    noise_generator = NoiseGenerator(run.device)
+    ema_params, params = list(ema.parameters()), list(unet.parameters())
+    meter = StageMeter(run, "diffusion", t.steps, start, plan.global_batch)
+    step = start
+    with meter.progress:
         for step in range(start, t.steps):
             lr = lr_at(step, t.lr, t.warmup_steps)
             for group in optimizer.param_groups:
@@ -218,7 +273,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> None:
                 cond = cache(pick_captions(run.data, idx, gen, t.caption_dropout))
                 with maybe_no_sync(net, micro < t.grad_accum - 1), autocast:
                     loss = edm_loss(denoiser, image_batch(run.data, idx, run.device), cond,
-                                    d.p_mean, d.p_std, generator=gen).mean() / t.grad_accum
+                                    d.p_mean, d.p_std, generator=noise_generator(gen)).mean() / t.grad_accum
                     loss.backward()
                 total += loss.detach()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), t.grad_clip)
@@ -226,15 +281,13 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> None:
             optimizer.zero_grad(set_to_none=True)
             decay = min(t.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), unet.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
-            loss_value = distributed.all_reduce_mean(total, run.dist).item()
-            smoothed = loss_value if smoothed is None else 0.98 * smoothed + 0.02 * loss_value
-            rate = speed.add(plan.global_batch)
-            run.log.write({"stage": "diffusion", "step": step + 1, "loss": loss_value, "lr": lr,
-                           "images_per_s": rate})
-            progress.update(bar, advance=1, loss=f"{smoothed:.4f}", rate=f"{rate:.1f}")
-            last = step + 1 == t.steps
+                torch._foreach_lerp_(ema_params, params, 1 - decay)
+            periodic = (step + 1) % t.sample_every == 0 or (step + 1) % t.checkpoint_every == 0
+            meter.add(step + 1, lr, total, force=periodic or step + 1 == t.steps)
+            last = step + 1 == t.steps or meter.out_of_time()
+            if last and step + 1 < t.steps:
+                run.say(f"time limit reached after {step + 1} of {t.steps} steps; "
+                        "the state is saved, --resume continues the run")
             if run.dist.is_main and ((step + 1) % t.sample_every == 0 or last):
                 sample_grid(run, ema, step + 1)
             if (step + 1) % t.checkpoint_every == 0 or last:
@@ -242,7 +295,10 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> None:
                            **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
                 _save(run, "diffusion", step + 1, tensors, optimizer, plan)
                 run.log.loss_curve(run.opts.out / "loss.png")
+            if last:
+                break
     run.model.denoiser.net.load_state_dict(ema.state_dict())  # ship the EMA weights
+    return step + 1 if start < t.steps else start
 
 
 def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
@@ -266,12 +322,14 @@ def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
 
 def run_training(opts: TrainOptions) -> dict[str, Any]:
     """Both stages end to end; returns the training summary (also stored in the checkpoint)."""
-    import time
-
     from diffgen.checkpoint import atomic_write
     from diffgen.generate import pick_device
 
     started = time.perf_counter()
+    if opts.weights_dtype not in WEIGHT_DTYPES:
+        raise InputError(f"unknown weights dtype '{opts.weights_dtype}' (choose from: {', '.join(WEIGHT_DTYPES)})")
+    if opts.time_limit is not None and opts.time_limit <= 0:
+        raise InputError("the time limit must be positive")
     device = pick_device(opts.device)
     dist = distributed.init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
@@ -298,6 +356,11 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
             raise InputError(f"{opts.out} already holds a training run: add --resume to continue it, "
                              "or choose another -o folder")
         data = load_training_set(report.items, cfg.image_size)
+        if device.type == "cuda":  # a few hundred MB at most: no host-to-device copy per step
+            data.images = data.images.to(device)
+            torch.backends.cuda.matmul.allow_tf32 = True  # the CLIP stage runs in float32
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
         train_idx, held_idx = split_holdout(len(data), cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
         # weights from --text-encoder or the state replace any pretrained download
@@ -314,7 +377,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
             opts.out.mkdir(parents=True, exist_ok=True)
             atomic_write(opts.out / "config.toml", lambda tmp: Path(tmp).write_text(config_to_toml(cfg)))
         log = RunLog(opts.out, dist.is_main, (resume.stage, resume.step) if resume else None)
-        run = Run(opts, cfg, data, train_idx, held_idx, model, device, dist, log)
+        run = Run(opts, cfg, data, train_idx, held_idx, model, device, dist, log, started)
         run.say(f"{len(train_idx)} training images, {len(held_idx)} held out; global batch "
                 f"{cfg.train.batch_size * cfg.train.grad_accum * dist.world_size} on {dist.world_size} "
                 f"process(es), {device}")
@@ -328,10 +391,10 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
             run.say(f"CLIP image-to-text retrieval on {r['images']} {'held-out' if held_idx else 'training'}"
                     f" images: top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 "
                     f"{r['top5']:.1%} (chance {r['chance_top5']:.1%})")
-        train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
+        steps_done = train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
         summary.update({
             "images": len(data), "train_images": len(train_idx), "held_out_images": len(held_idx),
-            "skipped_files": len(report.skipped), "steps": cfg.train.steps,
+            "skipped_files": len(report.skipped), "steps": steps_done, "configured_steps": cfg.train.steps,
             "clip_steps": cfg.train.clip_steps if "clip_retrieval" in summary else 0,
             "world_size": dist.world_size,
             "global_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size,
@@ -340,7 +403,8 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
             "device": str(device), "seconds_this_process": round(time.perf_counter() - started, 2),
         })
         if dist.is_main:
-            save_model(opts.out / "model.safetensors", model.cpu(), extra={"training": summary})
+            save_model(opts.out / "model.safetensors", model.cpu(), extra={"training": summary},
+                       dtype=WEIGHT_DTYPES[opts.weights_dtype])
             atomic_write(opts.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
         distributed.barrier(dist)
         return summary

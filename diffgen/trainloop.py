@@ -29,6 +29,51 @@ def step_generator(seed: int, stage: str, step: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+class NoiseGenerator:
+    """The generator for a step's noise levels and noise images.
+
+    On the CPU that is the step's own generator. On a GPU, drawing the image noise on the CPU and
+    copying it over would cost more than the training step, so a device generator is re-seeded
+    from the step's generator instead: still a function of (seed, stage, step, rank), so resume
+    stays exact, but the numbers differ from a CPU run of the same seed.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device_gen = None if device.type == "cpu" else torch.Generator(device=device)
+
+    def __call__(self, step_gen: torch.Generator) -> torch.Generator:
+        if self.device_gen is None:
+            return step_gen
+        return self.device_gen.manual_seed(int(torch.randint(2**62, (1,), generator=step_gen)))
+
+
+class PendingLosses:
+    """Losses of recent steps kept on the device and read back together every ``every`` steps.
+
+    Reading a GPU loss each step stalls the host until the step finishes, so the next step cannot
+    be queued while this one runs; batching the reads keeps the GPU fed. On the CPU ``every`` is 1.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self.rows: list[tuple[int, float, torch.Tensor]] = []
+
+    def add(self, step: int, lr: float, loss: torch.Tensor) -> None:
+        self.rows.append((step, lr, loss.detach().reshape(())))
+
+    def due(self) -> bool:
+        return len(self.rows) >= self.every
+
+    def flush(self, mean_over_ranks) -> list[tuple[int, float, float]]:
+        """(step, lr, loss averaged over ranks) for every pending step, with one host sync."""
+        if not self.rows:
+            return []
+        values = mean_over_ranks(torch.stack([loss for _, _, loss in self.rows])).tolist()
+        out = [(step, lr, value) for (step, lr, _), value in zip(self.rows, values)]
+        self.rows = []
+        return out
+
+
 @dataclass
 class BatchPlan:
     """Which images each rank and micro-batch of a step uses: epochs are seeded permutations of
@@ -137,7 +182,7 @@ class RunLog:
 
 
 class Throughput:
-    """Images per second over the recent steps."""
+    """Images per second since the stage started (or resumed)."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()

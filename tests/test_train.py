@@ -170,3 +170,57 @@ def test_data_check_command(shapes_folder):
     assert result.exit_code == 0
     assert "24 usable image-caption pairs" in result.stdout
     assert "orphan.png: no caption" in result.stdout
+
+
+def test_time_limit_stops_with_a_saved_resumable_state(shapes_folder, tmp_path, config_file):
+    out = tmp_path / "limited"
+    # 0.001 minutes have passed before the first diffusion step ends: the run stops after it
+    result = cli(*train_args(shapes_folder, out, config_file, steps=40), "--time-limit", "0.001")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 1 and summary["configured_steps"] == 40
+    state = load_latest_state(out / "state")
+    assert state is not None and (state.stage, state.step) == ("diffusion", 1)
+    assert (out / "model.safetensors").exists() and (out / "samples" / "step-00000001.png").exists()
+    resumed = cli(*train_args(shapes_folder, out, config_file, steps=5), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == 5
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["stage"] == "diffusion"] == list(range(1, 6))
+
+
+def test_float16_weights_halve_the_file_and_load_as_float32(shapes_folder, tmp_path, config_file):
+    runs = {}
+    for dtype in ("float32", "float16"):
+        out = tmp_path / dtype
+        result = cli(*train_args(shapes_folder, out, config_file, steps=4, clip_steps=2),
+                     "--weights-dtype", dtype)
+        assert result.exit_code == 0, result.output
+        runs[dtype] = out / "model.safetensors"
+    assert runs["float16"].stat().st_size < 0.55 * runs["float32"].stat().st_size
+    from diffgen.checkpoint import load_model
+
+    full, half = load_model(runs["float32"]), load_model(runs["float16"])
+    for (name, a), b in zip(full.state_dict().items(), half.state_dict().values()):
+        assert b.dtype == a.dtype, name
+        assert torch.equal(a.half().float() if a.is_floating_point() else a, b), name
+
+
+def test_unknown_weights_dtype_and_bad_time_limit_are_input_errors(shapes_folder, tmp_path, config_file):
+    for extra in (["--weights-dtype", "int8"], ["--time-limit", "0"], ["--time-limit", "-1"]):
+        result = cli(*train_args(shapes_folder, tmp_path / "x", config_file, steps=2, clip_steps=1), *extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_pending_losses_are_read_back_in_batches():
+    from diffgen.trainloop import PendingLosses
+
+    pending = PendingLosses(every=3)
+    for step in range(1, 3):
+        pending.add(step, 0.1 * step, torch.tensor(float(step)))
+        assert not pending.due()
+    pending.add(3, 0.3, torch.tensor(3.0))
+    assert pending.due()
+    assert pending.flush(lambda v: v * 2) == [(1, 0.1, 2.0), (2, 0.2, 4.0), (3, 0.3, 6.0)]
+    assert pending.flush(lambda v: v) == [] and not pending.due()
