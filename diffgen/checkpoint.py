@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,9 @@ from safetensors.torch import load_file, save_file
 from diffgen import __version__
 from diffgen.config import Config, config_from_dict, config_to_dict
 from diffgen.errors import CheckpointError, ConfigError
+from diffgen.fileio import atomic_write
 from diffgen.model import DiffusionModel, build_model
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 FORMAT_NAME = "diffgen"
 FORMAT_VERSION = 1
 # A safetensors header is JSON of a few hundred bytes per tensor; anything larger is not one.
@@ -43,22 +40,6 @@ def content_hash(tensors: dict[str, torch.Tensor], config_json: str = "") -> str
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same filesystem)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

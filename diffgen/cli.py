@@ -524,7 +524,7 @@ def evaluate(
         result["checkpoint"] = str(checkpoint) if checkpoint else "default"
         result["model_hash"] = model.content_hash
         if out is not None:
-            from diffgen.checkpoint import atomic_write
+            from diffgen.fileio import atomic_write
             from diffgen.images import save_png
 
             atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))

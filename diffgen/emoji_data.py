@@ -217,7 +217,7 @@ class SceneComposer:
 def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
                         font: str | Path | None = None) -> dict:
     """Write ``count`` scenes to ``out`` (images/ + metadata.jsonl + heldout.json); return a summary."""
-    from diffgen.checkpoint import atomic_write
+    from diffgen.fileio import atomic_write
 
     if count < 1 or size < 16:
         raise InputError("--count must be at least 1 and --size at least 16")

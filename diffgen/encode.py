@@ -44,7 +44,7 @@ def save_encoding(path: Path, report: EncodeReport, model: DiffusionModel) -> No
     prompts and the encoder identity go in the metadata."""
     from safetensors.torch import save_file
 
-    from diffgen.checkpoint import atomic_write
+    from diffgen.fileio import atomic_write
     from diffgen.config import config_to_dict
 
     enc = report.encoding

@@ -91,7 +91,7 @@ def save_png(image: Image.Image, path: Path, recipe: dict[str, Any] | None = Non
              text: dict[str, str] | None = None) -> None:
     """Write a PNG (with recipe chunks and extra ``text`` chunks if given) to a temporary name,
     then rename it into place."""
-    from diffgen.checkpoint import atomic_write
+    from diffgen.fileio import atomic_write
 
     info = png_info(recipe) if recipe is not None else PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():

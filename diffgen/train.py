@@ -322,7 +322,7 @@ def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
 
 def run_training(opts: TrainOptions) -> dict[str, Any]:
     """Both stages end to end; returns the training summary (also stored in the checkpoint)."""
-    from diffgen.checkpoint import atomic_write
+    from diffgen.fileio import atomic_write
     from diffgen.generate import pick_device
 
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffgen.checkpoint import atomic_write
+from diffgen.fileio import atomic_write
 from diffgen.data import TrainingSet
 from diffgen.trainstate import STAGE_ORDER
 

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffgen.checkpoint import atomic_write, content_hash
+from diffgen.checkpoint import content_hash
+from diffgen.fileio import atomic_write
 from diffgen.errors import InputError
 
 STATE_VERSION = 1
