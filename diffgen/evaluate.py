@@ -172,17 +172,29 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sweep_series(result: dict[str, Any]) -> tuple[dict[str, tuple[list[float], list[float]]], str]:
+    """FD lines for the chart and their x axis: against steps, one line per (sampler, guidance);
+    or, when every row has the same steps and guidance varies, against guidance, one line per
+    sampler. The real-vs-real floor is a flat line wherever there is more than one x value."""
+    rows = result["rows"]
+    by_guidance = len({r["steps"] for r in rows}) == 1 and len({r["guidance"] for r in rows}) > 1
+    axis = "guidance" if by_guidance else "steps"
+    points: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        name = f"{r['sampler']} {r['steps']} steps" if by_guidance else f"{r['sampler']} g={r['guidance']:g}"
+        points.setdefault(name, []).append((r[axis], r["fd"]))
+    series = {name: ([x for x, _ in sorted(pts)], [y for _, y in sorted(pts)]) for name, pts in points.items()}
+    xs = sorted({r[axis] for r in rows})
+    if len(xs) > 1:
+        series["real vs real"] = (xs, [result["floor"]["fd"]] * len(xs))
+    return series, axis
+
+
 def sweep_chart(result: dict[str, Any]) -> Any:
-    """FD against steps, one line per (sampler, guidance), with the floor as a flat line."""
+    """The sweep as a chart (see ``sweep_series``)."""
     from diffgen.plots import line_chart
 
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for r in result["rows"]:
-        xs, ys = series.setdefault(f"{r['sampler']} g={r['guidance']:g}", ([], []))
-        xs.append(r["steps"])
-        ys.append(r["fd"])
-    all_steps = sorted({r["steps"] for r in result["rows"]})
-    if len(all_steps) > 1:
-        series["real vs real"] = (all_steps, [result["floor"]["fd"]] * len(all_steps))
-    return line_chart(series, "Fréchet distance (CLIP features) vs sampler steps", x_label="steps",
-                      log_x=True)
+    series, axis = sweep_series(result)
+    # "Frechet" without the accent: Pillow's built-in font has no glyph for it
+    return line_chart(series, f"Frechet distance (CLIP features) vs {axis}", x_label=axis,
+                      log_x=axis == "steps")

@@ -74,3 +74,24 @@ def test_eval_refuses_a_folder_too_small_and_bad_guidance(tiny_checkpoint, shape
     assert result.exit_code == 2 and "too few images" in result.output
     result = CliRunner().invoke(app, ["eval", str(shapes_folder), "-c", str(tiny_checkpoint), "-g", "nan"])
     assert result.exit_code == 2 and "guidance" in result.output
+
+
+def test_sweep_series_follows_what_varies():
+    from diffgen.evaluate import sweep_series
+
+    def row(sampler, steps, guidance, fd):
+        return {"sampler": sampler, "steps": steps, "guidance": guidance, "fd": fd}
+
+    floor = {"fd": 0.1}
+    by_guidance = {"floor": floor, "rows": [row("euler", 20, 3.0, 0.3), row("euler", 20, 1.0, 0.5),
+                                             row("euler", 20, 2.0, 0.2)]}
+    series, axis = sweep_series(by_guidance)
+    assert axis == "guidance"
+    assert series["euler 20 steps"] == ([1.0, 2.0, 3.0], [0.5, 0.2, 0.3])
+    assert series["real vs real"] == ([1.0, 2.0, 3.0], [0.1, 0.1, 0.1])
+    by_steps = {"floor": floor, "rows": [row("heun", 10, 3.0, 0.4), row("heun", 5, 3.0, 0.6),
+                                          row("euler", 5, 3.0, 0.7)]}
+    series, axis = sweep_series(by_steps)
+    assert axis == "steps"
+    assert series["heun g=3"] == ([5, 10], [0.6, 0.4]) and series["euler g=3"] == ([5], [0.7])
+    assert series["real vs real"] == ([5, 10], [0.1, 0.1])
