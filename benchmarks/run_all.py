@@ -56,7 +56,14 @@ def main() -> None:
         "Command: `python benchmarks/sampler_orders.py`", "", run("sampler_orders.py"), "",
         "## Speed", "", "Command: `python benchmarks/speed.py`", "", run("speed.py", *quick), "",
         "## Against a peer: diffusers", "", "Command: `python benchmarks/peer.py`", "", run("peer.py"), "",
+        "## GPU", "",
     ]
+    import torch
+
+    if torch.cuda.is_available():
+        parts += ["Command: `python benchmarks/gpu_train_speed.py`", "", run("gpu_train_speed.py"), ""]
+    else:
+        parts += ["No GPU here. Measurements from lent GPUs: [GPU_BENCHMARKS.md](GPU_BENCHMARKS.md).", ""]
     if args.eval_data is not None:
         parts += ["## Quality of the default model", "",
                   f"Command: `diffgen eval {args.eval_data} --samplers euler,heun,dpmpp-2m,dpmpp-2m-sde "

@@ -140,6 +140,8 @@ def cli_latency() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer settings (for a smoke run)")
+    parser.add_argument("--sampling", default=None,
+                        help="comma-separated configs for the sampling table only (e.g. gpu64); skips the rest")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     peak = matmul_peak()
@@ -149,8 +151,15 @@ def main() -> None:
           "overhead (whole / U-Net only) |")
     print("|---|---|---|---|---|---|---|---|---|")
     batches = [1, 16] if args.quick else [1, 16, 64]
-    for row in sampling_rows("tiny", batches, 20, peak) + sampling_rows("default", batches, 20, peak):
-        print(row)
+    # gpu64 is the shipped default model: 5.4x the FLOPs of the default config, so fewer batches
+    plan = {"tiny": batches, "default": batches, **({} if args.quick else {"gpu64": [1, 8]})}
+    if args.sampling:
+        plan = {name: [1, 8] if name == "gpu64" else batches for name in args.sampling.split(",")}
+    for name, sizes in plan.items():
+        for row in sampling_rows(name, sizes, 20, peak):
+            print(row, flush=True)
+    if args.sampling:
+        return
     print("\n### Training step (U-Net + EDM loss + AdamW, CPU)\n")
     print("| config | px | U-Net params | batch | s/step | images/s |")
     print("|---|---|---|---|---|---|")
