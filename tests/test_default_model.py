@@ -1,0 +1,36 @@
+"""The shipped default model: found without -c, loads, matches its config file and the model
+card, and stays under the 50 MB the project allows for it."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from diffgen.checkpoint import load_model, read_checkpoint
+from diffgen.config import load_config
+from diffgen.generate import default_checkpoint
+
+from .conftest import ROOT
+
+
+@pytest.fixture()
+def shipped(monkeypatch):
+    monkeypatch.delenv("DIFFGEN_CHECKPOINT", raising=False)
+    return default_checkpoint()
+
+
+def test_the_default_model_is_the_shipped_file_and_under_50_mb(shipped):
+    assert shipped.resolve() == (ROOT / "checkpoints" / "default.safetensors").resolve()
+    assert shipped.stat().st_size < 50e6
+
+
+def test_the_default_model_loads_with_the_config_it_was_trained_with(shipped):
+    tensors, config, metadata = read_checkpoint(shipped)
+    assert config == load_config(ROOT / "configs" / "gpu64.toml")
+    assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
+    model = load_model(shipped)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    card = (ROOT / "checkpoints" / "README.md").read_text()
+    assert model.content_hash[:10] in card
+    assert f"{metadata['training']['steps']:,}" in card
