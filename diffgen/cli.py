@@ -415,6 +415,10 @@ def train(
         help="Use this text encoder instead of training one: a diffgen checkpoint, or ARCH:PRETRAINED "
         "for open_clip (a tag or a local .safetensors file).", show_default=False)] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in the -o folder from its last state.")] = False,
+    init: Annotated[Optional[Path], typer.Option(
+        help="Start from this diffgen checkpoint's weights (U-Net and text encoder; the CLIP stage is "
+        "skipped): fine-tuning, or more training for a released model. --config must match its model.",
+        show_default=False)] = None,
     time_limit: Annotated[Optional[float], typer.Option(
         help="Minutes: end the diffusion stage once the run has taken this long, saving the state "
         "and the model (--resume goes on to --steps).", show_default=False)] = None,
@@ -452,7 +456,8 @@ def train(
         log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         summary = run_training(TrainOptions(
             data, out, cfg, resume, text_encoder, device, progress=not quiet, log=log,
-            time_limit=None if time_limit is None else 60 * time_limit, weights_dtype=weights_dtype))
+            time_limit=None if time_limit is None else 60 * time_limit, weights_dtype=weights_dtype,
+            init=init))
         if not quiet and int(os.environ.get("RANK", "0")) == 0:
             typer.echo(f"model: {out / 'model.safetensors'}", err=True)
         if int(os.environ.get("RANK", "0")) == 0:

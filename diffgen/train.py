@@ -44,6 +44,8 @@ class TrainOptions:
     time_limit: float | None = None
     # Storage type of the floating-point weights in model.safetensors (the state stays float32).
     weights_dtype: str = "float32"
+    # A diffgen checkpoint whose U-Net and text encoder weights the run starts from (fine-tuning).
+    init: Path | None = None
 
 
 @dataclass
@@ -94,6 +96,18 @@ def _resolve_text_encoder(cfg: Config, spec: str | None) -> tuple[Config, Diffus
         raise InputError(f"--text-encoder {spec}: give a diffgen checkpoint (.safetensors) or "
                          "ARCH:PRETRAINED (an open_clip tag or a local weights file)")
     return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, arch=arch, pretrained=pretrained)), None
+
+
+def _resolve_init(cfg: Config, spec: Path) -> tuple[Config, DiffusionModel]:
+    """Apply --init: the checkpoint's model must have the config's shape (image size, text,
+    U-Net, denoiser); the [train] section stays the run's own."""
+    source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
+    mine, theirs = config_to_dict(cfg), config_to_dict(source.config)
+    differing = sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
+    if differing:
+        raise InputError(f"--init {spec}: the checkpoint was made with another model config "
+                         f"(different {', '.join(differing)}); train with its config")
+    return cfg, source
 
 
 def _progress(run: Run, total: int, start: int, stage: str):
@@ -335,7 +349,13 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     try:
-        cfg, source = _resolve_text_encoder(opts.config, opts.text_encoder)
+        if opts.init is not None and (opts.text_encoder or opts.resume):
+            raise InputError("--init starts a new run from a checkpoint: it cannot be combined with "
+                             "--text-encoder or --resume")
+        if opts.init is not None:
+            cfg, source = _resolve_init(opts.config, opts.init)
+        else:
+            cfg, source = _resolve_text_encoder(opts.config, opts.text_encoder)
         report = scan_folder(opts.data, cfg.text.context_length, check_tokens=False)
         if dist.is_main:
             for path, reason in report.skipped:
@@ -365,7 +385,9 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
         torch.manual_seed(cfg.train.seed)
         # weights from --text-encoder or the state replace any pretrained download
         model = build_model(cfg, load_pretrained_text=source is None and resume is None).to(device)
-        if source is not None:
+        if source is not None and opts.init is not None:
+            model.load_state_dict(source.state_dict())  # shapes agree: _resolve_init compared configs
+        elif source is not None:
             try:
                 model.text_encoder.load_state_dict(source.text_encoder.state_dict())
             except RuntimeError:
@@ -401,6 +423,8 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
             "final_loss": next((r["loss"] for r in reversed(log.rows) if r["stage"] == "diffusion"), None),
             "ranks_identical": distributed.weights_agree(model.denoiser, dist),
             "device": str(device), "seconds_this_process": round(time.perf_counter() - started, 2),
+            **({"init": {"path": str(opts.init), "content_hash": source.content_hash}}
+               if opts.init is not None and source is not None else {}),
         })
         if dist.is_main:
             save_model(opts.out / "model.safetensors", model.cpu(), extra={"training": summary},

@@ -224,3 +224,44 @@ def test_pending_losses_are_read_back_in_batches():
     assert pending.due()
     assert pending.flush(lambda v: v * 2) == [(1, 0.1, 2.0), (2, 0.2, 4.0), (3, 0.3, 6.0)]
     assert pending.flush(lambda v: v) == [] and not pending.due()
+
+
+def test_init_starts_from_a_checkpoint_and_skips_the_clip_stage(shapes_folder, tmp_path, config_file):
+    first = tmp_path / "first"
+    assert cli(*train_args(shapes_folder, first, config_file, steps=40)).exit_code == 0
+    fresh = tmp_path / "fresh"
+    assert cli(*train_args(shapes_folder, fresh, config_file, steps=3, clip_steps=2)).exit_code == 0
+    tuned = tmp_path / "tuned"
+    result = cli(*train_args(shapes_folder, tuned, config_file, steps=3, clip_steps=2),
+                 "--init", str(first / "model.safetensors"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "clip_retrieval" not in summary and summary["init"]["path"].endswith("model.safetensors")
+
+    def rows(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert not [r for r in rows(tuned) if r["stage"] == "clip"]
+    base, after, scratch = (_weights(run / "model.safetensors") for run in (first, tuned, fresh))
+    assert all(torch.equal(after[k], base[k]) for k in base if k.startswith("text_encoder."))
+
+    def unet_distance(a, b):
+        return max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("denoiser."))
+
+    # three small steps away from the checkpoint, not a fresh start
+    assert unet_distance(after, base) < 0.1 * unet_distance(scratch, base)
+
+
+def test_init_with_another_model_config_is_an_input_error(shapes_folder, tmp_path, config_file):
+    first = tmp_path / "first"
+    assert cli(*train_args(shapes_folder, first, config_file, steps=2, clip_steps=1)).exit_code == 0
+    other = tmp_path / "other.toml"
+    other.write_text(TRAIN_CONFIG.replace("base_channels = 16", "base_channels = 8"))
+    for extra in (["--config", str(other)], ["--resume"], ["--text-encoder", str(first / "model.safetensors")]):
+        args = train_args(shapes_folder, tmp_path / "x", config_file, steps=2, clip_steps=1)
+        if extra[0] == "--config":
+            args[args.index("--config") + 1] = str(other)
+            extra = []
+        result = cli(*args, "--init", str(first / "model.safetensors"), *extra)
+        assert result.exit_code == 2, result.output
+        assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
