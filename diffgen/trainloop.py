@@ -11,15 +11,15 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from diffgen.fileio import atomic_write
 from diffgen.data import TrainingSet
+from diffgen.fileio import atomic_write
 from diffgen.trainstate import STAGE_ORDER
 
 
@@ -64,7 +64,7 @@ class PendingLosses:
     def due(self) -> bool:
         return len(self.rows) >= self.every
 
-    def flush(self, mean_over_ranks) -> list[tuple[int, float, float]]:
+    def flush(self, mean_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[int, float, float]]:
         """(step, lr, loss averaged over ranks) for every pending step, with one host sync."""
         if not self.rows:
             return []
