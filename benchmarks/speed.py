@@ -71,6 +71,7 @@ def sampling_rows(name: str, batches: list[int], steps: int, peak: float) -> lis
                  for k in range(batch)]
         # the U-Net forwards alone: the same number of calls on the same (guided, 2B) batch
         x, cond = unet_inputs(cfg, model, 2 * batch)
+        x = x.contiguous(memory_format=torch.channels_last)  # as generate() feeds the U-Net on a CPU
         sigma = torch.full((2 * batch,), 1.0)
 
         def forwards():
