@@ -98,16 +98,16 @@ def _resolve_text_encoder(cfg: Config, spec: str | None) -> tuple[Config, Diffus
     return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, arch=arch, pretrained=pretrained)), None
 
 
-def _resolve_init(cfg: Config, spec: Path) -> tuple[Config, DiffusionModel]:
-    """Apply --init: the checkpoint's model must have the config's shape (image size, text,
-    U-Net, denoiser); the [train] section stays the run's own."""
+def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
+    """The --init checkpoint; its model must have the config's shape (image size, text, U-Net,
+    denoiser), while the [train] section stays the run's own."""
     source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
     mine, theirs = config_to_dict(cfg), config_to_dict(source.config)
     differing = sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
     if differing:
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
                          f"(different {', '.join(differing)}); train with its config")
-    return cfg, source
+    return source
 
 
 def _progress(run: Run, total: int, start: int, stage: str):
@@ -353,7 +353,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
             raise InputError("--init starts a new run from a checkpoint: it cannot be combined with "
                              "--text-encoder or --resume")
         if opts.init is not None:
-            cfg, source = _resolve_init(opts.config, opts.init)
+            cfg, source = opts.config, _load_init(opts.config, opts.init)
         else:
             cfg, source = _resolve_text_encoder(opts.config, opts.text_encoder)
         report = scan_folder(opts.data, cfg.text.context_length, check_tokens=False)
