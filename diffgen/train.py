@@ -61,7 +61,7 @@ class Run:
     device: torch.device
     dist: distributed.DistInfo
     log: RunLog
-    started: float = dataclasses.field(default_factory=time.perf_counter)
+    started: float  # time.perf_counter() when run_training began (for --time-limit)
 
     def plan(self, per_rank: int) -> BatchPlan:
         return BatchPlan(self.train_idx, per_rank, self.cfg.train.grad_accum, self.dist.world_size,
