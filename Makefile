@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # lie on local disk. Elsewhere override it, e.g. `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test sample bench clean
+.PHONY: install test sample pictures bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,17 @@ test: install
 # The main job: images from the embedded default model, into outputs/.
 sample: install
 	$(VENV)/bin/diffgen sample "panda on a bike" -n 8 --seed 0 --grid -o outputs
+
+# Redraws the README grid and the model card's pictures from the default model (after replacing
+# checkpoints/default.safetensors; seeds fixed, nothing picked). The card's text is updated by hand.
+pictures: install
+	rm -rf runs/pictures
+	$(VENV)/bin/diffgen sample -f docs/readme_grid_prompts.txt -n 1 --seed 0 --grid -q -o runs/pictures/readme
+	$(VENV)/bin/diffgen sample "panda on a bike" -n 8 --seed 0 --grid -q -o runs/pictures/panda
+	$(VENV)/bin/diffgen sample -f docs/single_object_prompts.txt -n 2 --seed 0 --grid -q -o runs/pictures/single
+	cp runs/pictures/readme/grid-00000-0.png docs/images/default-grid.png
+	cp runs/pictures/panda/grid-00000-0.png checkpoints/panda-on-a-bike-8-seeds.png
+	cp runs/pictures/single/grid-00000-0.png checkpoints/single-objects.png
 
 # Regenerates docs/BENCHMARKS.md on this machine (EVAL_DATA=folder adds the quality section).
 bench: install

@@ -54,6 +54,10 @@ def main() -> None:
         f"Machine: {machine()}.", "",
         "## Sampler accuracy (exact answer for Gaussian data)", "",
         "Command: `python benchmarks/sampler_orders.py`", "", run("sampler_orders.py"), "",
+        *([] if args.quick else [
+            "## Sampler steps on the shipped model (converged reference)", "",
+            "Command: `python benchmarks/model_steps.py` (about 20 minutes on 2 CPU cores)", "",
+            run("model_steps.py"), ""]),
         "## Speed", "", "Command: `python benchmarks/speed.py`", "", run("speed.py", *quick), "",
         "## Against a peer: diffusers", "", "Command: `python benchmarks/peer.py`", "", run("peer.py"), "",
         "## GPU", "",
