@@ -110,7 +110,10 @@ def _load_model(checkpoint: Path | None, device: str = "cpu") -> Any:
 
 
 def _check_output_dir(out: Path) -> None:
-    """Refuse an output folder that is a file or cannot be created/written, before any work."""
+    """Refuse an output folder that is a file or cannot be created/written, before any work.
+
+    A missing folder is created and removed again: permission bits do not tell (root passes every
+    access check, and some file systems, like /proc, refuse new folders to everyone)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} is a file, not a folder")
     existing = out
@@ -120,6 +123,23 @@ def _check_output_dir(out: Path) -> None:
         raise InputError(f"output path {out} is inside a file ({existing})")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"output folder {existing} is not writable")
+    if existing != out:
+        try:
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+        finally:
+            _remove_empty_up_to(out, existing)
+
+
+def _remove_empty_up_to(path: Path, stop: Path) -> None:
+    """Remove ``path`` and its parents below ``stop`` while they exist and are empty."""
+    while path != stop and path.is_dir():
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
 
 
 def _check_settings(num_images: int, batch_size: int, steps: int, guidance: float,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -189,6 +190,22 @@ def test_output_path_that_is_a_file(tiny_checkpoint, tmp_path):
     target.write_text("x")
     result = run("sample", "x", "-c", tiny_checkpoint, "-o", target)
     assert result.exit_code == 2 and "is a file" in result.output
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_folder_that_cannot_be_created(tiny_checkpoint):
+    # /proc refuses new folders even to root, whom permission bits never stop.
+    result = run("sample", "x", "-c", tiny_checkpoint, "-o", "/proc/diffgen-test/out")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot create output folder"), lines
+
+
+def test_checking_a_new_output_folder_leaves_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "new" / "deeper"
+    result = run("sample", "-c", tiny_checkpoint, "-o", out)  # no prompt: fails after the check
+    assert result.exit_code == 2 and "no prompt given" in result.output
+    assert not (tmp_path / "new").exists()
 
 
 def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
