@@ -76,7 +76,9 @@ def main() -> None:
                                   "--samplers", "euler,heun,dpmpp-2m,dpmpp-2m-sde", "--steps", "5,10,20,50",
                                   "--images", "200"], capture_output=True, text=True).stdout.strip(), "",
                   "Command: `python benchmarks/sigma_loss.py DATA` (loss by noise level and scene kind)", "",
-                  run("sigma_loss.py", str(args.eval_data)), ""]
+                  run("sigma_loss.py", str(args.eval_data)), "",
+                  "Command: `python benchmarks/sprite_match.py --seeds 2` (single objects recognised?)", "",
+                  run("sprite_match.py", "--seeds", "2"), ""]
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(parts) + "\n")
     print(f"wrote {ROOT / 'docs' / 'BENCHMARKS.md'}")

@@ -33,6 +33,8 @@ BACKGROUNDS = {
     "purple": (150, 90, 200), "pink": (245, 170, 200),
 }
 NUMBERS = {2: "two", 3: "three", 4: "four"}
+# A single object's size word and its extent (longer side) as a fraction of the image side.
+SINGLE_SIZES = (("small", 0.4), ("", 0.6), ("large", 0.85))
 RELATIONS = ("on", "next to", "left of", "above")
 # The README's example prompt, "a panda on a bike", is shown more often than a random pair would be.
 SHOWCASE = ("panda", "bicycle")
@@ -156,10 +158,16 @@ class SceneComposer:
             captions.append(f"{captions[0]} on {article(bg_name)} {bg_name} background")
         return canvas.convert("RGB"), captions
 
-    def _single(self, canvas: Image.Image, rng: random.Random) -> list[str]:
+    def single_scene(self, rng: random.Random, concept: Concept) -> tuple[Image.Image, list[str]]:
+        """A scene of ``concept`` alone on a random background, at a random size and place."""
+        canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[rng.choice(list(BACKGROUNDS))] + (255,))
+        captions = self._single(canvas, rng, concept)
+        return canvas.convert("RGB"), captions
+
+    def _single(self, canvas: Image.Image, rng: random.Random, concept: Concept | None = None) -> list[str]:
         s = self.size
-        concept = rng.choice(self.items)
-        size_word, frac = rng.choice((("small", 0.4), ("", 0.6), ("large", 0.85)))
+        concept = rng.choice(self.items) if concept is None else concept
+        size_word, frac = rng.choice(SINGLE_SIZES)
         extent = round(frac * s)
         half = extent / 2
         cx, cy = rng.uniform(half, s - half), rng.uniform(half, s - half)

@@ -1,0 +1,65 @@
+"""Template matching of single-object scenes against sprites (sprites made here: same colour,
+different shapes, so only shape can tell them apart)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from PIL import Image, ImageDraw
+
+from diffgen.emoji_data import Concept, SceneComposer
+from diffgen.emoji_eval import SpriteMatcher
+
+COLOUR = (200, 120, 30, 255)
+SHAPES = {
+    "square": lambda d: d.rectangle([0, 0, 29, 29], fill=COLOUR),
+    "disk": lambda d: d.ellipse([0, 0, 29, 29], fill=COLOUR),
+    "triangle": lambda d: d.polygon([(15, 0), (29, 29), (0, 29)], fill=COLOUR),
+    "ring": lambda d: (d.ellipse([0, 0, 29, 29], fill=COLOUR), d.ellipse([9, 9, 20, 20], fill=(0, 0, 0, 0))),
+    "cross": lambda d: (d.rectangle([11, 0, 18, 29], fill=COLOUR), d.rectangle([0, 11, 29, 18], fill=COLOUR)),
+}
+ITEMS = [Concept("x", name, name + "s", "object") for name in SHAPES]
+
+
+def sprites() -> dict[str, Image.Image]:
+    out = {}
+    for name, draw in SHAPES.items():
+        image = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
+        draw(ImageDraw.Draw(image))
+        out[name] = image
+    return out
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_real_scenes_match_their_own_sprite(name):
+    composer, rng = SceneComposer(sprites(), ITEMS, 64, set()), random.Random(1)
+    matcher, ious = SpriteMatcher(sprites(), 64), []
+    for _ in range(6):
+        image, captions = composer.single_scene(rng, next(c for c in ITEMS if c.name == name))
+        assert name in captions[0]
+        match = matcher.match(image, name)
+        assert match.rank == 1 and match.best == name
+        ious.append(match.iou)
+    assert min(ious) > 0.95
+
+
+def test_a_blob_of_the_right_colour_is_not_the_shape():
+    # A disk where a triangle was asked for: right colour, size (38 px, the data's middle size)
+    # and place, wrong shape.
+    image = Image.new("RGB", (64, 64), (70, 110, 220))
+    ImageDraw.Draw(image).ellipse([13, 13, 50, 50], fill=COLOUR[:3])
+    matcher = SpriteMatcher(sprites(), 64)
+    triangle = matcher.match(image, "triangle")
+    assert triangle.best == "disk" and triangle.rank > 1 and triangle.iou < 0.7
+    assert matcher.match(image, "disk").iou > 0.8
+
+
+def test_an_empty_scene_has_no_silhouette_to_cover():
+    match = SpriteMatcher(sprites(), 64).match(Image.new("RGB", (64, 64), (245, 225, 80)), "square")
+    assert match.iou == 0.0
+
+
+def test_wrong_image_size_is_refused():
+    with pytest.raises(ValueError, match="64 px"):
+        SpriteMatcher(sprites(), 64).match(Image.new("RGB", (32, 32)), "square")
