@@ -98,8 +98,8 @@ class SpriteMatcher:
 def _square(sprite: Image.Image, extent: int) -> np.ndarray:
     """(extent, extent, 4) uint8: the sprite scaled as the data composer scales it, centred."""
     scale = extent / max(sprite.size)
-    scaled = sprite.convert("RGBA").resize((max(1, round(sprite.width * scale)), max(1, round(sprite.height * scale))),
-                                           Image.Resampling.LANCZOS)
+    shape = (max(1, round(sprite.width * scale)), max(1, round(sprite.height * scale)))
+    scaled = sprite.convert("RGBA").resize(shape, Image.Resampling.LANCZOS)
     square = Image.new("RGBA", (extent, extent), (0, 0, 0, 0))
     square.paste(scaled, ((extent - scaled.width) // 2, (extent - scaled.height) // 2))
     return np.asarray(square)
