@@ -17,11 +17,13 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from diffgen.checkpoint import load_model
 from diffgen.generate import ImageTask, default_checkpoint, generate
+from diffgen.images import to_pil
 
 PROMPTS = ("panda on a bike", "a cat", "a red car", "a tree")
 SEEDS = (0, 1)
@@ -51,8 +53,8 @@ def cached_run(path: Path, model, sampler: str, steps: int, guidance: float) -> 
 
 
 def levels(image: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> 8-bit pixel levels as floats, rounded as the written PNG is (diffgen.images.to_pil)."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round()
+    """(3, H, W) in [-1, 1] -> the written PNG's 8-bit pixel levels, as floats (3, H, W)."""
+    return torch.from_numpy(np.array(to_pil(image[None])[0])).permute(2, 0, 1).float()
 
 
 def errors(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from diffgen.checkpoint import load_model
+from diffgen.denoiser import loss_weight
 from diffgen.generate import default_checkpoint
 from diffgen.images import from_pil
 from diffgen.model import PromptCache
@@ -69,7 +70,7 @@ def main() -> None:
             for s in SIGMAS:
                 sigma = torch.full((len(items),), s)
                 x = (x0 + s * noise).contiguous(memory_format=torch.channels_last)
-                weight = (s**2 + sd**2) / (s * sd) ** 2
+                weight = loss_weight(s, sd)
                 with_caption = (weight * (model.denoiser(x, sigma, cond) - x0) ** 2).mean().item()
                 empty = (weight * (model.denoiser(x, sigma, uncond) - x0) ** 2).mean().item()
                 cells.append(f"{with_caption:.3f} / {empty:.3f} ({empty / with_caption:.2f}x)")

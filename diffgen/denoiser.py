@@ -110,6 +110,9 @@ def edm_loss(
     noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
     s = sigma[:, None, None, None]
     x0_hat = denoiser(x0 + s * noise, sigma, cond)
-    sd = denoiser.sigma_data
-    weight = (s**2 + sd**2) / (s * sd) ** 2
-    return (weight * (x0_hat.float() - x0.float()) ** 2).mean(dim=(1, 2, 3))
+    return (loss_weight(s, denoiser.sigma_data) * (x0_hat.float() - x0.float()) ** 2).mean(dim=(1, 2, 3))
+
+
+def loss_weight(sigma: torch.Tensor | float, sigma_data: float) -> torch.Tensor | float:
+    """EDM's lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = 1 / c_out^2."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
