@@ -22,13 +22,14 @@ from PIL import Image
 
 from diffgen.checkpoint import load_model
 from diffgen.denoiser import loss_weight
+from diffgen.emoji_data import NUMBERS
 from diffgen.generate import default_checkpoint
 from diffgen.images import from_pil
 from diffgen.model import PromptCache
 
 SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 RELATION = re.compile(r" (on|riding|next to|beside|to the left of|to the right of|above|below) ")
-COUNT = re.compile(r"^(two|three|four) ")
+COUNT = re.compile("^(" + "|".join(NUMBERS.values()) + ") ")
 
 
 def scene_kind(caption: str) -> str:

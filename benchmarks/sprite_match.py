@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from diffgen.checkpoint import load_model
-from diffgen.emoji_data import SceneComposer, article, concepts, find_font, render_sprites
+from diffgen.emoji_data import SceneComposer, concepts, find_font, render_sprites
 from diffgen.emoji_eval import Match, SpriteMatcher
 from diffgen.generate import ImageTask, default_checkpoint, generate, pick_device
 from diffgen.images import to_pil
@@ -58,8 +58,7 @@ def main() -> None:
         for _ in range(args.seeds):
             image, _ = composer.single_scene(rng, c)
             real[c.name].append(matcher.match(image, c.name))
-    tasks = [ImageTask(index=k, prompt=f"{article(c.name)} {c.name}" if c.plural != c.name else c.name,
-                       seed=k, steps=args.steps, guidance=args.guidance)
+    tasks = [ImageTask(index=k, prompt=c.with_article(), seed=k, steps=args.steps, guidance=args.guidance)
              for k, c in enumerate(c for c in items for _ in range(args.seeds))]
     names = [c.name for c in items for _ in range(args.seeds)]
     with torch.inference_mode():

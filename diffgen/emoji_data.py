@@ -58,9 +58,12 @@ class Concept:
     def phrase(self, rng: random.Random, with_article: bool = True) -> str:
         """'a panda' / 'an apple' / 'grapes', sometimes with a synonym ('a bike')."""
         name = rng.choice((self.name,) + SYNONYMS.get(self.name, ())) if rng.random() < 0.5 else self.name
-        if not with_article or self.plural == self.name:
-            return name
-        return f"{article(name)} {name}"
+        return self.with_article(name) if with_article else name
+
+    def with_article(self, name: str | None = None) -> str:
+        """``name`` (default: the concept's own) with 'a'/'an', unless the concept is a mass noun."""
+        name = self.name if name is None else name
+        return name if self.plural == self.name else f"{article(name)} {name}"
 
 
 def concepts() -> list[Concept]:
