@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # lie on local disk. Elsewhere override it, e.g. `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test sample pictures bench clean
+.PHONY: install test sample pictures bench speedrun speedrun-table clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,20 @@ pictures: install
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/run_all.py $(if $(EVAL_DATA),--eval-data $(EVAL_DATA))
+
+# One training recipe for a fixed wall-clock budget on this machine, then the scorecard (see
+# benchmarks/speedrun.py; needs Debian's fonts-noto-color-emoji). Override any of these, e.g.
+# `make speedrun NAME=pixel32 CONFIG=configs/cpu32.toml MINUTES=40`; `make speedrun-table` prints the results.
+NAME ?= cpu64
+CONFIG ?= configs/cpu64.toml
+MINUTES ?= 20
+THREADS ?= 2
+SPEEDRUN_ARGS ?= --text-encoder checkpoints/default.safetensors
+speedrun: install
+	$(PY) benchmarks/speedrun.py $(NAME) --config $(CONFIG) --minutes $(MINUTES) --threads $(THREADS) $(SPEEDRUN_ARGS)
+
+speedrun-table: install
+	$(PY) benchmarks/speedrun.py --table
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -21,7 +21,8 @@ import torch
 from diffgen.checkpoint import load_model
 from diffgen.emoji_data import SceneComposer, concepts, find_font, render_sprites
 from diffgen.emoji_eval import Match, SpriteMatcher
-from diffgen.generate import ImageTask, default_checkpoint, generate, pick_device
+from diffgen.devices import pick_device
+from diffgen.generate import ImageTask, default_checkpoint, generate
 from diffgen.images import to_pil
 
 COMMON = ("cat", "apple", "dog", "car", "house", "tree", "banana", "airplane")

@@ -104,7 +104,8 @@ def root(
 
 def _load_model(checkpoint: Path | None, device: str = "cpu") -> Any:
     from diffgen.checkpoint import load_model
-    from diffgen.generate import default_checkpoint, pick_device
+    from diffgen.devices import pick_device
+    from diffgen.generate import default_checkpoint
 
     return load_model(checkpoint or default_checkpoint(), pick_device(device))
 
@@ -402,6 +403,9 @@ def data_emoji(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same folder.")] = 0,
     font: Annotated[Optional[Path], typer.Option(
         help="NotoColorEmoji.ttf (default: the usual install paths).", show_default=False)] = None,
+    recipe: Annotated[str, typer.Option(
+        help="Scene mix: 'standard' (the shipped model's data) or 'composed' (more single objects, "
+             "'riding' with every animal and vehicle, varied pair layouts).")] = "standard",
     debug: DebugOption = False,
 ) -> None:
     """Build a captioned folder of emoji scenes (Noto Color Emoji artwork, Apache-2.0)."""
@@ -412,7 +416,7 @@ def data_emoji(
         from diffgen.emoji_data import build_emoji_dataset
 
         start = time.perf_counter()
-        summary = build_emoji_dataset(out, count, size, seed, font)
+        summary = build_emoji_dataset(out, count, size, seed, font, recipe)
         summary["seconds"] = round(time.perf_counter() - start, 2)
         typer.echo(json.dumps(summary))
 

@@ -91,6 +91,9 @@ class TrainConfig:
     clip_lr: float = 5e-4
     sample_every: int = 500
     checkpoint_every: int = 200
+    # U-Net arithmetic of the diffusion stage: "auto" is bf16 autocast on CUDA and on CPUs with
+    # native bf16 dot products (AVX512-BF16 / AMX), float32 elsewhere; or "float32" / "bfloat16".
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class Config:
         _validate(self)
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
 _SECTIONS = {"text": TextConfig, "unet": UNetConfig, "denoiser": DenoiserConfig, "train": TrainConfig}
 
 
@@ -212,6 +216,8 @@ def _validate(cfg: Config) -> None:
         _require(math.isfinite(value) and value > 0, f"config key 'train.{key}' must be positive")
     _require(math.isfinite(tr.weight_decay) and tr.weight_decay >= 0,
              "config key 'train.weight_decay' must be >= 0")
+    _require(tr.precision in PRECISIONS,
+             f"config key 'train.precision' must be one of {', '.join(PRECISIONS)}, got '{tr.precision}'")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -36,9 +36,50 @@ NUMBERS = {2: "two", 3: "three", 4: "four"}
 # A single object's size word and its extent (longer side) as a fraction of the image side.
 SINGLE_SIZES = (("small", 0.4), ("", 0.6), ("large", 0.85))
 RELATIONS = ("on", "next to", "left of", "above")
+# Where a two-object relation draws its objects: (extent, centre x, centre y), fractions of the
+# image side, for the first-named object A and the second B. Side-by-side scenes pick their row
+# at random within SIDE_BY_SIDE_ROWS; the evaluation judges each object inside its own region.
+PAIR_LAYOUT = {
+    "on": ((0.45, 0.5, 0.32), (0.62, 0.5, 0.66)),  # a smaller A standing on top of B
+    "above": ((0.42, 0.5, 0.24), (0.42, 0.5, 0.76)),
+    "side by side": ((0.44, 0.25, None), (0.44, 0.75, None)),
+}
+SIDE_BY_SIDE_ROWS = (0.35, 0.65)
 # The README's example prompt, "a panda on a bike", is shown more often than a random pair would be.
 SHOWCASE = ("panda", "bicycle")
-SHOWCASE_FRACTION = 0.03
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """What share of scenes is of which kind, and how two-object scenes are drawn.
+
+    The kinds are cumulative bounds on one uniform draw per scene (kept as bounds so that the
+    standard recipe's draws stay exactly those of earlier builds): showcase below
+    ``showcase_until``, a single object below ``single_until``, an animal riding a vehicle below
+    ``riding_until``, a two-object relation below ``pair_until``, a count otherwise.
+    """
+
+    showcase_until: float = 0.03  # the showcase pair, "a panda on a bicycle"
+    single_until: float = 0.4
+    riding_until: float = 0.4  # any animal on any vehicle ("a dog riding a bus")
+    pair_until: float = 0.85
+    # Two-object scenes at a random scale (PAIR_SCALES) and shifted by up to PAIR_SHIFT of the side,
+    # instead of always at the same spots.
+    varied_layout: bool = False
+    # A held-out pair is never shown in either order (the standard recipe holds out the ordered pair).
+    hold_both_orders: bool = False
+
+
+# "standard": the data of the shipped model. "composed": the showcase is a rare scene drawn like
+# every other pair (so "riding" and "on a bike" are learned with many subjects and vehicles), half
+# the scenes are single objects, pairs vary in scale and place, held-out pairs in both orders.
+DATA_RECIPES = {
+    "standard": DataRecipe(),
+    "composed": DataRecipe(showcase_until=0.005, single_until=0.5, riding_until=0.6, pair_until=0.9,
+                           varied_layout=True, hold_both_orders=True),
+}
+PAIR_SCALES = (0.8, 1.1)
+PAIR_SHIFT = 0.08
 ATTRIBUTION = ("Emoji artwork: Noto Color Emoji, (c) Google, Apache License 2.0 "
                "(https://github.com/googlefonts/noto-emoji). Names: CLDR via the `emoji` package (BSD).\n")
 
@@ -125,8 +166,11 @@ class SceneComposer:
     """Composes captioned scenes from sprites; one ``random.Random`` drives every choice."""
 
     def __init__(self, sprites: dict[str, Image.Image], items: list[Concept], size: int,
-                 held_out: set[tuple[str, str]]):
-        self.sprites, self.items, self.size, self.held_out = sprites, items, size, held_out
+                 held_out: set[tuple[str, str]], recipe: DataRecipe = DataRecipe()):
+        self.sprites, self.items, self.size, self.recipe = sprites, items, size, recipe
+        self.held_out = held_out | {(b, a) for a, b in held_out} if recipe.hold_both_orders else held_out
+        self.animals = [c for c in items if c.kind == "animal"]
+        self.vehicles = [c for c in items if c.kind == "vehicle"]
         self._cache: dict[tuple[str, int], Image.Image] = {}
         by_name = {c.name: c for c in items}
         self.showcase = (by_name[SHOWCASE[0]], by_name[SHOWCASE[1]]) if set(SHOWCASE) <= by_name.keys() else None
@@ -148,12 +192,14 @@ class SceneComposer:
         """One image and its captions (several phrasings of the same content)."""
         bg_name = rng.choice(list(BACKGROUNDS))
         canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[bg_name] + (255,))
-        kind = rng.random()
-        if kind < SHOWCASE_FRACTION and self.showcase is not None:
+        kind, recipe = rng.random(), self.recipe
+        if kind < recipe.showcase_until and self.showcase is not None:
             captions = self._pair(canvas, rng, self.showcase)
-        elif kind < 0.4:
+        elif kind < recipe.single_until:
             captions = self._single(canvas, rng)
-        elif kind < 0.85:
+        elif kind < recipe.riding_until and self.animals and self.vehicles:
+            captions = self._pair(canvas, rng, self._rider_and_vehicle(rng), "on")
+        elif kind < recipe.pair_until:
             captions = self._pair(canvas, rng)
         else:
             captions = self._count(canvas, rng)
@@ -181,32 +227,68 @@ class SceneComposer:
             captions.append(f"{article(size_word)} {size_word} {concept.phrase(rng, with_article=False)}")
         return captions
 
+    def pair_scene(self, rng: random.Random, a: Concept, b: Concept, relation: str
+                   ) -> tuple[Image.Image, list[str]]:
+        """A scene of ``a`` and ``b`` in ``relation`` (one of RELATIONS) on a random background."""
+        canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[rng.choice(list(BACKGROUNDS))] + (255,))
+        captions = self._pair(canvas, rng, (a, b), relation)
+        return canvas.convert("RGB"), captions
+
+    def _rider_and_vehicle(self, rng: random.Random) -> tuple[Concept, Concept]:
+        while True:
+            pair = rng.choice(self.animals), rng.choice(self.vehicles)
+            if (pair[0].name, pair[1].name) not in self.held_out:
+                return pair
+
+    def _layout(self, rng: random.Random, relation: str) -> tuple[tuple[float, float, float], ...]:
+        """(extent, x, y) of both objects, fractions of the side: the relation's fixed spots, or,
+        with a varied layout, the same arrangement scaled and shifted (kept inside the image)."""
+        key = relation if relation in ("on", "above") else "side by side"
+        spots = PAIR_LAYOUT[key]
+        y = rng.uniform(*SIDE_BY_SIDE_ROWS) if key == "side by side" else None
+        spots = tuple((e, x, y if cy is None else cy) for e, x, cy in spots)
+        if not self.recipe.varied_layout:
+            return spots
+        scale = rng.uniform(*PAIR_SCALES)
+        dx, dy = rng.uniform(-PAIR_SHIFT, PAIR_SHIFT), rng.uniform(-PAIR_SHIFT, PAIR_SHIFT)
+        scaled = []
+        for e, x, cy in spots:
+            e = e * scale
+            # scale the arrangement about the centre, shift it, keep each object inside the image
+            x = min(max(0.5 + (x - 0.5) * scale + dx, e / 2), 1 - e / 2)
+            cy = min(max(0.5 + (cy - 0.5) * scale + dy, e / 2), 1 - e / 2)
+            scaled.append((e, x, cy))
+        return tuple(scaled)
+
     def _pair(self, canvas: Image.Image, rng: random.Random,
-              fixed: tuple[Concept, Concept] | None = None) -> list[str]:
+              fixed: tuple[Concept, Concept] | None = None, relation: str | None = None) -> list[str]:
         s = self.size
         while fixed is None:
             a, b = rng.sample(self.items, 2)
             if (a.name, b.name) not in self.held_out:
                 break
-        relation = "on" if fixed is not None else rng.choice(RELATIONS)
+        if relation is None:
+            relation = "on" if fixed is not None else rng.choice(RELATIONS)
         a, b = fixed if fixed is not None else (a, b)
         pa, pb = a.phrase(rng), b.phrase(rng)
         if relation == "on":  # a smaller A standing on top of B
-            self._paste(canvas, b.name, round(0.62 * s), s / 2, 0.66 * s)
-            self._paste(canvas, a.name, round(0.45 * s), s / 2, 0.32 * s)
+            (ea, xa, ya), (eb, xb, yb) = self._layout(rng, relation)
+            self._paste(canvas, b.name, round(eb * s), xb * s, yb * s)
+            self._paste(canvas, a.name, round(ea * s), xa * s, ya * s)
             captions = [f"{pa} on {pb}", f"{pa} on top of {pb}"]
             if b.kind == "vehicle" and a.kind == "animal":
                 captions.append(f"{pa} riding {pb}")
         elif relation == "above":
-            self._paste(canvas, a.name, round(0.42 * s), s / 2, 0.24 * s)
-            self._paste(canvas, b.name, round(0.42 * s), s / 2, 0.76 * s)
+            (ea, xa, ya), (eb, xb, yb) = self._layout(rng, relation)
+            self._paste(canvas, a.name, round(ea * s), xa * s, ya * s)
+            self._paste(canvas, b.name, round(eb * s), xb * s, yb * s)
             captions = [f"{pa} above {pb}", f"{pb} below {pa}"]
         else:  # side by side: "left of" fixes the order, "next to" does not
             left_first = relation == "left of" or rng.random() < 0.5
             first, second = (a, b) if left_first else (b, a)
-            y = rng.uniform(0.35, 0.65) * s
-            self._paste(canvas, first.name, round(0.44 * s), 0.25 * s, y)
-            self._paste(canvas, second.name, round(0.44 * s), 0.75 * s, y)
+            (e1, x1, y1), (e2, x2, y2) = self._layout(rng, relation)
+            self._paste(canvas, first.name, round(e1 * s), x1 * s, y1 * s)
+            self._paste(canvas, second.name, round(e2 * s), x2 * s, y2 * s)
             if relation == "left of":
                 captions = [f"{pa} to the left of {pb}", f"{pb} to the right of {pa}"]
             else:
@@ -226,16 +308,18 @@ class SceneComposer:
 
 
 def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
-                        font: str | Path | None = None) -> dict:
+                        font: str | Path | None = None, recipe: str = "standard") -> dict:
     """Write ``count`` scenes to ``out`` (images/ + metadata.jsonl + heldout.json); return a summary."""
     from diffgen.fileio import atomic_write
 
     if count < 1 or size < 16:
         raise InputError("--count must be at least 1 and --size at least 16")
+    if recipe not in DATA_RECIPES:
+        raise InputError(f"unknown data recipe '{recipe}' (choose from: {', '.join(DATA_RECIPES)})")
     items = concepts()
     sprites = render_sprites(find_font(font), items)
     held = heldout_pairs(items)
-    composer = SceneComposer(sprites, items, size, held)
+    composer = SceneComposer(sprites, items, size, held, DATA_RECIPES[recipe])
     rng = random.Random(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     # Until the new metadata.jsonl is written the folder is not a dataset: an interrupted rebuild
@@ -251,9 +335,10 @@ def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
     held_prompts = sorted(f"{by_name[a].phrase(random.Random(0))} {rel} {by_name[b].phrase(random.Random(1))}"
                           for a, b in sorted(held) for rel in ("next to", "above"))
     atomic_write(out / "heldout.json", lambda tmp: Path(tmp).write_text(json.dumps(
-        {"pairs": sorted(held), "prompts": held_prompts}, indent=1)))
+        {"pairs": sorted(held), "both_orders": DATA_RECIPES[recipe].hold_both_orders,
+         "prompts": held_prompts}, indent=1)))
     atomic_write(out / "ATTRIBUTION.txt", lambda tmp: Path(tmp).write_text(ATTRIBUTION))
     # metadata last: a folder with metadata.jsonl is a complete dataset
     atomic_write(out / "metadata.jsonl", lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))
-    return {"images": count, "size": size, "seed": seed, "concepts": len(items),
+    return {"images": count, "size": size, "seed": seed, "recipe": recipe, "concepts": len(items),
             "held_out_pairs": len(held), "folder": str(out)}

@@ -53,6 +53,7 @@ class SpriteMatcher:
     """The sprites at the data's single-object sizes for ``image_size`` px scenes, ready to match."""
 
     def __init__(self, sprites: dict[str, Image.Image], image_size: int):
+        self.sprites = sprites
         self.names = list(sprites)
         self.size = image_size
         self.extents = sorted({round(frac * image_size) for _, frac in SINGLE_SIZES})
@@ -60,7 +61,11 @@ class SpriteMatcher:
         self.colour: dict[int, torch.Tensor] = {}
         self.alpha: dict[int, torch.Tensor] = {}
         for extent in self.extents:
-            squares = [_square(sprites[name], extent) for name in self.names]
+            self._prepare(extent)
+
+    def _prepare(self, extent: int) -> None:
+        if extent not in self.colour:
+            squares = [_square(self.sprites[name], extent) for name in self.names]
             rgba = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2).float()
             self.colour[extent], self.alpha[extent] = rgba[:, :3], rgba[:, 3:] / 255
 
@@ -69,12 +74,27 @@ class SpriteMatcher:
         pixels = np.asarray(image.convert("RGB"))
         if pixels.shape[:2] != (self.size, self.size):
             raise ValueError(f"expected a {self.size} px image, got {pixels.shape[1]}x{pixels.shape[0]}")
-        background = background_colour(pixels)
+        return self._match(pixels, background_colour(pixels), self.extents, prompted)
+
+    def match_region(self, image: Image.Image, prompted: str, box: tuple[int, int, int, int],
+                     extents: tuple[int, ...]) -> Match:
+        """Like ``match`` inside ``box`` (left, top, right, bottom) only, at the given sprite extents:
+        how one object of a two-object scene is judged (the data draws each at a known size)."""
+        pixels = np.asarray(image.convert("RGB"))
+        left, top, right, bottom = box
+        crop = pixels[top:bottom, left:right]
+        if min(crop.shape[:2]) < max(extents):
+            raise ValueError(f"the region {box} is smaller than the sprite extent {max(extents)}")
+        for extent in extents:
+            self._prepare(extent)
+        return self._match(crop, background_colour(pixels), sorted(set(extents)), prompted)
+
+    def _match(self, pixels: np.ndarray, background: np.ndarray, extents: list[int], prompted: str) -> Match:
         bg = torch.from_numpy(background)[None, :, None, None]
         diff = torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1)[None] - bg
         best = torch.full((len(self.names),), float("inf"))
         where: dict[int, tuple[float, int, int, int]] = {}  # sprite -> (change, extent, row, col)
-        for extent in self.extents:
+        for extent in extents:
             drawn = self.alpha[extent] * (self.colour[extent] - bg)  # (N, 3, e, e)
             change = drawn.pow(2).sum(dim=(1, 2, 3))[:, None, None] - 2 * F.conv2d(diff, drawn)[0]
             flat = change.flatten(1)
@@ -88,7 +108,7 @@ class SpriteMatcher:
         _, extent, row, col = where[k]
         # the sprite's silhouette by the same rule as the object's: where drawing it changes a pixel
         drawn = (self.alpha[extent][k] * (self.colour[extent][k] - bg[0])).abs().amax(dim=0)
-        silhouette = np.zeros((self.size, self.size), dtype=bool)
+        silhouette = np.zeros(pixels.shape[:2], dtype=bool)
         silhouette[row:row + extent, col:col + extent] = drawn.numpy() > OBJECT_THRESHOLD
         mask = object_mask(pixels, background)
         iou = float((silhouette & mask).sum() / max(1, (silhouette | mask).sum()))

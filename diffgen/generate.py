@@ -128,23 +128,6 @@ def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     return task
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but no CUDA GPU is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError("--device mps was asked for, but Apple MPS is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unknown device '{name}' (choose from: auto, cpu, cuda, mps)")
-    return torch.device(name)
-
-
 def default_checkpoint() -> Path:
     """The checkpoint used without ``-c``: $DIFFGEN_CHECKPOINT, else the embedded default model."""
     env = os.environ.get(ENV_CHECKPOINT)

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from diffgen import distributed
+from diffgen import devices, distributed
 from diffgen.checkpoint import load_model, save_model
-from diffgen.config import Config, config_to_dict, config_to_toml
+from diffgen.config import Config, config_from_dict, config_to_dict, config_to_toml
 from diffgen.data import TrainingSet, load_training_set, scan_folder, split_holdout
 from diffgen.denoiser import Denoiser, edm_loss
 from diffgen.errors import InputError
@@ -108,6 +108,23 @@ def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
                          f"(different {', '.join(differing)}); train with its config")
     return source
+
+
+def _load_text_tower(model: DiffusionModel, source: DiffusionModel, log: Callable[[str], None]) -> None:
+    """Copy --text-encoder's CLIP into ``model``. A checkpoint made for another image size has an
+    image tower of other shapes: then only the text tower is copied (the U-Net never sees the image
+    tower; it serves `diffgen eval`, which then has no trained image features), and the log says so."""
+    theirs = source.text_encoder.state_dict()
+    mine = model.text_encoder.state_dict()
+    differing = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+    if any(".visual." not in f".{k}" for k in differing):
+        raise InputError("--text-encoder: that checkpoint's text tower has other shapes")
+    if differing:  # the whole image tower stays fresh, not a mix of copied and fresh layers
+        theirs = {k: v for k, v in theirs.items() if ".visual." not in f".{k}"}
+    model.text_encoder.load_state_dict(theirs, strict=not differing)
+    if differing:
+        log(f"--text-encoder: the checkpoint was made for another image size; its text tower is used, "
+            f"the CLIP image tower ({len(differing)} tensors of other shapes) stays untrained")
 
 
 def _progress(run: Run, total: int, start: int, stage: str):
@@ -270,7 +287,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     cache = PromptCache(text)
     cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
     plan = run.plan(t.batch_size)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda")
+    autocast = devices.autocast(run.device, t.precision)
     noise_generator = NoiseGenerator(run.device)
     ema_params, params = list(ema.parameters()), list(unet.parameters())
     meter = StageMeter(run, "diffusion", t.steps, start, plan.global_batch)
@@ -337,7 +354,7 @@ def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
 def run_training(opts: TrainOptions) -> dict[str, Any]:
     """Both stages end to end; returns the training summary (also stored in the checkpoint)."""
     from diffgen.fileio import atomic_write
-    from diffgen.generate import pick_device
+    from diffgen.devices import pick_device
 
     started = time.perf_counter()
     if opts.weights_dtype not in WEIGHT_DTYPES:
@@ -367,7 +384,10 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
         resume = None
         if opts.resume:
             resume = require_state(state_dir)
-            if _without_schedule(resume.info["config"]) != _without_schedule(config_to_dict(cfg)):
+            # through the dataclasses, so that a state written before a config key existed compares
+            # with that key's default
+            stored = config_to_dict(config_from_dict(resume.info["config"]))
+            if _without_schedule(stored) != _without_schedule(config_to_dict(cfg)):
                 raise InputError(f"--resume: the state in {state_dir} was made with another config")
             if resume.info.get("num_images") != len(report.items):
                 raise InputError(f"--resume: the run was trained on {resume.info.get('num_images')} images, "
@@ -388,10 +408,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
         if source is not None and opts.init is not None:
             model.load_state_dict(source.state_dict())  # shapes agree: _resolve_init compared configs
         elif source is not None:
-            try:
-                model.text_encoder.load_state_dict(source.text_encoder.state_dict())
-            except RuntimeError:
-                raise InputError("--text-encoder: that checkpoint was made for another image size") from None
+            _load_text_tower(model, source, opts.log if dist.is_main else lambda _: None)
         if resume is not None and resume.stage == "diffusion":
             model.load_state_dict({k[len("model."):]: v for k, v in resume.tensors.items()
                                    if k.startswith("model.")})

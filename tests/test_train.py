@@ -265,3 +265,21 @@ def test_init_with_another_model_config_is_an_input_error(shapes_folder, tmp_pat
         result = cli(*args, "--init", str(first / "model.safetensors"), *extra)
         assert result.exit_code == 2, result.output
         assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_text_encoder_of_another_image_size_gives_its_text_tower_only(shapes_folder, tmp_path, config_file):
+    first = tmp_path / "first"
+    assert cli(*train_args(shapes_folder, first, config_file, steps=2, clip_steps=3)).exit_code == 0
+    bigger = tmp_path / "bigger.toml"
+    bigger.write_text(TRAIN_CONFIG.replace("image_size = 8", "image_size = 16").replace(
+        "attention_resolutions = [4]", "attention_resolutions = [8]"))
+    second = tmp_path / "second"
+    loud = [a for a in train_args(shapes_folder, second, bigger, steps=2, clip_steps=3) if a != "-q"]
+    result = cli(*loud, "--text-encoder", str(first / "model.safetensors"))
+    assert result.exit_code == 0, result.output
+    assert "the CLIP image tower" in result.output and "stays untrained" in result.output
+    base, after = (_weights(run / "model.safetensors") for run in (first, second))
+    text_keys = [k for k in base if k.startswith("text_encoder.") and ".visual." not in k]
+    assert text_keys and all(torch.equal(after[k], base[k]) for k in text_keys)
+    assert after["text_encoder.clip.visual.positional_embedding"].shape != \
+        base["text_encoder.clip.visual.positional_embedding"].shape
