@@ -24,16 +24,8 @@ from diffgen.model import DiffusionModel, PromptCache
 from diffgen.prompts import PromptSpec
 from diffgen.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.schedule import SCHEDULES
+from diffgen.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
 
-# The names AUTOMATIC1111's web UI writes for the same samplers, so its readers understand ours.
-A1111_SAMPLER_LABELS = {
-    "euler": "Euler",
-    "euler-ancestral": "Euler a",
-    "heun": "Heun",
-    "dpmpp-2m": "DPM++ 2M",
-    "dpmpp-2m-sde": "DPM++ 2M SDE",
-    "edm-stochastic": "EDM stochastic",
-}
 ENV_CHECKPOINT = "DIFFGEN_CHECKPOINT"
 # Where the embedded default model may live: inside the package (wheel installs) or at the top of
 # a source checkout (editable installs).
@@ -49,11 +41,21 @@ class ImageTask:
     index: int
     prompt: str
     seed: int
-    negative: str = ""
-    steps: int = 20
-    sampler: str = "dpmpp-2m"
-    schedule: str = "karras"
-    guidance: float = 3.0
+    negative: str = DEFAULTS.negative
+    steps: int = DEFAULTS.steps
+    sampler: str = DEFAULTS.sampler
+    schedule: str = DEFAULTS.schedule
+    guidance: float = DEFAULTS.guidance
+
+    @classmethod
+    def of(cls, index: int, prompt: str, seed: int, settings: SamplingSettings = DEFAULTS) -> ImageTask:
+        """The task for image ``index`` of ``prompt`` from ``seed`` with ``settings``."""
+        return cls(index, prompt, seed, settings.negative, settings.steps, settings.sampler, settings.schedule,
+                   settings.guidance)
+
+    @property
+    def settings(self) -> SamplingSettings:
+        return SamplingSettings(self.steps, self.sampler, self.schedule, self.guidance, self.negative)
 
     @property
     def filename(self) -> str:
@@ -63,18 +65,15 @@ class ImageTask:
         """Tasks with equal keys can share a batch (same step count, sampler and guidance)."""
         return (self.steps, self.sampler, self.schedule, self.guidance)
 
-    def validate(self) -> None:
-        """Raise InputError for settings no sampler can run."""
-        if self.steps < 1:
-            raise InputError(f"steps must be at least 1, got {self.steps}")
-        if not (self.guidance >= 0 and self.guidance < float("inf")):  # also rejects NaN
-            raise InputError(f"guidance must be a finite number >= 0, got {self.guidance}")
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler '{self.sampler}' (choose from: {', '.join(SAMPLERS)})")
-        if self.schedule not in SCHEDULES:
-            raise InputError(f"unknown schedule '{self.schedule}' (choose from: {', '.join(SCHEDULES)})")
-        if not 0 <= self.seed < 2**63:
-            raise InputError(f"seed must be in [0, 2^63), got {self.seed}")
+    def validate(self) -> ImageTask:
+        """This task with checked settings (the sampler's registry name); InputError if it cannot run."""
+        if not isinstance(self.prompt, str):
+            raise InputError(f"prompt must be text, got {self.prompt!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be a whole number in [0, 2^63), got {self.seed!r}")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise InputError(f"index must be a whole number >= 0, got {self.index!r}")
+        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate())
 
 
 def plan_tasks(specs: list[PromptSpec], seed: int, defaults: ImageTask) -> list[ImageTask]:
@@ -86,9 +85,62 @@ def plan_tasks(specs: list[PromptSpec], seed: int, defaults: ImageTask) -> list[
             k = len(tasks)
             image_seed = (spec.seed + j) if spec.seed is not None else seed + k
             task = replace(defaults, index=k, prompt=spec.prompt, seed=image_seed, **spec.overrides)
-            task.validate()
-            tasks.append(task)
+            tasks.append(task.validate())
     return tasks
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """What one ``diffgen sample`` run makes: its tasks, the first seed (drawn at random when none
+    was given) and, for ``--replay``, the recipe it replays."""
+
+    tasks: list[ImageTask]
+    seed: int | None
+    random_seed: bool
+    replay: dict[str, Any] | None = None
+
+
+def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | None, num_images: int,
+                seed: int | None, settings: SamplingSettings) -> SamplePlan:
+    """The tasks of a run from prompt arguments and/or a prompt file, or from a PNG's recipe.
+
+    A replay regenerates one recipe exactly, so it cannot be combined with prompts (they would be
+    dropped otherwise)."""
+    import secrets
+
+    from diffgen.images import read_recipe
+    from diffgen.prompts import read_prompt_file
+
+    if replay is not None:
+        if prompts or prompt_file is not None:
+            raise InputError("--replay regenerates the image's own prompt: drop the prompts or -f")
+        recipe_data = read_recipe(replay)
+        return SamplePlan([task_from_recipe(recipe_data)], None, False, recipe_data)
+    specs = [PromptSpec(p, num_images) for p in prompts]
+    if prompt_file is not None:
+        specs += read_prompt_file(prompt_file, num_images)
+    if not specs:
+        raise InputError("no prompt given: pass PROMPT ..., -f PROMPT_FILE or --replay IMAGE.png")
+    if any(not s.prompt.strip() for s in specs):
+        raise InputError("empty prompt given; use --negative for what to avoid")
+    first = secrets.randbelow(2**31) if seed is None else seed
+    return SamplePlan(plan_tasks(specs, first, ImageTask.of(0, "", 0, settings)), first, seed is None)
+
+
+def write_grid(results: list[ImageResult], out_dir: Path) -> Path:
+    """One labelled grid (prompt and seed under each image) of a run's images, next to them."""
+    from PIL import Image
+
+    from diffgen.images import labelled_grid, save_png
+
+    images = []
+    for result in results:
+        with Image.open(result.path) as image:
+            images.append(image.convert("RGB"))
+    first = results[0].task
+    path = out_dir / f"grid-{first.index:05d}-{first.seed}.png"
+    save_png(labelled_grid(images, [f"{r.task.prompt} ({r.task.seed})" for r in results]), path)
+    return path
 
 
 def batches(tasks: list[ImageTask], batch_size: int) -> Iterator[list[ImageTask]]:
@@ -121,8 +173,7 @@ def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     """Rebuild an ImageTask from a stored recipe, refusing incomplete ones."""
     fields = ImageTask.__dataclass_fields__
     try:
-        task = ImageTask(**{k: data[k] for k in fields})
-        task.validate()
+        task = ImageTask(**{k: data[k] for k in fields}).validate()
     except (KeyError, TypeError) as exc:
         raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
     return task

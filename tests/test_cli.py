@@ -44,10 +44,15 @@ def test_python_dash_m_runs_the_cli():
     assert out.returncode == 0 and out.stdout.startswith("diffgen ")
 
 
-def test_sampler_names_in_help_match_the_registry():
+def test_sampler_and_schedule_names_match_the_registries():
     from diffgen.samplers import SAMPLERS
+    from diffgen.schedule import SCHEDULES
+    from diffgen.settings import A1111_SAMPLER_LABELS, SAMPLER_NAMES, SCHEDULE_NAMES
 
-    assert cli.SAMPLER_NAMES == ", ".join(SAMPLERS)
+    assert SAMPLER_NAMES == tuple(SAMPLERS) and SCHEDULE_NAMES == tuple(SCHEDULES)
+    assert set(A1111_SAMPLER_LABELS) == set(SAMPLER_NAMES)
+    help_text = "".join(CliRunner().invoke(cli.app, ["sample", "--help"]).output.split())  # unwrapped
+    assert all(name in help_text for name in SAMPLER_NAMES)
 
 
 # --- sample ------------------------------------------------------------------------------------
@@ -98,6 +103,14 @@ def test_png_metadata_and_replay_byte_for_byte(tiny_checkpoint, tmp_path):
     assert (tmp_path / "replay" / original.name).read_bytes() == original.read_bytes()
 
 
+def test_replay_with_prompts_is_refused_not_dropped(tiny_checkpoint, tmp_path):
+    assert sample(tiny_checkpoint, tmp_path / "orig", "a cat", "-n", "1").exit_code == 0
+    result = run("sample", "a dog", "--replay", pngs(tmp_path / "orig")[0], "-c", tiny_checkpoint,
+                 "-o", tmp_path / "replay")
+    assert result.exit_code == 2 and "--replay regenerates the image's own prompt" in result.output
+    assert not (tmp_path / "replay").exists()
+
+
 def test_replay_warns_about_another_model(tiny_checkpoint, tiny_model, tmp_path):
     assert sample(tiny_checkpoint, tmp_path, "a cat", "-n", "1").exit_code == 0
     other = tmp_path / "other.safetensors"
@@ -145,7 +158,7 @@ def test_progress_goes_to_stderr(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steps", "0", "x"], "--steps must be at least 1"),
+    (["--steps", "0", "x"], "--steps must be a whole number from 1 to 10000"),
     (["-g", "-1", "x"], "guidance must be a finite number"),
     (["-g", "nan", "x"], "guidance must be a finite number"),
     (["-n", "0", "x"], "num-images must be at least 1"),

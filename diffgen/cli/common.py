@@ -1,0 +1,100 @@
+"""What every command shares: one-line errors, common options, output-folder checks, model loading."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from diffgen.errors import DiffgenError, InputError
+from diffgen.settings import SamplingSettings
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+CheckpointOption = Annotated[Optional[Path], typer.Option(
+    "-c", "--checkpoint", help="Model checkpoint (.safetensors). Default: $DIFFGEN_CHECKPOINT, "
+    "else the embedded default model.", show_default=False)]
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Turn DiffgenError into one line on stderr and its exit code (2 bad input, 1 runtime)."""
+    try:
+        yield
+    except DiffgenError as exc:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure is still one line
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+def load_model(checkpoint: Path | None, device: str = "cpu") -> Any:
+    from diffgen.checkpoint import load_model
+    from diffgen.devices import pick_device
+    from diffgen.generate import default_checkpoint
+
+    return load_model(checkpoint or default_checkpoint(), pick_device(device))
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output folder that is a file or cannot be created/written, before any work.
+
+    A missing folder is created and removed again: permission bits do not tell (root passes every
+    access check, and some file systems, like /proc, refuse new folders to everyone)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} is a file, not a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"output path {out} is inside a file ({existing})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {existing} is not writable")
+    if existing != out:
+        try:
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+        finally:
+            remove_empty_up_to(out, existing)
+
+
+def remove_empty_up_to(path: Path, stop: Path) -> None:
+    """Remove ``path`` and its parents below ``stop`` while they exist and are empty."""
+    while path != stop and path.is_dir():
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def check_run(num_images: int, batch_size: int, seed: int | None) -> None:
+    if num_images < 1:
+        raise InputError(f"-n/--num-images must be at least 1, got {num_images}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise InputError(f"--seed must be in [0, 2^63), got {seed}")
+
+
+def option_settings(settings: SamplingSettings) -> SamplingSettings:
+    """``settings.validate()``, its messages naming the command-line option."""
+    try:
+        return settings.validate()
+    except InputError as exc:
+        text = str(exc)
+        raise InputError(f"--{text}" if text.split()[0] in ("steps", "guidance", "negative") else text) from None
+

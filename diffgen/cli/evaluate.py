@@ -1,0 +1,116 @@
+"""`diffgen eval` and `diffgen info`: measure a checkpoint's quality, show what it holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from diffgen.cli.app import app
+from diffgen.cli.common import (CheckpointOption, DebugOption, check_output_dir, load_model, option_settings,
+                                user_errors)
+from diffgen.errors import InputError
+from diffgen.settings import SamplingSettings
+
+
+def _number_list(text: str, kind: type, option: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{option} must be a comma-separated list of numbers, got '{text}'") from None
+    if not values:
+        raise InputError(f"{option} is empty")
+    return values
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="The captioned folder the model was trained on "
+                                              "(its held-out split is the reference).")],
+    checkpoint: CheckpointOption = None,
+    samplers: Annotated[str, typer.Option(help="Comma-separated sampler names.")] = "dpmpp-2m",
+    steps: Annotated[str, typer.Option(help="Comma-separated step counts.")] = "5,10,20,50",
+    guidance: Annotated[str, typer.Option("-g", "--guidance", help="Comma-separated guidance scales.")] = "3",
+    images: Annotated[int, typer.Option(help="Images per setting (and per real set).")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Images through the model at once.")] = 64,
+    prompt_file: Annotated[Optional[list[Path]], typer.Option(
+        "-f", "--prompt-file", help="Also measure prompt agreement on this prompt set (e.g. held-out "
+        "object pairs); repeatable.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write eval.json, eval.md and "
+                                                "eval.png (FD vs steps) here.", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Measure quality: Fréchet distance and KID to held-out real images, CLIP score and retrieval,
+    over samplers x steps x guidance, in the feature space of the checkpoint's own CLIP."""
+    with user_errors(debug):
+        step_list = _number_list(steps, int, "--steps")
+        scales = _number_list(guidance, float, "--guidance")
+        names = [n.strip() for n in samplers.split(",") if n.strip()]
+        if images < 10 or batch_size < 1:
+            raise InputError("--images must be >= 10 and --batch-size >= 1")
+        # each value is checked as a sampling setting before the model loads
+        names = [option_settings(SamplingSettings(sampler=name)).sampler for name in names]
+        for value in step_list:
+            option_settings(SamplingSettings(steps=value))
+        for value in scales:
+            option_settings(SamplingSettings(guidance=value))
+        if out is not None:
+            check_output_dir(out)
+        from diffgen.evaluate import markdown_table, run_eval, sweep_chart
+        model = load_model(checkpoint, device)
+
+        def show(row: dict) -> None:
+            if not as_json:
+                typer.echo(f"{row['sampler']:>16} steps {row['steps']:>4} g {row['guidance']:<4g} "
+                           f"FD {row['fd']:.4f}  KID {row['kid'] * 1e3:.3f}e-3  CLIP {row['clip_score']:.2f}  "
+                           f"top-1 {row['retrieval_top1']:.3f}  ({row['seconds']} s)", err=True)
+
+        from diffgen.evaluate import prompt_set_agreement
+        from diffgen.prompts import read_prompt_file
+
+        prompt_sets = {str(f): [s.prompt for s in read_prompt_file(f, 1)] for f in prompt_file or []}
+        result = run_eval(model, data, names, step_list, scales, images, batch_size, on_result=show)
+        result["prompt_sets"] = {
+            name: prompt_set_agreement(model, prompts, 4, names[0], max(step_list), scales[0], batch_size)
+            for name, prompts in prompt_sets.items()}
+        result["checkpoint"] = str(checkpoint) if checkpoint else "default"
+        result["model_hash"] = model.content_hash
+        if out is not None:
+            from diffgen.fileio import atomic_write
+            from diffgen.images import save_png
+
+            atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+            atomic_write(out / "eval.md", lambda tmp: Path(tmp).write_text(markdown_table(result) + "\n"))
+            save_png(sweep_chart(result), out / "eval.png")
+        typer.echo(json.dumps(result) if as_json else markdown_table(result))
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="A diffgen .safetensors checkpoint.")],
+    debug: DebugOption = False,
+) -> None:
+    """Show a checkpoint's config, parameter counts, resolution, hash and training summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with user_errors(debug):
+        from diffgen.config import config_to_dict
+
+        model = load_model(checkpoint)
+        table = Table(title=str(checkpoint), show_header=False)
+        table.add_row("resolution", f"{model.config.image_size} x {model.config.image_size} px")
+        table.add_row("content hash", model.content_hash or "")
+        for part, count in model.parameter_counts().items():
+            table.add_row(f"parameters: {part}", f"{count:,}")
+        for key, value in sorted(model.metadata.items()):
+            if key != "content_hash":
+                table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        console = Console()
+        console.print(table)
+        console.print_json(json.dumps(config_to_dict(model.config)))
+

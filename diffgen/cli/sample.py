@@ -1,0 +1,132 @@
+"""`diffgen sample`: prompts (arguments, a prompt file or a PNG's recipe) to PNGs with their recipes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from diffgen.cli.app import app
+from diffgen.cli.common import (CheckpointOption, DebugOption, check_output_dir, check_run, load_model,
+                                option_settings, user_errors)
+from diffgen.settings import DEFAULTS, SAMPLER_NAMES, SCHEDULE_NAMES, SamplingSettings
+
+
+@app.command()
+def sample(
+    prompts: Annotated[Optional[list[str]], typer.Argument(
+        help="One or more prompts.", show_default=False)] = None,
+    num_images: Annotated[int, typer.Option("-n", "--num-images", help="Images per prompt.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Images through the model at once.")] = 8,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Seed of the first image; image k gets seed + k. Default: random (printed).",
+        show_default=False)] = None,
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = DEFAULTS.steps,
+    sampler: Annotated[str, typer.Option(help=f"One of: {', '.join(SAMPLER_NAMES)} (or an AUTOMATIC1111 "
+                                              "name such as 'DPM++ 2M').")] = DEFAULTS.sampler,
+    schedule: Annotated[str, typer.Option(help=f"Noise schedule: {', '.join(SCHEDULE_NAMES)}.")] = DEFAULTS.schedule,
+    guidance: Annotated[float, typer.Option("-g", "--guidance",
+                                            help="Classifier-free guidance scale (1 = none).")] = DEFAULTS.guidance,
+    negative: Annotated[str, typer.Option(help="Negative prompt (what to steer away from).")] = DEFAULTS.negative,
+    checkpoint: CheckpointOption = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("outputs"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (auto picks the best; "
+                                             "bf16 on CUDA).")] = "auto",
+    prompt_file: Annotated[Optional[Path], typer.Option(
+        "-f", "--prompt-file", help=".txt (one prompt per line) or .jsonl (objects with prompt and "
+        "optional negative, n, seed, steps, guidance, sampler).", show_default=False)] = None,
+    replay: Annotated[Optional[Path], typer.Option(
+        help="Regenerate the image whose recipe is stored in this PNG.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo images whose files already exist.")] = False,
+    grid: Annotated[bool, typer.Option(help="Also write one labelled grid of the run.")] = False,
+    trajectory: Annotated[bool, typer.Option(
+        help="Also write, per image, a strip of the clean-image estimate at each step.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or messages.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Generate images from prompts; PNGs carry their recipe (A1111 `parameters` + diffgen JSON)."""
+    with user_errors(debug):
+        check_run(num_images, batch_size, seed)
+        settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
+        check_output_dir(out)
+        from diffgen.generate import plan_sample, write_grid
+
+        plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings)
+        model = load_model(checkpoint, device)
+        say = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
+        if plan.random_seed:
+            say(f"seed: {plan.seed}")
+        model_name = checkpoint.stem if checkpoint else "default"
+        if plan.replay is not None:
+            if plan.replay.get("model_hash") != model.content_hash:
+                say(f"warning: {replay} was made by model {str(plan.replay.get('model_hash', '?'))[:10]}, "
+                    f"this is {model.content_hash[:10]}: the image will differ")
+            model_name = plan.replay.get("model", model_name)
+        _warn_truncated(model, plan.tasks, say)
+        results = []
+        for result in _run_with_progress(model, plan.tasks, out, model_name, batch_size,
+                                         overwrite or plan.replay is not None, trajectory, quiet):
+            results.append(result)
+            if as_json:
+                typer.echo(json.dumps(_result_json(result)))
+            elif not result.skipped:
+                typer.echo(str(result.path))
+        if grid:
+            say(f"grid: {write_grid(results, out)}")
+        skipped = sum(r.skipped for r in results)
+        if skipped:
+            say(f"{skipped} image(s) already existed and were skipped (--overwrite to redo)")
+
+
+def _warn_truncated(model: Any, tasks: list, say: Callable[[str], None]) -> None:
+    prompts = sorted({t.prompt for t in tasks} | {t.negative for t in tasks if t.negative})
+    _, counts = model.text_encoder.tokenize(prompts)
+    limit = model.text_encoder.context_length
+    for prompt, count in zip(prompts, counts):
+        if count > limit:
+            say(f"warning: prompt '{prompt[:40]}...' has {count} tokens; only the first {limit} are used")
+
+
+def _run_with_progress(model: Any, tasks: list, out: Path, model_name: str, batch_size: int,
+                       overwrite: bool, trajectory: bool, quiet: bool) -> Iterator[Any]:
+    """Yield each ImageResult as it is written, with a progress bar on stderr."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from diffgen.generate import write_images
+
+    total_steps = sum(t.steps for t in tasks)
+    progress = Progress(
+        TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("images {task.fields[images]}/{task.fields[total_images]}"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=quiet, transient=False,
+    )
+    with progress:
+        bar = progress.add_task("sample", total=total_steps, images=0, total_images=len(tasks), rate="")
+        elapsed, made, seen = 0.0, 0, 0
+        for result in write_images(model, tasks, out, model_name, batch_size, overwrite, trajectory,
+                                   on_step=lambda n: progress.advance(bar, n)):
+            seen += 1
+            if result.skipped:
+                progress.advance(bar, result.task.steps)
+            else:
+                made += 1
+                elapsed += result.seconds
+            rate = f"{made / elapsed:.2f} img/s" if elapsed > 0 else ""
+            progress.update(bar, images=seen, rate=rate)
+            yield result
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {"path": str(result.path), **asdict(result.task), "seconds": round(result.seconds, 4),
+            "skipped": result.skipped,
+            **({"trajectory": str(result.trajectory_path)} if result.trajectory_path else {})}
+

@@ -1,0 +1,83 @@
+"""`diffgen train`: the CLIP stage and the diffusion stage on a captioned folder (torchrun for DDP)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from diffgen.cli.app import app
+from diffgen.cli.common import DebugOption, check_output_dir, user_errors
+from diffgen.cli.data import print_data_report
+from diffgen.errors import InputError
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Folder of images with .txt captions or metadata.jsonl.")],
+    out: Annotated[Optional[Path], typer.Option(
+        "-o", "--out", help="Run folder (default: runs/<data folder name>).", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="TOML config (default: the built-in default, configs/default.toml).",
+        show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Diffusion training steps (overrides the config).",
+                                                 show_default=False)] = None,
+    clip_steps: Annotated[Optional[int], typer.Option(help="CLIP training steps (overrides the config).",
+                                                      show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Per-process batch size (overrides the config).",
+                                                      show_default=False)] = None,
+    text_encoder: Annotated[Optional[str], typer.Option(
+        help="Use this text encoder instead of training one: a diffgen checkpoint, or ARCH:PRETRAINED "
+        "for open_clip (a tag or a local .safetensors file).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in the -o folder from its last state.")] = False,
+    init: Annotated[Optional[Path], typer.Option(
+        help="Start from this diffgen checkpoint's weights (U-Net and text encoder; the CLIP stage is "
+        "skipped): fine-tuning, or more training for a released model. --config must match its model.",
+        show_default=False)] = None,
+    time_limit: Annotated[Optional[float], typer.Option(
+        help="Minutes: end the diffusion stage once the run has taken this long, saving the state "
+        "and the model (--resume goes on to --steps).", show_default=False)] = None,
+    weights_dtype: Annotated[str, typer.Option(
+        help="Storage type of model.safetensors: float32, float16 (half the size) or bfloat16.")] = "float32",
+    check: Annotated[bool, typer.Option(help="Only lint the data folder, do not train.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or messages.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Train a CLIP text encoder and a U-Net from scratch on a captioned folder (torchrun for DDP)."""
+    import dataclasses
+
+    with user_errors(debug):
+        from diffgen.config import Config, load_config
+
+        cfg = load_config(config) if config is not None else Config()
+        overrides = {k: v for k, v in (("steps", steps), ("clip_steps", clip_steps),
+                                       ("batch_size", batch_size)) if v is not None}
+        for key, value in overrides.items():
+            if value < (0 if key == "clip_steps" else 1):
+                raise InputError(f"--{key.replace('_', '-')} must be at least {0 if key == 'clip_steps' else 1}")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+        if time_limit is not None and not time_limit > 0:
+            raise InputError(f"--time-limit must be a positive number of minutes, got {time_limit}")
+        if check:
+            report = print_data_report(data, cfg.image_size)
+            if not report.items:
+                raise InputError(f"no usable image-caption pairs in {data}")
+            return
+        from diffgen.train import TrainOptions, run_training
+
+        out = out or Path("runs") / data.resolve().name
+        check_output_dir(out)
+        log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
+        summary = run_training(TrainOptions(
+            data, out, cfg, resume, text_encoder, device, progress=not quiet, log=log,
+            time_limit=None if time_limit is None else 60 * time_limit, weights_dtype=weights_dtype,
+            init=init))
+        if not quiet and int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(f"model: {out / 'model.safetensors'}", err=True)
+        if int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(json.dumps(summary))
+
