@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The torch build is installed first and explicitly: on this project's CI machine these releases
-# lie on local disk. Elsewhere override it, e.g. `make install TORCH_SPEC=torch`.
+# lie on local disk. Elsewhere override it, e.g. `make install TORCH_SPEC=torch`. diffgen does not
+# use torchvision itself: open-clip-torch imports it, and it must match the torch build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test sample pictures bench speedrun speedrun-table clean
+.PHONY: install lint test sample pictures bench speedrun speedrun-table clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 # The main job: images from the embedded default model, into outputs/.
 sample: install

@@ -8,12 +8,12 @@ Run: .venv/bin/python benchmarks/peer.py   (needs the bench extra: pip install -
 from __future__ import annotations
 
 import torch
+from speed import time_it  # benchmarks/ is on sys.path when this file runs as a script
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffgen.config import Config
 from diffgen.generate import ImageTask, generate
 from diffgen.model import build_model
-from speed import time_it  # benchmarks/ is on sys.path when this file runs as a script
 
 STEPS, GUIDANCE = 20, 3.0
 

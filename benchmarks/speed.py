@@ -111,7 +111,8 @@ def training_rows(names: list[str], steps: int = 3) -> list[str]:
             optimizer.step()
         seconds = time_it(step, steps)
         params = sum(p.numel() for p in unet.parameters())
-        rows.append(f"| {name} | {cfg.image_size} | {params / 1e6:.2f} M | {batch} | {seconds:.3f} | {batch / seconds:.1f} |")
+        rows.append(f"| {name} | {cfg.image_size} | {params / 1e6:.2f} M | {batch} | {seconds:.3f} | "
+                    f"{batch / seconds:.1f} |")
     return rows
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from diffgen.checkpoint import load_model
+from diffgen.devices import pick_device
 from diffgen.emoji_data import SceneComposer, concepts, find_font, render_sprites
 from diffgen.emoji_eval import Match, SpriteMatcher
-from diffgen.devices import pick_device
 from diffgen.generate import ImageTask, default_checkpoint, generate
 from diffgen.images import to_pil
 

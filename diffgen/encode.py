@@ -44,8 +44,8 @@ def save_encoding(path: Path, report: EncodeReport, model: DiffusionModel) -> No
     prompts and the encoder identity go in the metadata."""
     from safetensors.torch import save_file
 
-    from diffgen.fileio import atomic_write
     from diffgen.config import config_to_dict
+    from diffgen.fileio import atomic_write
 
     enc = report.encoding
     tensors = {"ids": enc.ids.cpu(), "tokens": enc.tokens.float().cpu().contiguous(),

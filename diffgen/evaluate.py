@@ -165,7 +165,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines.append(f"\n{floor['images']} images per set; retrieval chance level "
                  f"{result['rows'][0]['retrieval_chance'] if result['rows'] else float('nan'):.3f}.")
     if result.get("prompt_sets"):
-        lines += ["", "| prompt set | prompts | images | CLIP score | retrieval top-1 | chance |", "|---|---|---|---|---|---|"]
+        lines += ["", "| prompt set | prompts | images | CLIP score | retrieval top-1 | chance |",
+                  "|---|---|---|---|---|---|"]
         for name, r in result["prompt_sets"].items():
             lines.append(f"| {name} | {r['prompts']} | {r['images']} | {r['clip_score']:.2f} | "
                          f"{r['retrieval_top1']:.3f} | {r['retrieval_chance']:.3f} |")

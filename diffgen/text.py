@@ -114,7 +114,7 @@ def load_pretrained_clip(arch: str, pretrained: str) -> nn.Module:
         try:
             model.load_state_dict(load_file(str(local)))
         except Exception as exc:  # noqa: BLE001 - any mismatch is the user's file
-            raise InputError(f"{local} does not hold {arch} weights: {str(exc).splitlines()[0]}")
+            raise InputError(f"{local} does not hold {arch} weights: {str(exc).splitlines()[0]}") from None
         return model
     tags = open_clip.list_pretrained_tags_by_model(arch)
     pretrained_cfg = open_clip.pretrained.get_pretrained_cfg(arch, pretrained)

@@ -24,10 +24,28 @@ from diffgen.data import TrainingSet, load_training_set, scan_folder, split_hold
 from diffgen.denoiser import Denoiser, edm_loss
 from diffgen.errors import InputError
 from diffgen.model import DiffusionModel, PromptCache, build_model
-from diffgen.trainloop import (BatchPlan, NoiseGenerator, PendingLosses, RunLog, Throughput, cosine_lr,
-                               image_batch, lr_at, maybe_no_sync, pick_captions, step_generator)
-from diffgen.trainstate import TrainingState, optimizer_from_tensors, optimizer_to_tensors, \
-    require_state, restore_rng, rng_tensors, save_state
+from diffgen.trainloop import (
+    BatchPlan,
+    NoiseGenerator,
+    PendingLosses,
+    RunLog,
+    Throughput,
+    cosine_lr,
+    image_batch,
+    lr_at,
+    maybe_no_sync,
+    pick_captions,
+    step_generator,
+)
+from diffgen.trainstate import (
+    TrainingState,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    require_state,
+    restore_rng,
+    rng_tensors,
+    save_state,
+)
 
 
 @dataclass
@@ -353,8 +371,8 @@ def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
 
 def run_training(opts: TrainOptions) -> dict[str, Any]:
     """Both stages end to end; returns the training summary (also stored in the checkpoint)."""
-    from diffgen.fileio import atomic_write
     from diffgen.devices import pick_device
+    from diffgen.fileio import atomic_write
 
     started = time.perf_counter()
     if opts.weights_dtype not in WEIGHT_DTYPES:

@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffgen.checkpoint import content_hash
-from diffgen.fileio import atomic_write
 from diffgen.errors import InputError
+from diffgen.fileio import atomic_write
 
 STATE_VERSION = 1
 _STATE_NAME = re.compile(r"^state-(clip|diffusion)-(\d{8})\.json$")

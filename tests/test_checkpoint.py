@@ -106,7 +106,7 @@ def test_corrupt_weights(saved):
 
 def test_failed_write_leaves_old_file_and_no_temporaries(saved, tiny_config):
     path, digest, _ = saved
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         # safetensors refuses a non-tensor value: the write fails half-way
         save_checkpoint(path, {"bad": "not a tensor"}, tiny_config)  # type: ignore[dict-item]
     assert read_checkpoint(path)[2]["content_hash"] == digest

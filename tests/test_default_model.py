@@ -3,7 +3,6 @@ card, and stays under the 50 MB the project allows for it."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 from diffgen.denoiser import (
-    Conditioning, Denoiser, edm_loss, eps_from_x0, sample_training_sigmas, x0_from_eps,
+    Conditioning,
+    Denoiser,
+    edm_loss,
+    eps_from_x0,
+    sample_training_sigmas,
+    x0_from_eps,
 )
 
 

@@ -10,8 +10,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from diffgen.data import scan_folder
-from diffgen.emoji_data import (FONT_CANDIDATES, Concept, SceneComposer, article, build_emoji_dataset,
-                                concepts, heldout_pairs)
+from diffgen.emoji_data import (
+    FONT_CANDIDATES,
+    Concept,
+    SceneComposer,
+    article,
+    build_emoji_dataset,
+    concepts,
+    heldout_pairs,
+)
 
 ITEMS = [Concept("x", "panda", "pandas", "animal"), Concept("x", "bicycle", "bicycles", "vehicle"),
          Concept("x", "apple", "apples", "food"), Concept("x", "dog", "dogs", "animal"),

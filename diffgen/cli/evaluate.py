@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffgen.cli.app import app
-from diffgen.cli.common import (CheckpointOption, DebugOption, check_output_dir, load_model, option_settings,
-                                user_errors)
+from diffgen.cli.common import CheckpointOption, DebugOption, check_output_dir, load_model, option_settings, user_errors
 from diffgen.errors import InputError
 from diffgen.settings import SamplingSettings
 

@@ -10,8 +10,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from diffgen.cli.app import app
-from diffgen.cli.common import (CheckpointOption, DebugOption, check_output_dir, check_run, load_model,
-                                option_settings, user_errors)
+from diffgen.cli.common import (
+    CheckpointOption,
+    DebugOption,
+    check_output_dir,
+    check_run,
+    load_model,
+    option_settings,
+    user_errors,
+)
 from diffgen.settings import DEFAULTS, SAMPLER_NAMES, SCHEDULE_NAMES, SamplingSettings
 
 
@@ -95,8 +102,14 @@ def _run_with_progress(model: Any, tasks: list, out: Path, model_name: str, batc
                        overwrite: bool, trajectory: bool, quiet: bool) -> Iterator[Any]:
     """Yield each ImageResult as it is written, with a progress bar on stderr."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from diffgen.generate import write_images
 
