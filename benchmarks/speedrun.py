@@ -81,12 +81,12 @@ def with_overrides(cfg, settings: list[str]):
 
 def train(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]:
     from diffgen.config import load_config
-    from diffgen.train import TrainOptions, run_training
+    from diffgen.training import TrainOptions, run_training
 
     opts = TrainOptions(data=data, out=out, config=with_overrides(load_config(args.config), args.set),
                         device="cpu", progress=False,
                         time_limit=args.minutes * 60, init=args.init, text_encoder=args.text_encoder,
-                        resume=(out / "state").is_dir() and args.resume, log=lambda m: print(m, flush=True))
+                        resume=(out / "state").is_dir() and args.resume, say=lambda m: print(m, flush=True))
     started = time.perf_counter()
     summary = run_training(opts)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -8,7 +8,6 @@ file gets a one-line error instead of a deep stack trace.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from pathlib import Path
@@ -21,6 +20,7 @@ from diffgen import __version__
 from diffgen.config import Config, config_from_dict, config_to_dict
 from diffgen.errors import CheckpointError, ConfigError
 from diffgen.fileio import atomic_write
+from diffgen.hashing import content_hash
 from diffgen.model import DiffusionModel, build_model
 
 FORMAT_NAME = "diffgen"
@@ -29,17 +29,6 @@ FORMAT_VERSION = 1
 _MAX_HEADER_BYTES = 100 * 2**20
 # Metadata entries stored as plain strings; every other entry is JSON.
 _PLAIN_METADATA = frozenset({"format", "format_version", "content_hash", "diffgen_version"})
-
-
-def content_hash(tensors: dict[str, torch.Tensor], config_json: str = "") -> str:
-    """SHA-256 over the config JSON and the names, dtypes, shapes and bytes of all tensors, in
-    name order (hex): it changes when any weight or any setting changes."""
-    digest = hashlib.sha256(config_json.encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def save_checkpoint(

@@ -7,6 +7,8 @@ training code runs on one CPU, one GPU or many.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -84,3 +86,13 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+@contextmanager
+def maybe_no_sync(module: torch.nn.Module, skip_sync: bool) -> Iterator[None]:
+    """DDP's no_sync for all but the last micro-batch of a step (gradient accumulation)."""
+    if skip_sync and hasattr(module, "no_sync"):
+        with module.no_sync():
+            yield
+    else:
+        yield

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from diffgen.cli import app
 from diffgen.config import config_from_dict, config_to_dict, config_to_toml, load_config
-from diffgen.trainstate import _state_files, load_latest_state
+from diffgen.training.state import _state_files, load_latest_state
 
 from .conftest import ROOT
 
@@ -227,7 +227,7 @@ def test_unknown_weights_dtype_and_bad_time_limit_are_input_errors(shapes_folder
 
 
 def test_pending_losses_are_read_back_in_batches():
-    from diffgen.trainloop import PendingLosses
+    from diffgen.training.metrics import PendingLosses
 
     pending = PendingLosses(every=3)
     for step in range(1, 3):

@@ -67,13 +67,13 @@ def train(
             if not report.items:
                 raise InputError(f"no usable image-caption pairs in {data}")
             return
-        from diffgen.train import TrainOptions, run_training
+        from diffgen.training import TrainOptions, run_training
 
         out = out or Path("runs") / data.resolve().name
         check_output_dir(out)
         log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         summary = run_training(TrainOptions(
-            data, out, cfg, resume, text_encoder, device, progress=not quiet, log=log,
+            data, out, cfg, resume, text_encoder, device, progress=not quiet, say=log,
             time_limit=None if time_limit is None else 60 * time_limit, weights_dtype=weights_dtype,
             init=init))
         if not quiet and int(os.environ.get("RANK", "0")) == 0:

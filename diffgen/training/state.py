@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffgen.checkpoint import content_hash
 from diffgen.errors import InputError
 from diffgen.fileio import atomic_write
+from diffgen.hashing import content_hash
 
 STATE_VERSION = 1
 _STATE_NAME = re.compile(r"^state-(clip|diffusion)-(\d{8})\.json$")

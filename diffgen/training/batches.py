@@ -1,4 +1,4 @@
-"""Pieces both training stages share: deterministic batches, per-step generators, the run log.
+"""Which images, captions, noise and learning rate each training step uses.
 
 Every random draw of step s (which images, which caption, caption dropout, noise levels, noise)
 comes from a generator seeded by (seed, stage, step, rank). With the global RNG state saved too,
@@ -8,19 +8,12 @@ a resumed run repeats exactly what an uninterrupted run would have done.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from diffgen.data import TrainingSet
-from diffgen.fileio import atomic_write
-from diffgen.trainstate import STAGE_ORDER
 
 
 def step_generator(seed: int, stage: str, step: int, rank: int) -> torch.Generator:
@@ -45,33 +38,6 @@ class NoiseGenerator:
         if self.device_gen is None:
             return step_gen
         return self.device_gen.manual_seed(int(torch.randint(2**62, (1,), generator=step_gen)))
-
-
-class PendingLosses:
-    """Losses of recent steps kept on the device and read back together every ``every`` steps.
-
-    Reading a GPU loss each step stalls the host until the step finishes, so the next step cannot
-    be queued while this one runs; batching the reads keeps the GPU fed. On the CPU ``every`` is 1.
-    """
-
-    def __init__(self, every: int):
-        self.every = every
-        self.rows: list[tuple[int, float, torch.Tensor]] = []
-
-    def add(self, step: int, lr: float, loss: torch.Tensor) -> None:
-        self.rows.append((step, lr, loss.detach().reshape(())))
-
-    def due(self) -> bool:
-        return len(self.rows) >= self.every
-
-    def flush(self, mean_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[int, float, float]]:
-        """(step, lr, loss averaged over ranks) for every pending step, with one host sync."""
-        if not self.rows:
-            return []
-        values = mean_over_ranks(torch.stack([loss for _, _, loss in self.rows])).tolist()
-        out = [(step, lr, value) for (step, lr, _), value in zip(self.rows, values)]
-        self.rows = []
-        return out
 
 
 @dataclass
@@ -136,68 +102,3 @@ def cosine_lr(step: int, total: int, base_lr: float, warmup_steps: int) -> float
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total - warmup_steps)
     return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-class RunLog:
-    """metrics.jsonl plus a loss curve; on resume, lines past the resumed step are dropped so the
-    file always describes one consistent run."""
-
-    def __init__(self, folder: Path, enabled: bool, resume_from: tuple[str, int] | None = None):
-        self.path = folder / "metrics.jsonl"
-        self.enabled = enabled
-        self.rows: list[dict] = []
-        if enabled and self.path.exists():
-            if resume_from is not None:
-                keep = (STAGE_ORDER[resume_from[0]], resume_from[1])
-                for line in self.path.read_text().splitlines():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a kill
-                    if (STAGE_ORDER[row["stage"]], row["step"]) <= keep:
-                        self.rows.append(row)
-            text = "".join(json.dumps(r) + "\n" for r in self.rows)
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self.rows.append(row)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-
-    def loss_curve(self, path: Path) -> None:
-        if not self.enabled:
-            return
-        from diffgen.images import save_png
-        from diffgen.plots import line_chart
-
-        series = {}
-        for stage in ("clip", "diffusion"):
-            rows = [r for r in self.rows if r["stage"] == stage]
-            if rows:
-                series[f"{stage} loss"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
-        if series:
-            save_png(line_chart(series, "training loss (per step, and smoothed)", smooth=0.98), path)
-
-
-class Throughput:
-    """Images per second since the stage started (or resumed)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.images = 0
-
-    def add(self, images: int) -> float:
-        self.images += images
-        return self.images / max(1e-9, time.perf_counter() - self.start)
-
-
-@contextmanager
-def maybe_no_sync(module: torch.nn.Module, skip_sync: bool) -> Iterator[None]:
-    """DDP's no_sync for all but the last micro-batch of a step (gradient accumulation)."""
-    if skip_sync and hasattr(module, "no_sync"):
-        with module.no_sync():
-            yield
-    else:
-        yield

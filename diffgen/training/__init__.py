@@ -1,0 +1,59 @@
+"""Training from scratch or from a checkpoint: ``run_training(TrainOptions(...))``.
+
+Stage 1 trains a small CLIP on the folder's image-caption pairs, stage 2 the U-Net against the
+frozen text encoder (training/stages.py); a run is prepared and finished in training/run.py;
+batches, seeds and learning rates are in training/batches.py, metrics and the progress bar in
+training/metrics.py, the state files in training/state.py. Resume is exact and DDP runs under
+torchrun.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from diffgen.training.run import WEIGHT_DTYPES, TrainOptions, finish_run, prepare_run
+
+__all__ = ["TrainOptions", "run_training"]
+
+
+def run_training(opts: TrainOptions) -> dict[str, Any]:
+    """Both stages end to end; returns the training summary (also stored in the checkpoint)."""
+    from diffgen import distributed
+    from diffgen.devices import pick_device
+    from diffgen.errors import InputError
+    from diffgen.training.metrics import retrieval_accuracy
+    from diffgen.training.stages import train_clip, train_diffusion
+
+    started = time.perf_counter()
+    if opts.weights_dtype not in WEIGHT_DTYPES:
+        raise InputError(f"unknown weights dtype '{opts.weights_dtype}' (choose from: {', '.join(WEIGHT_DTYPES)})")
+    if opts.time_limit is not None and opts.time_limit <= 0:
+        raise InputError("the time limit must be positive")
+    device = pick_device(opts.device)
+    dist = distributed.init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    try:
+        run = prepare_run(opts, device, dist, started)
+        run.say(f"{len(run.train_idx)} training images, {len(run.held_idx)} held out; global batch "
+                f"{run.cfg.train.batch_size * run.cfg.train.grad_accum * dist.world_size} on {dist.world_size} "
+                f"process(es), {device}")
+        resume, summary = run.resume, {}
+        trains_clip = not run.cfg.text.arch and not opts.text_encoder and opts.init is None
+        if trains_clip:
+            if resume is None or resume.stage == "clip":
+                train_clip(run, resume)
+            held = run.held_idx or run.train_idx[:500]
+            summary["clip_retrieval"] = {**retrieval_accuracy(run.model, run.data, held, device),
+                                         "held_out": bool(run.held_idx)}
+            r = summary["clip_retrieval"]
+            run.say(f"CLIP image-to-text retrieval on {r['images']} {'held-out' if run.held_idx else 'training'}"
+                    f" images: top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 "
+                    f"{r['top5']:.1%} (chance {r['chance_top5']:.1%})")
+        steps_done = train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
+        return finish_run(run, summary, steps_done)
+    finally:
+        distributed.shutdown(dist)

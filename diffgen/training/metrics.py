@@ -1,0 +1,170 @@
+"""What a training run reports: losses per step (metrics.jsonl and a loss curve), the progress bar
+with images/s, the time limit, and the CLIP stage's retrieval accuracy."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffgen import distributed
+from diffgen.data import TrainingSet
+from diffgen.fileio import atomic_write
+from diffgen.training.batches import image_batch
+from diffgen.training.state import STAGE_ORDER
+
+
+class PendingLosses:
+    """Losses of recent steps kept on the device and read back together every ``every`` steps.
+
+    Reading a GPU loss each step stalls the host until the step finishes, so the next step cannot
+    be queued while this one runs; batching the reads keeps the GPU fed. On the CPU ``every`` is 1.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self.rows: list[tuple[int, float, torch.Tensor]] = []
+
+    def add(self, step: int, lr: float, loss: torch.Tensor) -> None:
+        self.rows.append((step, lr, loss.detach().reshape(())))
+
+    def due(self) -> bool:
+        return len(self.rows) >= self.every
+
+    def flush(self, mean_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[int, float, float]]:
+        """(step, lr, loss averaged over ranks) for every pending step, with one host sync."""
+        if not self.rows:
+            return []
+        values = mean_over_ranks(torch.stack([loss for _, _, loss in self.rows])).tolist()
+        out = [(step, lr, value) for (step, lr, _), value in zip(self.rows, values)]
+        self.rows = []
+        return out
+
+
+class RunLog:
+    """metrics.jsonl plus a loss curve; on resume, lines past the resumed step are dropped so the
+    file always describes one consistent run."""
+
+    def __init__(self, folder: Path, enabled: bool, resume_from: tuple[str, int] | None = None):
+        self.path = folder / "metrics.jsonl"
+        self.enabled = enabled
+        self.rows: list[dict] = []
+        if enabled and self.path.exists():
+            if resume_from is not None:
+                keep = (STAGE_ORDER[resume_from[0]], resume_from[1])
+                for line in self.path.read_text().splitlines():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by a kill
+                    if (STAGE_ORDER[row["stage"]], row["step"]) <= keep:
+                        self.rows.append(row)
+            text = "".join(json.dumps(r) + "\n" for r in self.rows)
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.rows.append(row)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def loss_curve(self, path: Path) -> None:
+        if not self.enabled:
+            return
+        from diffgen.images import save_png
+        from diffgen.plots import line_chart
+
+        series = {}
+        for stage in ("clip", "diffusion"):
+            rows = [r for r in self.rows if r["stage"] == stage]
+            if rows:
+                series[f"{stage} loss"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+        if series:
+            save_png(line_chart(series, "training loss (per step, and smoothed)", smooth=0.98), path)
+
+
+class Throughput:
+    """Images per second since the stage started (or resumed)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.images = 0
+
+    def add(self, images: int) -> float:
+        self.images += images
+        return self.images / max(1e-9, time.perf_counter() - self.start)
+
+
+class StageMeter:
+    """Progress bar, metrics.jsonl rows and images/s for one stage, fed in batches of steps.
+
+    On a GPU the losses are read back every ``GPU_LOG_EVERY`` steps (see PendingLosses)."""
+
+    GPU_LOG_EVERY = 25
+
+    def __init__(self, stage: str, total: int, start: int, images_per_step: int, log: RunLog,
+                 dist: distributed.DistInfo, device: torch.device, show_progress: bool,
+                 deadline: float | None = None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.stage, self.images_per_step, self.log, self.dist, self.device = stage, images_per_step, log, dist, device
+        self.deadline = deadline  # time.perf_counter() value after which the run stops
+        self.pending = PendingLosses(1 if device.type == "cpu" else self.GPU_LOG_EVERY)
+        self.speed = Throughput()
+        self.smoothed: float | None = None
+        self.progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} img/s"),
+                                 TimeRemainingColumn(), disable=not (show_progress and dist.is_main))
+        self.bar = self.progress.add_task(stage, total=total, completed=start, loss="-", rate="-")
+
+    def add(self, step: int, lr: float, loss: torch.Tensor, force: bool = False) -> None:
+        """Record step ``step``'s loss; write out the pending steps when due or ``force``."""
+        self.pending.add(step, lr, loss)
+        if force or self.pending.due():
+            self.flush()
+
+    def flush(self) -> None:
+        rows = self.pending.flush(lambda v: distributed.all_reduce_mean(v, self.dist))
+        if not rows:
+            return
+        rate = self.speed.add(self.images_per_step * len(rows))
+        for step, lr, loss in rows:
+            self.smoothed = loss if self.smoothed is None else 0.98 * self.smoothed + 0.02 * loss
+            self.log.write({"stage": self.stage, "step": step, "loss": loss, "lr": lr, "images_per_s": rate})
+        self.progress.update(self.bar, advance=len(rows), loss=f"{self.smoothed:.4f}", rate=f"{rate:.1f}")
+
+    def out_of_time(self) -> bool:
+        """True on every rank once the deadline has passed (checked at flushes only)."""
+        if self.deadline is None or self.pending.rows:
+            return False
+        return distributed.any_rank(time.perf_counter() >= self.deadline, self.dist, self.device)
+
+
+@torch.no_grad()
+def retrieval_accuracy(model, data: TrainingSet, indices: list[int], device: torch.device) -> dict[str, Any]:
+    """Image-to-text retrieval over ``indices`` (first caption each): top-1/top-5 accuracy and the
+    accuracy random ranking would get (higher than 1/N where captions repeat)."""
+    clip = model.text_encoder.clip
+    captions = [data.captions[i][0] for i in indices]
+    image_features = torch.nn.functional.normalize(clip.encode_image(image_batch(data, indices, device)), dim=-1)
+    ids = model.text_encoder.tokenize(captions)[0].to(device)
+    text_features = torch.nn.functional.normalize(clip.encode_text(ids), dim=-1)
+    ranking = (image_features @ text_features.T).argsort(dim=1, descending=True).cpu()
+    n = len(captions)
+    hits1 = hits5 = chance1 = chance5 = 0.0
+    for row, own in enumerate(captions):
+        same = sum(c == own for c in captions)
+        hits1 += captions[ranking[row, 0]] == own
+        hits5 += any(captions[j] == own for j in ranking[row, :5].tolist())
+        chance1 += same / n
+        miss5 = 1.0  # probability that 5 random picks without replacement all miss
+        for k in range(min(5, n)):
+            miss5 *= max(0.0, (n - same - k) / (n - k))
+        chance5 += 1 - miss5
+    return {"images": n, "top1": hits1 / n, "top5": hits5 / n, "chance_top1": chance1 / n,
+            "chance_top5": chance5 / n}

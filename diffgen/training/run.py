@@ -1,0 +1,228 @@
+"""A training run: its options, preparing it (config, data, model, resume checks), its states, and
+finishing it (the summary and model.safetensors)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffgen import distributed
+from diffgen.checkpoint import load_model, save_model
+from diffgen.config import Config, config_from_dict, config_to_dict, config_to_toml
+from diffgen.data import TrainingSet, load_training_set, scan_folder, split_holdout
+from diffgen.errors import InputError
+from diffgen.model import DiffusionModel, build_model
+from diffgen.training.batches import BatchPlan
+from diffgen.training.metrics import RunLog
+from diffgen.training.state import TrainingState, optimizer_to_tensors, require_state, rng_tensors, save_state
+
+# Settings a resumed run may change: how long it goes on and how often it saves or samples.
+RESUMABLE_CHANGES = ("steps", "sample_every", "checkpoint_every")
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    out: Path
+    config: Config
+    resume: bool = False
+    text_encoder: str | None = None  # a diffgen checkpoint, or "ARCH:PRETRAINED" for open_clip
+    device: str = "auto"
+    progress: bool = True
+    say: Callable[[str], None] = print  # one-line messages for the user (the main process only)
+    # Stop the diffusion stage once the run has taken this many seconds (saved and resumable).
+    time_limit: float | None = None
+    # Storage type of the floating-point weights in model.safetensors (the state stays float32).
+    weights_dtype: str = "float32"
+    # A diffgen checkpoint whose U-Net and text encoder weights the run starts from (fine-tuning).
+    init: Path | None = None
+
+
+@dataclass
+class Run:
+    """What both stages need. ``opts.config`` is the run's config, resolved once (a
+    --text-encoder checkpoint brings its own text config)."""
+
+    opts: TrainOptions
+    data: TrainingSet
+    train_idx: list[int]
+    held_idx: list[int]
+    model: DiffusionModel
+    device: torch.device
+    dist: distributed.DistInfo
+    log: RunLog  # metrics.jsonl and the loss curve
+    started: float  # time.perf_counter() when the run began (for --time-limit)
+    resume: TrainingState | None
+    init_hash: str | None = None  # the --init checkpoint's content hash
+    skipped_files: int = 0  # data files named and skipped by the scan
+
+    @property
+    def cfg(self) -> Config:
+        return self.opts.config
+
+    def plan(self, per_rank: int) -> BatchPlan:
+        return BatchPlan(self.train_idx, per_rank, self.cfg.train.grad_accum, self.dist.world_size,
+                         self.cfg.train.seed)
+
+    def say(self, message: str) -> None:
+        if self.dist.is_main:
+            self.opts.say(message)
+
+
+def _without_schedule(config: dict[str, Any]) -> dict[str, Any]:
+    train = {k: v for k, v in config["train"].items() if k not in RESUMABLE_CHANGES}
+    return {**config, "train": train}
+
+
+def _resolve_text_encoder(cfg: Config, spec: str | None) -> tuple[Config, DiffusionModel | None]:
+    """Apply --text-encoder: a diffgen checkpoint (its text config and weights) or ARCH:PRETRAINED."""
+    if not spec:
+        return cfg, None
+    if spec.endswith(".safetensors") and ":" not in spec:
+        source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
+        return dataclasses.replace(cfg, text=source.config.text), source
+    arch, _, pretrained = spec.partition(":")
+    if not pretrained:
+        raise InputError(f"--text-encoder {spec}: give a diffgen checkpoint (.safetensors) or "
+                         "ARCH:PRETRAINED (an open_clip tag or a local weights file)")
+    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, arch=arch, pretrained=pretrained)), None
+
+
+def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
+    """The --init checkpoint; its model must have the config's shape (image size, text, U-Net,
+    denoiser), while the [train] section stays the run's own."""
+    source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
+    mine, theirs = config_to_dict(cfg), config_to_dict(source.config)
+    differing = sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
+    if differing:
+        raise InputError(f"--init {spec}: the checkpoint was made with another model config "
+                         f"(different {', '.join(differing)}); train with its config")
+    return source
+
+
+def _load_text_tower(model: DiffusionModel, source: DiffusionModel, say: Callable[[str], None]) -> None:
+    """Copy --text-encoder's CLIP into ``model``. A checkpoint made for another image size has an
+    image tower of other shapes: then only the text tower is copied (the U-Net never sees the image
+    tower; it serves `diffgen eval`, which then has no trained image features), and the user is told."""
+    theirs = source.text_encoder.state_dict()
+    mine = model.text_encoder.state_dict()
+    differing = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+    if any(".visual." not in f".{k}" for k in differing):
+        raise InputError("--text-encoder: that checkpoint's text tower has other shapes")
+    if differing:  # the whole image tower stays fresh, not a mix of copied and fresh layers
+        theirs = {k: v for k, v in theirs.items() if ".visual." not in f".{k}"}
+    model.text_encoder.load_state_dict(theirs, strict=not differing)
+    if differing:
+        say(f"--text-encoder: the checkpoint was made for another image size; its text tower is used, "
+            f"the CLIP image tower ({len(differing)} tensors of other shapes) stays untrained")
+
+
+def _check_resume(state_dir: Path, cfg: Config, num_images: int, data: Path) -> TrainingState:
+    resume = require_state(state_dir)
+    # through the dataclasses, so that a state written before a config key existed compares with
+    # that key's default
+    stored = config_to_dict(config_from_dict(resume.info["config"]))
+    if _without_schedule(stored) != _without_schedule(config_to_dict(cfg)):
+        raise InputError(f"--resume: the state in {state_dir} was made with another config")
+    if resume.info.get("num_images") != num_images:
+        raise InputError(f"--resume: the run was trained on {resume.info.get('num_images')} images, "
+                         f"{data} now has {num_images}; the held-out split would change")
+    return resume
+
+
+def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.DistInfo, started: float) -> Run:
+    """Resolve the config, scan and load the data, check a resume, build the model with its
+    starting weights, write config.toml."""
+    from diffgen.fileio import atomic_write
+
+    if opts.init is not None and (opts.text_encoder or opts.resume):
+        raise InputError("--init starts a new run from a checkpoint: it cannot be combined with "
+                         "--text-encoder or --resume")
+    if opts.init is not None:
+        cfg, source = opts.config, _load_init(opts.config, opts.init)
+    else:
+        cfg, source = _resolve_text_encoder(opts.config, opts.text_encoder)
+    opts = dataclasses.replace(opts, config=cfg)
+    report = scan_folder(opts.data, cfg.text.context_length, check_tokens=False)
+    if dist.is_main:
+        for path, reason in report.skipped:
+            opts.say(f"skipped {path}: {reason}")
+    if not report.items:
+        raise InputError(f"no usable image-caption pairs in {opts.data} "
+                         f"({len(report.skipped)} file(s) skipped; see `diffgen data check`)")
+    state_dir = opts.out / "state"
+    resume = None
+    if opts.resume:
+        resume = _check_resume(state_dir, cfg, len(report.items), opts.data)
+    elif list(state_dir.glob("state-*.json")):
+        raise InputError(f"{opts.out} already holds a training run: add --resume to continue it, "
+                         "or choose another -o folder")
+    data = load_training_set(report.items, cfg.image_size)
+    if device.type == "cuda":  # a few hundred MB at most: no host-to-device copy per step
+        data.images = data.images.to(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # the CLIP stage runs in float32
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
+    train_idx, held_idx = split_holdout(len(data), cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    # weights from --text-encoder, --init or the state replace any pretrained download
+    model = build_model(cfg, load_pretrained_text=source is None and resume is None).to(device)
+    if source is not None and opts.init is not None:
+        model.load_state_dict(source.state_dict())  # shapes agree: _load_init compared configs
+    elif source is not None:
+        _load_text_tower(model, source, opts.say if dist.is_main else lambda _: None)
+    if resume is not None and resume.stage == "diffusion":
+        from diffgen.training.stages import without_prefix
+
+        model.load_state_dict(without_prefix(resume.tensors, "model"))
+    if dist.is_main:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(opts.out / "config.toml", lambda tmp: Path(tmp).write_text(config_to_toml(cfg)))
+    log = RunLog(opts.out, dist.is_main, (resume.stage, resume.step) if resume else None)
+    init_hash = source.content_hash if opts.init is not None and source is not None else None
+    return Run(opts, data, train_idx, held_idx, model, device, dist, log, started, resume, init_hash,
+               len(report.skipped))
+
+
+def save_run_state(run: Run, stage: str, step: int, tensors: dict[str, torch.Tensor],
+                   optimizer: torch.optim.Optimizer, plan: BatchPlan) -> None:
+    """The training state after ``step`` (main process; every rank waits for it)."""
+    if run.dist.is_main:
+        opt_tensors, groups = optimizer_to_tensors(optimizer, "optim")
+        info = {"config": config_to_dict(run.cfg), "optimizer_groups": groups,
+                "data_position": plan.position(step), "num_images": len(run.data)}
+        save_state(run.opts.out / "state", TrainingState(stage, step, {**tensors, **opt_tensors, **rng_tensors()},
+                                                         info))
+    distributed.barrier(run.dist)
+
+
+def finish_run(run: Run, summary: dict[str, Any], steps_done: int) -> dict[str, Any]:
+    """Complete the summary and write model.safetensors and summary.json (main process)."""
+    from diffgen.fileio import atomic_write
+
+    cfg, dist = run.cfg, run.dist
+    summary.update({
+        "images": len(run.data), "train_images": len(run.train_idx), "held_out_images": len(run.held_idx),
+        "skipped_files": run.skipped_files, "steps": steps_done, "configured_steps": cfg.train.steps,
+        "clip_steps": cfg.train.clip_steps if "clip_retrieval" in summary else 0,
+        "world_size": dist.world_size,
+        "global_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size,
+        "final_loss": next((r["loss"] for r in reversed(run.log.rows) if r["stage"] == "diffusion"), None),
+        "ranks_identical": distributed.weights_agree(run.model.denoiser, dist),
+        "device": str(run.device), "seconds_this_process": round(time.perf_counter() - run.started, 2),
+        **({"init": {"path": str(run.opts.init), "content_hash": run.init_hash}} if run.init_hash else {}),
+    })
+    if dist.is_main:
+        save_model(run.opts.out / "model.safetensors", run.model.cpu(), extra={"training": summary},
+                   dtype=WEIGHT_DTYPES[run.opts.weights_dtype])
+        atomic_write(run.opts.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
+    distributed.barrier(dist)
+    return summary

@@ -1,0 +1,215 @@
+"""The two training stages and the step loop they share.
+
+Stage 1 trains a small CLIP on the folder's image-caption pairs (open_clip's model and contrastive
+loss, Radford et al. 2021); stage 2 trains the U-Net with the EDM loss (Karras et al. 2022) against
+the frozen text encoder, with EMA weights and caption dropout for classifier-free guidance. Both
+are a ``Stage``: how to compute one micro-batch's loss, what to do after each optimizer step, what
+to save. ``run_stage`` is the one loop: learning rate, gradient accumulation (DDP syncs on the last
+micro-batch only), clipping, the optimizer step, metrics, states at ``checkpoint_every`` and at the
+end, and the time limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from diffgen import devices, distributed
+from diffgen.denoiser import Denoiser, edm_loss
+from diffgen.model import DiffusionModel, PromptCache
+from diffgen.training.batches import NoiseGenerator, cosine_lr, image_batch, lr_at, pick_captions, step_generator
+from diffgen.training.metrics import StageMeter
+from diffgen.training.run import Run, save_run_state
+from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
+
+
+def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``{prefix.name: tensor}``: how a module's weights are named inside a state or checkpoint."""
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def without_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named ``prefix.*``, with the prefix removed (the inverse of ``with_prefix``)."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+@dataclass
+class Stage:
+    """One stage's parts for ``run_stage``."""
+
+    name: str  # "clip" or "diffusion": names its states, metrics rows and step generators
+    steps: int
+    batch_size: int  # per process and micro-batch
+    net: torch.nn.Module  # what runs forward and backward (DDP-wrapped under torchrun)
+    optimizer: torch.optim.Optimizer
+    lr: Callable[[int], float]
+    loss: Callable[[list[int], torch.Generator], torch.Tensor]  # mean loss of one micro-batch
+    tensors: Callable[[], dict[str, torch.Tensor]]  # the weights a state holds (the optimizer is added)
+    after_step: Callable[[int], None] = lambda step: None
+    # called with (step, last) at sample_every steps, at states and at the end, before the state is saved
+    before_save: Callable[[int, bool], None] = lambda step, last: None
+    time_limited: bool = False
+    sample_every: int | None = None  # force the metrics out at these steps too (for sample grids)
+    params: list[torch.Tensor] = field(default_factory=list)  # clipped to grad_clip
+
+
+def run_stage(run: Run, stage: Stage, start: int) -> int:
+    """Steps ``start`` .. ``stage.steps`` (fewer when the time limit stops it); returns the steps done."""
+    t = run.cfg.train
+    plan = run.plan(stage.batch_size)
+    deadline = run.started + run.opts.time_limit if stage.time_limited and run.opts.time_limit else None
+    meter = StageMeter(stage.name, stage.steps, start, plan.global_batch, run.log, run.dist, run.device,
+                       run.opts.progress, deadline)
+    step = start
+    with meter.progress:
+        for step in range(start, stage.steps):
+            lr = stage.lr(step)
+            for group in stage.optimizer.param_groups:
+                group["lr"] = lr
+            total = torch.zeros((), device=run.device)
+            for micro in range(t.grad_accum):
+                idx = plan.batch(step, micro, run.dist.rank)
+                gen = step_generator(t.seed, stage.name, step * t.grad_accum + micro, run.dist.rank)
+                with distributed.maybe_no_sync(stage.net, micro < t.grad_accum - 1):
+                    loss = stage.loss(idx, gen) / t.grad_accum
+                    loss.backward()
+                total += loss.detach()
+            torch.nn.utils.clip_grad_norm_(stage.params, t.grad_clip)
+            stage.optimizer.step()
+            stage.optimizer.zero_grad(set_to_none=True)
+            stage.after_step(step)
+            done = step + 1
+            save_due = done % t.checkpoint_every == 0
+            sample_due = stage.sample_every is not None and done % stage.sample_every == 0
+            meter.add(done, lr, total, force=save_due or sample_due or done == stage.steps)
+            last = done == stage.steps or meter.out_of_time()
+            if last and done < stage.steps:
+                run.say(f"time limit reached after {done} of {stage.steps} steps; "
+                        "the state is saved, --resume continues the run")
+            if sample_due or save_due or last:
+                stage.before_save(done, last)
+            if save_due or last:
+                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan)
+                run.log.loss_curve(run.opts.out / "loss.png")
+            if last:
+                break
+    return step + 1 if start < stage.steps else start
+
+
+def train_clip(run: Run, resume: TrainingState | None) -> None:
+    """Stage 1: contrastive training of the CLIP text and image towers."""
+    import open_clip
+
+    t = run.cfg.train
+    clip = run.model.text_encoder.clip.train()
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=t.clip_lr, weight_decay=t.weight_decay)
+    start = 0
+    if resume is not None:
+        clip.load_state_dict(without_prefix(resume.tensors, "clip"))
+        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
+        restore_rng(resume.tensors)
+        start = resume.step
+    net = DistributedDataParallel(clip) if run.dist.enabled else clip
+    loss_fn = open_clip.loss.ClipLoss(gather_with_grad=True, rank=run.dist.rank, world_size=run.dist.world_size)
+    tokenizer = run.model.text_encoder
+    token_ids: dict[str, torch.Tensor] = {}
+
+    def tokens_for(captions: list[str]) -> torch.Tensor:
+        # Each distinct caption is tokenized once: the Python tokenizer costs more than a GPU step.
+        missing = sorted(set(captions) - token_ids.keys())
+        if missing:
+            token_ids.update(zip(missing, tokenizer.tokenize(missing)[0]))
+        return torch.stack([token_ids[c] for c in captions]).to(run.device)
+
+    def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor:
+        ids = tokens_for(pick_captions(run.data, idx, gen))
+        image_features, text_features, scale = net(image_batch(run.data, idx, run.device), ids)[:3]
+        return loss_fn(image_features, text_features, scale)
+
+    def clamp_temperature(step: int) -> None:
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
+
+    warmup = min(t.warmup_steps, t.clip_steps // 10 + 1)
+    run_stage(run, Stage("clip", t.clip_steps, t.clip_batch_size, net, optimizer,
+                         lambda step: cosine_lr(step, t.clip_steps, t.clip_lr, warmup), loss,
+                         lambda: with_prefix(clip.state_dict(), "clip"), after_step=clamp_temperature,
+                         params=list(clip.parameters())), start)
+    clip.eval()
+
+
+def train_diffusion(run: Run, resume: TrainingState | None) -> int:
+    """Stage 2: the U-Net with the EDM loss; frozen text encoder; EMA; caption dropout for CFG.
+    Returns the number of steps done (fewer than configured when the time limit stopped it)."""
+    t, d = run.cfg.train, run.cfg.denoiser
+    text = run.model.text_encoder.eval().requires_grad_(False)
+    unet = run.model.denoiser.net.train()
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    # fused: one kernel for the whole update instead of a few per parameter tensor
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                  fused=True if run.device.type == "cuda" else None)
+    start = 0
+    if resume is not None:  # the model weights were restored when the run was prepared
+        ema.load_state_dict(without_prefix(resume.tensors, "ema"))
+        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
+        restore_rng(resume.tensors)
+        start = resume.step
+    net = DistributedDataParallel(unet) if run.dist.enabled else unet
+    denoiser = Denoiser(net, d.sigma_data)
+    cache = PromptCache(text)
+    cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
+    autocast = devices.autocast(run.device, t.precision)
+    noise_generator = NoiseGenerator(run.device)
+    ema_params, params = list(ema.parameters()), list(unet.parameters())
+
+    def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor:
+        cond = cache(pick_captions(run.data, idx, gen, t.caption_dropout))
+        with autocast:
+            return edm_loss(denoiser, image_batch(run.data, idx, run.device), cond, d.p_mean, d.p_std,
+                            generator=noise_generator(gen)).mean()
+
+    def update_ema(step: int) -> None:
+        decay = min(t.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+
+    def tensors() -> dict[str, torch.Tensor]:
+        return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), "ema")}
+
+    def grid(step: int, last: bool) -> None:
+        if run.dist.is_main and (step % t.sample_every == 0 or last):
+            sample_grid(run, ema, step)
+
+    steps_done = run_stage(run, Stage("diffusion", t.steps, t.batch_size, net, optimizer,
+                                      lambda step: lr_at(step, t.lr, t.warmup_steps), loss, tensors,
+                                      after_step=update_ema, before_save=grid, time_limited=True,
+                                      sample_every=t.sample_every, params=params), start)
+    run.model.denoiser.net.load_state_dict(ema.state_dict())  # ship the EMA weights
+    return steps_done
+
+
+def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
+    """A grid at fixed prompts (held-out captions where there are any) and seeds 0..7, with the
+    EMA weights and the default sampling settings, so grids of different steps and runs compare
+    side by side."""
+    from diffgen.generate import ImageTask, generate
+    from diffgen.images import labelled_grid, save_png, to_pil
+    from diffgen.settings import DEFAULTS
+
+    view = DiffusionModel(run.cfg, run.model.text_encoder, Denoiser(ema_unet, run.cfg.denoiser.sigma_data))
+    source = run.held_idx or run.train_idx
+    prompts = list(dict.fromkeys(run.data.captions[i][0] for i in source))[:8]
+    tasks = [ImageTask.of(k, p, k, DEFAULTS) for k, p in enumerate(prompts)]
+    images = torch.stack([image for _, image, _ in generate(view, tasks, batch_size=8)])
+    path = run.opts.out / "samples" / f"step-{step:08d}.png"
+    recipe = {"step": step, "prompts": prompts, "seeds": list(range(len(prompts))), "steps": DEFAULTS.steps,
+              "sampler": DEFAULTS.sampler, "guidance": DEFAULTS.guidance}
+    save_png(labelled_grid(to_pil(images), [f"{p} ({k})" for k, p in enumerate(prompts)]), path,
+             text={"diffgen-grid": json.dumps(recipe)})
+    return path
