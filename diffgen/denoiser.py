@@ -65,25 +65,37 @@ def _per_sample_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Ten
 
 
 class Denoiser(nn.Module):
-    """Wraps a raw network F(x, c_noise, tokens, pooled) with EDM preconditioning."""
+    """Wraps a raw network F(x, c_noise, tokens, pooled) with EDM preconditioning.
 
-    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+    It carries the noise-level range it was trained for (``sigma_min``, ``sigma_max``), so a
+    sampling schedule is built from the model itself. The preconditioning coefficients and the
+    skip connection are computed in float32 whatever the autocast dtype: c_skip x carries the whole
+    image at low noise, where bf16's 8-bit mantissa would cost visible levels."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0):
         super().__init__()
         self.net = net
         self.sigma_data = sigma_data
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    @classmethod
+    def from_config(cls, net: nn.Module, cfg) -> Denoiser:
+        """The wrapper with a config's ``denoiser`` section (sigma_data and the sigma range)."""
+        return cls(net, cfg.denoiser.sigma_data, cfg.denoiser.sigma_min, cfg.denoiser.sigma_max)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Conditioning) -> torch.Tensor:
         """x (B,C,H,W) noisy image, sigma (B,) or scalar, cond of batch B -> x0_hat (B,C,H,W)."""
         sigma = _per_sample_sigma(sigma, x)
-        s = sigma.to(x.dtype)[:, None, None, None]
+        exact = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 input
+        s = sigma.to(exact)[:, None, None, None]
         sd = self.sigma_data
         c_skip = sd**2 / (s**2 + sd**2)
         c_out = s * sd / (s**2 + sd**2).sqrt()
         c_in = 1 / (s**2 + sd**2).sqrt()
         c_noise = sigma.log() / 4
         net_dtype = next(self.net.parameters()).dtype
-        out = self.net((c_in * x).to(net_dtype), c_noise, cond.tokens, cond.pooled)
-        return c_skip * x + c_out * out.to(x.dtype)
+        out = self.net((c_in * x.to(exact)).to(net_dtype), c_noise, cond.tokens, cond.pooled)
+        return (c_skip * x.to(exact) + c_out * out.to(exact)).to(x.dtype)
 
 
 def sample_training_sigmas(

@@ -221,7 +221,7 @@ def generate(
     for batch in batches(tasks, batch_size):
         first = batch[0]
         generators = [torch.Generator().manual_seed(t.seed) for t in batch]
-        sigmas = SCHEDULES[first.schedule](first.steps, cfg.denoiser.sigma_min, cfg.denoiser.sigma_max)
+        sigmas = SCHEDULES[first.schedule](first.steps, model.denoiser.sigma_min, model.denoiser.sigma_max)
         noise = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])
         x = (noise * sigmas[0].item()).to(device)
         denoise = classifier_free_guidance(
@@ -231,9 +231,9 @@ def generate(
             denoise = channels_last(denoise)
         frames: list[torch.Tensor] = []
 
-        def callback(i: int, x_i: torch.Tensor, x0_hat: torch.Tensor) -> None:
+        def callback(step: dict) -> None:
             if trajectory:
-                frames.append(x0_hat.float().cpu())
+                frames.append(step["denoised"].float().cpu())
             if on_step is not None:
                 on_step(len(batch))
 

@@ -48,7 +48,7 @@ def build_model(config: Config, load_pretrained_text: bool = True) -> DiffusionM
     """
     text_encoder = build_text_encoder(config, load_weights=load_pretrained_text)
     net = UNet(config.unet, config.image_size, text_encoder.token_dim, text_encoder.pooled_dim)
-    return DiffusionModel(config, text_encoder, Denoiser(net, config.denoiser.sigma_data))
+    return DiffusionModel(config, text_encoder, Denoiser.from_config(net, config))
 
 
 class PromptCache:

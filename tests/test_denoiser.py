@@ -85,3 +85,21 @@ def test_loss_is_mse_of_f_against_its_effective_target():
     expected = (sd**2 / (sigma**2 + sd**2)) * noise.pow(2).mean(dim=(1, 2, 3))
     assert loss.shape == (4096,)
     assert torch.allclose(loss, expected, rtol=1e-4)
+
+
+def test_the_denoiser_carries_its_sigma_range_and_sampling_uses_it(tiny_config):
+    from diffgen.generate import ImageTask, generate
+    from diffgen.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config)
+    assert (model.denoiser.sigma_min, model.denoiser.sigma_max) == (tiny_config.denoiser.sigma_min,
+                                                                    tiny_config.denoiser.sigma_max)
+    seen = []
+    model.denoiser.register_forward_pre_hook(lambda module, args: seen.append(float(args[1].reshape(-1)[0])))
+    list(generate(model, [ImageTask(0, "a cat", 0, steps=3, guidance=1.0)], batch_size=1))
+    assert seen[0] == pytest.approx(tiny_config.denoiser.sigma_max)
+    model.denoiser.sigma_max = 20.0
+    seen.clear()
+    list(generate(model, [ImageTask(0, "a cat", 0, steps=3, guidance=1.0)], batch_size=1))
+    assert seen[0] == pytest.approx(20.0)

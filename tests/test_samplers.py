@@ -111,7 +111,7 @@ def test_callback_sees_every_step(name):
     seen = []
     sigmas = karras_sigmas(6, 0.002, SIGMA_MAX)
     x = start_noise(2).reshape(2, 1, 1, 1)
-    SAMPLERS[name](gaussian_denoiser, x, sigmas, callback=lambda i, xi, x0: seen.append(i))
+    SAMPLERS[name](gaussian_denoiser, x, sigmas, callback=lambda step: seen.append(step["i"]))
     assert sorted(set(seen)) == list(range(6))
 
 
@@ -121,3 +121,33 @@ def test_one_step_lands_on_the_denoiser_output():
         out = SAMPLERS[name](gaussian_denoiser, x.clone(), karras_sigmas(1, 0.002, SIGMA_MAX))
         expected = gaussian_denoiser(x, torch.full((4,), SIGMA_MAX, dtype=torch.float64))
         assert torch.allclose(out, expected), name
+
+
+@pytest.mark.parametrize("stochastic, deterministic", [("euler-ancestral", "euler"), ("dpmpp-2m-sde", "dpmpp-2m")])
+def test_eta_zero_is_the_deterministic_sampler_and_draws_no_noise(stochastic, deterministic):
+    x, sigmas = start_noise(8), karras_sigmas(12, 0.002, SIGMA_MAX)
+
+    def no_noise(sigma, sigma_next):
+        raise AssertionError("eta = 0 must not draw noise")
+
+    out = SAMPLERS[stochastic](gaussian_denoiser, x.clone(), sigmas, no_noise, eta=0.0)
+    assert torch.equal(out, SAMPLERS[deterministic](gaussian_denoiser, x.clone(), sigmas))
+
+
+@pytest.mark.parametrize("name", ["euler-ancestral", "dpmpp-2m-sde"])
+def test_partial_eta_still_samples_the_data_distribution(name):
+    gen, noise_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)
+    x = SIGMA_MAX * torch.randn(100_000, 1, generator=gen, dtype=torch.float64)
+    out = SAMPLERS[name](gaussian_denoiser, x, karras_sigmas(200, 0.002, SIGMA_MAX),
+                         lambda s, t: torch.randn(x.shape, generator=noise_gen, dtype=torch.float64), eta=0.5)
+    assert out.mean().item() == pytest.approx(MU, abs=0.01)
+    assert out.std().item() == pytest.approx(S, rel=0.03)
+
+
+def test_callback_reports_the_level_the_model_saw():
+    steps = []
+    x = start_noise(2).reshape(2, 1, 1, 1)
+    SAMPLERS["edm-stochastic"](gaussian_denoiser, x, karras_sigmas(10, 0.002, SIGMA_MAX), callback=steps.append)
+    assert {"i", "sigma", "sigma_hat", "x", "denoised"} <= steps[0].keys()
+    churned = [s for s in steps if s["sigma_hat"] > s["sigma"]]
+    assert churned and all(0.05 <= s["sigma"] <= 50 for s in churned)  # only inside [s_tmin, s_tmax]

@@ -161,7 +161,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         restore_rng(resume.tensors)
         start = resume.step
     net = DistributedDataParallel(unet) if run.dist.enabled else unet
-    denoiser = Denoiser(net, d.sigma_data)
+    denoiser = Denoiser.from_config(net, run.cfg)
     cache = PromptCache(text)
     cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
     autocast = devices.autocast(run.device, t.precision)
@@ -202,7 +202,7 @@ def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
     from diffgen.images import labelled_grid, save_png, to_pil
     from diffgen.settings import DEFAULTS
 
-    view = DiffusionModel(run.cfg, run.model.text_encoder, Denoiser(ema_unet, run.cfg.denoiser.sigma_data))
+    view = DiffusionModel(run.cfg, run.model.text_encoder, Denoiser.from_config(ema_unet, run.cfg))
     source = run.held_idx or run.train_idx
     prompts = list(dict.fromkeys(run.data.captions[i][0] for i in source))[:8]
     tasks = [ImageTask.of(k, p, k, DEFAULTS) for k, p in enumerate(prompts)]
