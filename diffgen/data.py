@@ -193,3 +193,15 @@ def split_holdout(num_items: int, seed: int, fraction: float = 0.1, cap: int = 5
     held = min(cap, int(num_items * fraction)) if num_items >= 20 else 0
     order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[held:]), sorted(order[:held])
+
+
+def split_fingerprint(folder: Path, paths: list[Path], held_idx: list[int]) -> dict:
+    """Image count, held-out count and a SHA-256 of the held-out files' names (relative to
+    ``folder``): stored with a trained model so that ``diffgen eval`` can check it scores the
+    images the model never saw."""
+    import hashlib
+
+    names = sorted(str(paths[i].relative_to(folder)) if paths[i].is_relative_to(folder) else str(paths[i])
+                   for i in held_idx)
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    return {"images": len(paths), "held_out": len(held_idx), "held_out_sha256": digest}

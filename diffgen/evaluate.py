@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diffgen.data import load_training_set, scan_folder, split_holdout
+from diffgen.data import load_training_set, scan_folder, split_fingerprint, split_holdout
 from diffgen.errors import InputError
 from diffgen.generate import ImageTask, generate
 from diffgen.model import DiffusionModel
@@ -91,6 +91,11 @@ def load_eval_set(model: DiffusionModel, data: Path, max_images: int) -> EvalSet
         raise InputError(f"no usable image-caption pairs in {data}")
     full = load_training_set(report.items, model.config.image_size)
     train_idx, held_idx = split_holdout(len(full), model.config.train.seed)
+    trained = model.metadata.get("training", {}).get("held_out_split") if isinstance(model.metadata, dict) else None
+    if trained is not None and trained != split_fingerprint(data, full.paths, held_idx):
+        raise InputError(f"{data} is not the folder this model was trained on (its held-out split differs: "
+                         f"{trained['images']} images then, {len(full)} now, or other files): the scores would "
+                         "include training images")
     if len(held_idx) < 10:
         raise InputError(f"{data} has too few images for a held-out set ({len(full)}; need 100+)")
     n = min(max_images, len(held_idx), len(train_idx))

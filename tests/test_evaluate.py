@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from diffgen.cli import app
 from diffgen.evaluate import frechet_distance, kernel_inception_distance, prompt_agreement
 
-from .conftest import make_shapes_folder
+from .conftest import ROOT, make_shapes_folder
 
 
 def test_frechet_distance_closed_forms():
@@ -95,3 +95,18 @@ def test_sweep_series_follows_what_varies():
     assert axis == "steps"
     assert series["heun g=3"] == ([5, 10], [0.6, 0.4]) and series["euler g=3"] == ([5], [0.7])
     assert series["real vs real"] == ([5, 10], [0.1, 0.1])
+
+
+def test_eval_refuses_a_folder_whose_held_out_split_differs_from_training(tmp_path):
+    data = make_shapes_folder(tmp_path / "shapes", count=120, size=8)
+    run = tmp_path / "run"
+    trained = CliRunner().invoke(app, ["train", str(data), "-o", str(run), "--config", str(ROOT / "configs/tiny.toml"),
+                                       "--steps", "2", "--clip-steps", "1", "--device", "cpu", "-q"])
+    assert trained.exit_code == 0, trained.output
+    checkpoint = str(run / "model.safetensors")
+    args = ["--images", "10", "--steps", "1", "--device", "cpu", "--json"]
+    assert CliRunner().invoke(app, ["eval", str(data), "-c", checkpoint, *args]).exit_code == 0
+    (data / "img119.png").unlink()  # one image fewer: another split
+    (data / "img119.txt").unlink()
+    result = CliRunner().invoke(app, ["eval", str(data), "-c", checkpoint, *args])
+    assert result.exit_code == 2 and "held-out split differs" in result.output

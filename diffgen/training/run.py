@@ -16,7 +16,7 @@ import torch
 from diffgen import distributed
 from diffgen.checkpoint import load_model, save_model
 from diffgen.config import Config, config_from_dict, config_to_dict, config_to_toml
-from diffgen.data import TrainingSet, load_training_set, scan_folder, split_holdout
+from diffgen.data import TrainingSet, load_training_set, scan_folder, split_fingerprint, split_holdout
 from diffgen.errors import InputError
 from diffgen.model import DiffusionModel, build_model
 from diffgen.training.batches import BatchPlan
@@ -211,7 +211,9 @@ def finish_run(run: Run, summary: dict[str, Any], steps_done: int) -> dict[str, 
     cfg, dist = run.cfg, run.dist
     summary.update({
         "images": len(run.data), "train_images": len(run.train_idx), "held_out_images": len(run.held_idx),
-        "skipped_files": run.skipped_files, "steps": steps_done, "configured_steps": cfg.train.steps,
+        "skipped_files": run.skipped_files, "steps": steps_done,
+        "held_out_split": split_fingerprint(run.opts.data, run.data.paths, run.held_idx),
+        "configured_steps": cfg.train.steps,
         "clip_steps": cfg.train.clip_steps if "clip_retrieval" in summary else 0,
         "world_size": dist.world_size,
         "global_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size,
