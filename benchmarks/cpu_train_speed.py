@@ -24,8 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffgen.config import Config, UNetConfig, load_config
-from diffgen.denoiser import Conditioning, Denoiser, edm_loss
-from diffgen.unet import UNet
+from diffgen.engine.denoiser import Conditioning, Denoiser, edm_loss
+from diffgen.engine.unet import UNet
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,8 +22,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffgen.config import load_config
-from diffgen.denoiser import Conditioning, Denoiser, edm_loss
-from diffgen.model import build_model
+from diffgen.engine.denoiser import Conditioning, Denoiser, edm_loss
+from diffgen.engine.model import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("base", "channels_last", "batch2x", "compile", "channels_last+compile")

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffgen.checkpoint import load_model
-from diffgen.generate import ImageTask, default_checkpoint, generate
-from diffgen.images import to_pil
+from diffgen.checkpoint import default_checkpoint, load_model
+from diffgen.sampling.generate import ImageTask, generate
+from diffgen.sampling.images import to_pil
 
 PROMPTS = ("panda on a bike", "a cat", "a red car", "a tree")
 SEEDS = (0, 1)

@@ -12,8 +12,8 @@ from speed import time_it  # benchmarks/ is on sys.path when this file runs as a
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffgen.config import Config
-from diffgen.generate import ImageTask, generate
-from diffgen.model import build_model
+from diffgen.engine.model import build_model
+from diffgen.sampling.generate import ImageTask, generate
 
 STEPS, GUIDANCE = 20, 3.0
 

@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from diffgen.samplers import SAMPLERS, STOCHASTIC_SAMPLERS
-from diffgen.schedule import karras_sigmas
+from diffgen.engine.samplers import SAMPLERS, STOCHASTIC_SAMPLERS
+from diffgen.engine.schedule import karras_sigmas
 
 MU, S, SIGMA_MAX = 0.3, 0.5, 80.0
 STEPS = (8, 16, 32, 64, 128, 256)

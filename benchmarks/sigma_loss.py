@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffgen.checkpoint import load_model
-from diffgen.denoiser import loss_weight
-from diffgen.emoji_data import NUMBERS
-from diffgen.generate import default_checkpoint
-from diffgen.images import from_pil
-from diffgen.model import PromptCache
+from diffgen.checkpoint import default_checkpoint, load_model
+from diffgen.emoji.scenes import NUMBERS
+from diffgen.engine.denoiser import loss_weight
+from diffgen.engine.model import PromptCache
+from diffgen.sampling.images import from_pil
 
 SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 RELATION = re.compile(r" (on|riding|next to|beside|to the left of|to the right of|above|below) ")
@@ -33,7 +32,7 @@ COUNT = re.compile("^(" + "|".join(NUMBERS.values()) + ") ")
 
 
 def scene_kind(caption: str) -> str:
-    """The kind of emoji scene a caption describes (diffgen.emoji_data's caption grammar)."""
+    """The kind of emoji scene a caption describes (diffgen.emoji.scenes's caption grammar)."""
     if "panda" in caption and ("bike" in caption or "bicycle" in caption) and RELATION.search(caption):
         return "panda on a bike"
     if COUNT.match(caption):

@@ -19,9 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffgen.checkpoint import save_model
 from diffgen.config import Config, load_config
-from diffgen.denoiser import Conditioning, edm_loss
-from diffgen.generate import ImageTask, generate
-from diffgen.model import build_model
+from diffgen.engine.denoiser import Conditioning, edm_loss
+from diffgen.engine.model import build_model
+from diffgen.sampling.generate import ImageTask, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"tiny": ROOT / "configs/tiny.toml", "default": ROOT / "configs/default.toml",

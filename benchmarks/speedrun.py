@@ -4,7 +4,7 @@ Every recipe is measured the same way, so recipes compare at equal compute:
 1. the emoji data is built once per data recipe (fixed seed) under runs/speedrun/;
 2. `diffgen train` runs the recipe (a config file and options) for --minutes of wall-clock time
    on --threads CPU threads (the run includes its data loading and caption encoding);
-3. the scorecard (diffgen/emoji_scorecard.py) samples every section with the CLI's sampler at
+3. the scorecard (diffgen/emoji/scorecard.py) samples every section with the CLI's sampler at
    --eval-steps and judges it with sprite matching and the shape judge (trained once on the
    data's renders and cached), beside real scenes of the same prompts.
 The row (images seen, images/s, every measure) is appended to runs/speedrun/results.jsonl;
@@ -39,7 +39,7 @@ def cpu_name() -> str:
 
 def ensure_data(recipe: str, count: int, seed: int) -> Path:
     """The emoji data folder of this data recipe, built on first use."""
-    from diffgen.emoji_data import build_emoji_dataset
+    from diffgen.emoji.scenes import build_emoji_dataset
 
     folder = RUNS / f"data-{recipe}-{count}-s{seed}"
     if not (folder / "metadata.jsonl").is_file():
@@ -51,8 +51,8 @@ def ensure_data(recipe: str, count: int, seed: int) -> Path:
 
 def ensure_judge(sprites, items, composer_size: int = 64):
     """The shape judge, trained once (about 3 CPU minutes) and cached."""
-    from diffgen.emoji_data import SceneComposer
-    from diffgen.emoji_judge import load_judge, save_judge, train_judge
+    from diffgen.emoji.judge import load_judge, save_judge, train_judge
+    from diffgen.emoji.scenes import SceneComposer
 
     path = RUNS / "judge.safetensors"
     if path.is_file():
@@ -158,8 +158,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from diffgen.checkpoint import load_model
-    from diffgen.emoji_data import concepts, find_font, render_sprites
-    from diffgen.emoji_scorecard import Scorecard, score_model
+    from diffgen.emoji.scenes import concepts, find_font, render_sprites
+    from diffgen.emoji.scorecard import Scorecard, score_model
 
     items = concepts()
     sprites = render_sprites(find_font(), items)

@@ -1,6 +1,6 @@
 """Are single emoji objects recognisable? Each concept's prompt ("a cat") is sampled, and every
 image is template-matched against all the concept sprites at the data's sizes and every place
-(diffgen/emoji_eval.py): top-1 / top-5 says how often the prompted sprite is the closest, IoU how
+(diffgen/emoji/matching.py): top-1 / top-5 says how often the prompted sprite is the closest, IoU how
 well the object's silhouette covers the prompted sprite's. The same measurement on real
 single-object scenes (drawn by the data composer at random sizes, places and backgrounds) is the
 ceiling. Image k uses seed k, concepts in the order of the concept table.
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from diffgen.checkpoint import load_model
+from diffgen.checkpoint import default_checkpoint, load_model
 from diffgen.devices import pick_device
-from diffgen.emoji_data import SceneComposer, concepts, find_font, render_sprites
-from diffgen.emoji_eval import Match, SpriteMatcher
-from diffgen.generate import ImageTask, default_checkpoint, generate
-from diffgen.images import to_pil
+from diffgen.emoji.matching import Match, SpriteMatcher
+from diffgen.emoji.scenes import SceneComposer, concepts, find_font, render_sprites
+from diffgen.sampling.generate import ImageTask, generate
+from diffgen.sampling.images import to_pil
 
 COMMON = ("cat", "apple", "dog", "car", "house", "tree", "banana", "airplane")
 

@@ -11,8 +11,8 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = ["load", "Model", "SamplingSettings", "SAMPLER_NAMES", "__version__"]
 
-_LAZY = {"load": "diffgen.api", "Model": "diffgen.api", "SamplingSettings": "diffgen.settings",
-         "SAMPLER_NAMES": "diffgen.settings"}
+_LAZY = {"load": "diffgen.api", "Model": "diffgen.api", "SamplingSettings": "diffgen.sampling.settings",
+         "SAMPLER_NAMES": "diffgen.sampling.settings"}
 
 
 def __getattr__(name: str) -> Any:

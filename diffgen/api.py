@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffgen.settings import DEFAULTS, SamplingSettings
-from diffgen.text import TextEncoding
+from diffgen.engine.text import TextEncoding
+from diffgen.sampling.settings import DEFAULTS, SamplingSettings
 
 
 class Model:
@@ -52,12 +52,12 @@ class Model:
 
         Without ``seed`` a random one is drawn; each image's ``info`` holds its recipe (the PNG
         text chunks ``parameters`` and ``diffgen``), so ``image.save(path, pnginfo=...)`` is not
-        needed to keep it: ``diffgen.images.save_png`` writes it.
+        needed to keep it: ``diffgen.sampling.images.save_png`` writes it.
         """
         from diffgen.errors import InputError
-        from diffgen.generate import ImageTask, generate, plan_tasks, recipe
-        from diffgen.images import PARAMETERS_KEY, RECIPE_KEY, a1111_parameters, to_pil
-        from diffgen.prompts import PromptSpec
+        from diffgen.sampling.generate import ImageTask, generate, plan_tasks, recipe
+        from diffgen.sampling.images import PARAMETERS_KEY, RECIPE_KEY, a1111_parameters, to_pil
+        from diffgen.sampling.prompts import PromptSpec
 
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompt_list or any(not isinstance(p, str) or not p.strip() for p in prompt_list):
@@ -85,9 +85,8 @@ class Model:
 def load(path: str | Path | None = None, device: str = "auto") -> Model:
     """A checkpoint (default: $DIFFGEN_CHECKPOINT, else the embedded default model) on ``device``
     ("auto" picks CUDA, then Apple MPS, then the CPU)."""
-    from diffgen.checkpoint import load_model
+    from diffgen.checkpoint import default_checkpoint, load_model
     from diffgen.devices import pick_device
-    from diffgen.generate import default_checkpoint
 
     resolved = Path(path) if path is not None else default_checkpoint()
     name = resolved.stem if path is not None else "default"

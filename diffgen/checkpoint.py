@@ -9,6 +9,7 @@ file gets a one-line error instead of a deep stack trace.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,21 @@ from safetensors.torch import load_file, save_file
 
 from diffgen import __version__
 from diffgen.config import Config, config_from_dict, config_to_dict
-from diffgen.errors import CheckpointError, ConfigError
+from diffgen.engine.model import DiffusionModel, build_model
+from diffgen.errors import CheckpointError, ConfigError, DiffgenError
 from diffgen.fileio import atomic_write
 from diffgen.hashing import content_hash
-from diffgen.model import DiffusionModel, build_model
 
 FORMAT_NAME = "diffgen"
 FORMAT_VERSION = 1
 # A safetensors header is JSON of a few hundred bytes per tensor; anything larger is not one.
 _MAX_HEADER_BYTES = 100 * 2**20
+ENV_CHECKPOINT = "DIFFGEN_CHECKPOINT"
+# Where the embedded default model may live: inside the package (wheel installs) or at the top of
+# a source checkout (editable installs).
+_PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT_CANDIDATES = [_PACKAGE_DIR / "checkpoints" / "default.safetensors",
+                                 _PACKAGE_DIR.parent / "checkpoints" / "default.safetensors"]
 # Metadata entries stored as plain strings; every other entry is JSON.
 _PLAIN_METADATA = frozenset({"format", "format_version", "content_hash", "diffgen_version"})
 
@@ -154,3 +161,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Diffusio
     model.metadata = metadata
     model.requires_grad_(False)
     return model.to(device).eval()
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint used without ``-c``: $DIFFGEN_CHECKPOINT, else the embedded default model."""
+    env = os.environ.get(ENV_CHECKPOINT)
+    if env:
+        return Path(env)
+    for path in DEFAULT_CHECKPOINT_CANDIDATES:
+        if path.is_file():
+            return path
+    raise DiffgenError(
+        "no default model found (looked for checkpoints/default.safetensors). Pass -c FILE, set "
+        f"{ENV_CHECKPOINT}, or train one with `diffgen train` (see the README)")

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffgen.model import DiffusionModel
-from diffgen.text import TextEncoding
+from diffgen.engine.model import DiffusionModel
+from diffgen.engine.text import TextEncoding
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from diffgen.data import load_training_set, scan_folder, split_fingerprint, split_holdout
+from diffgen.engine.model import DiffusionModel
 from diffgen.errors import InputError
-from diffgen.generate import ImageTask, generate
-from diffgen.model import DiffusionModel
+from diffgen.sampling.generate import ImageTask, generate
 
 FEATURE_NOTE = ("features: the checkpoint's own CLIP image tower (not Inception); compare within "
                 "one model and against the real-vs-real floor")

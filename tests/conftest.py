@@ -19,7 +19,7 @@ def tiny_config() -> Config:
 
 @pytest.fixture()
 def tiny_model(tiny_config):
-    from diffgen.model import build_model
+    from diffgen.engine.model import build_model
 
     torch.manual_seed(0)
     return build_model(tiny_config)
@@ -43,7 +43,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
     """A tiny checkpoint whose zero-initialised layers are made non-zero, so images depend on
     the prompt, the seed and every sampler step."""
     from diffgen.checkpoint import save_model
-    from diffgen.model import build_model
+    from diffgen.engine.model import build_model
 
     torch.manual_seed(0)
     model = build_model(tiny_config)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from diffgen.checkpoint import load_model, read_checkpoint, save_checkpoint, save_model
-from diffgen.denoiser import Conditioning
+from diffgen.engine.denoiser import Conditioning
 from diffgen.errors import CheckpointError
 
 
@@ -104,11 +105,18 @@ def test_corrupt_weights(saved):
         read_checkpoint(path)
 
 
-def test_failed_write_leaves_old_file_and_no_temporaries(saved, tiny_config):
+def test_failed_write_leaves_old_file_and_no_temporaries(saved, tiny_config, monkeypatch):
+    import diffgen.checkpoint
+
     path, digest, _ = saved
-    with pytest.raises(ValueError):
-        # safetensors refuses a non-tensor value: the write fails half-way
-        save_checkpoint(path, {"bad": "not a tensor"}, tiny_config)  # type: ignore[dict-item]
+
+    def half_written(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 100)  # some bytes reach the temporary file, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(diffgen.checkpoint, "save_file", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"w": torch.ones(3)}, tiny_config)
     assert read_checkpoint(path)[2]["content_hash"] == digest
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 

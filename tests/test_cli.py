@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from diffgen import cli, generate
+from diffgen import checkpoint, cli
 from diffgen.checkpoint import save_model
 from diffgen.cli import app
 
@@ -34,7 +34,7 @@ def pngs(folder):
 # --- speed of the front door -------------------------------------------------------------------
 
 def test_help_does_not_import_torch():
-    code = ("import sys, diffgen.cli, diffgen.prompts, diffgen.images; "
+    code = ("import sys, diffgen.cli, diffgen.sampling.prompts, diffgen.sampling.images; "
             "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -45,9 +45,9 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_sampler_and_schedule_names_match_the_registries():
-    from diffgen.samplers import SAMPLERS
-    from diffgen.schedule import SCHEDULES
-    from diffgen.settings import A1111_SAMPLER_LABELS, SAMPLER_NAMES, SCHEDULE_NAMES
+    from diffgen.engine.samplers import SAMPLERS
+    from diffgen.engine.schedule import SCHEDULES
+    from diffgen.sampling.settings import A1111_SAMPLER_LABELS, SAMPLER_NAMES, SCHEDULE_NAMES
 
     assert SAMPLER_NAMES == tuple(SAMPLERS) and SCHEDULE_NAMES == tuple(SCHEDULES)
     assert set(A1111_SAMPLER_LABELS) == set(SAMPLER_NAMES)
@@ -222,7 +222,7 @@ def test_checking_a_new_output_folder_leaves_nothing(tiny_checkpoint, tmp_path):
 
 
 def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
-    monkeypatch.setattr(generate, "DEFAULT_CHECKPOINT_CANDIDATES", [tmp_path / "none.safetensors"])
+    monkeypatch.setattr(checkpoint, "DEFAULT_CHECKPOINT_CANDIDATES", [tmp_path / "none.safetensors"])
     monkeypatch.delenv("DIFFGEN_CHECKPOINT", raising=False)
     result = run("sample", "a cat", "-o", tmp_path / "out")
     assert result.exit_code == 1

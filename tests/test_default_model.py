@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffgen.checkpoint import load_model, read_checkpoint
+from diffgen.checkpoint import default_checkpoint, load_model, read_checkpoint
 from diffgen.config import load_config
-from diffgen.generate import default_checkpoint
 
 from .conftest import ROOT
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffgen.denoiser import (
+from diffgen.engine.denoiser import (
     Conditioning,
     Denoiser,
     edm_loss,
@@ -88,8 +88,8 @@ def test_loss_is_mse_of_f_against_its_effective_target():
 
 
 def test_the_denoiser_carries_its_sigma_range_and_sampling_uses_it(tiny_config):
-    from diffgen.generate import ImageTask, generate
-    from diffgen.model import build_model
+    from diffgen.engine.model import build_model
+    from diffgen.sampling.generate import ImageTask, generate
 
     torch.manual_seed(0)
     model = build_model(tiny_config)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from diffgen.data import scan_folder
-from diffgen.emoji_data import (
+from diffgen.emoji.scenes import (
     FONT_CANDIDATES,
     Concept,
     SceneComposer,

@@ -8,8 +8,8 @@ import random
 import pytest
 from PIL import Image, ImageDraw
 
-from diffgen.emoji_data import Concept, SceneComposer
-from diffgen.emoji_eval import SpriteMatcher
+from diffgen.emoji.matching import SpriteMatcher
+from diffgen.emoji.scenes import Concept, SceneComposer
 
 COLOUR = (200, 120, 30, 255)
 SHAPES = {

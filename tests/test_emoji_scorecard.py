@@ -8,9 +8,9 @@ import random
 import pytest
 from PIL import Image, ImageDraw
 
-from diffgen.emoji_data import DATA_RECIPES, Concept, SceneComposer
-from diffgen.emoji_judge import load_judge, pil_batch, save_judge, train_judge
-from diffgen.emoji_scorecard import ImageAsk, Scorecard, pair_objects
+from diffgen.emoji.judge import load_judge, pil_batch, save_judge, train_judge
+from diffgen.emoji.scenes import DATA_RECIPES, Concept, SceneComposer
+from diffgen.emoji.scorecard import ImageAsk, Scorecard, pair_objects
 
 COLOUR = (200, 120, 30, 255)
 SHAPES = {

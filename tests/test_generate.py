@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from diffgen.checkpoint import load_model
-from diffgen.generate import ImageTask, batches, generate, plan_tasks
-from diffgen.prompts import PromptSpec
+from diffgen.sampling.generate import ImageTask, batches, generate, plan_tasks
+from diffgen.sampling.prompts import PromptSpec
 
 DEFAULTS = ImageTask(index=0, prompt="", seed=0, steps=4)
 

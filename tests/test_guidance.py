@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from diffgen.denoiser import Conditioning
-from diffgen.guidance import classifier_free_guidance
-from diffgen.samplers import sample_dpmpp_2m
-from diffgen.schedule import karras_sigmas
+from diffgen.engine.denoiser import Conditioning
+from diffgen.engine.guidance import classifier_free_guidance
+from diffgen.engine.samplers import sample_dpmpp_2m
+from diffgen.engine.schedule import karras_sigmas
 
 
 class CountingModel:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from diffgen.errors import InputError
-from diffgen.images import a1111_parameters, image_filename, labelled_grid, read_recipe, save_png, slugify
+from diffgen.sampling.images import a1111_parameters, image_filename, labelled_grid, read_recipe, save_png, slugify
 
 RECIPE = {"index": 3, "prompt": "a panda on a bike", "negative": "blurry", "seed": 42, "steps": 20,
           "sampler": "dpmpp-2m", "sampler_label": "DPM++ 2M", "schedule": "karras", "guidance": 3.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffgen.denoiser import Conditioning, edm_loss
+from diffgen.engine.denoiser import Conditioning, edm_loss
 
 
 def fixed_batch(size: int = 8) -> tuple[torch.Tensor, list[str]]:

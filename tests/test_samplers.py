@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from diffgen.samplers import SAMPLERS, STOCHASTIC_SAMPLERS, seeded_noise_sampler
-from diffgen.schedule import SCHEDULES, karras_sigmas
+from diffgen.engine.samplers import SAMPLERS, STOCHASTIC_SAMPLERS, seeded_noise_sampler
+from diffgen.engine.schedule import SCHEDULES, karras_sigmas
 
 MU, S = 0.3, 0.5
 SIGMA_MAX = 80.0

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffgen.schedule import SCHEDULES, exponential_sigmas, karras_sigmas, vp_sigmas
+from diffgen.engine.schedule import SCHEDULES, exponential_sigmas, karras_sigmas, vp_sigmas
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from diffgen import text
+from diffgen.engine import text
+from diffgen.engine.text import build_text_encoder, load_pretrained_clip
 from diffgen.errors import InputError, TextEncoderError
-from diffgen.text import build_text_encoder, load_pretrained_clip
 
 
 @pytest.fixture()

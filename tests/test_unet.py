@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffgen.config import Config
-from diffgen.unet import UNet
+from diffgen.engine.unet import UNet
 
 from .conftest import randomize_zero_params
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from diffgen.cli import data, encode, evaluate, sample, train  # noqa: F401  (registers the commands)
 from diffgen.cli.app import app
-from diffgen.settings import SAMPLER_NAMES
+from diffgen.sampling.settings import SAMPLER_NAMES
 
 __all__ = ["app", "main", "SAMPLER_NAMES"]
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from diffgen.errors import DiffgenError, InputError
-from diffgen.settings import SamplingSettings
+from diffgen.sampling.settings import SamplingSettings
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 CheckpointOption = Annotated[Optional[Path], typer.Option(
@@ -41,9 +41,8 @@ def user_errors(debug: bool) -> Iterator[None]:
 
 
 def load_model(checkpoint: Path | None, device: str = "cpu") -> Any:
-    from diffgen.checkpoint import load_model
+    from diffgen.checkpoint import default_checkpoint, load_model
     from diffgen.devices import pick_device
-    from diffgen.generate import default_checkpoint
 
     return load_model(checkpoint or default_checkpoint(), pick_device(device))
 

@@ -11,7 +11,7 @@ import typer
 from diffgen.cli.app import app
 from diffgen.cli.common import CheckpointOption, DebugOption, check_output_dir, load_model, option_settings, user_errors
 from diffgen.errors import InputError
-from diffgen.settings import SamplingSettings
+from diffgen.sampling.settings import SamplingSettings
 
 
 def _number_list(text: str, kind: type, option: str) -> list:
@@ -69,7 +69,7 @@ def evaluate(
                            f"top-1 {row['retrieval_top1']:.3f}  ({row['seconds']} s)", err=True)
 
         from diffgen.evaluate import prompt_set_agreement
-        from diffgen.prompts import read_prompt_file
+        from diffgen.sampling.prompts import read_prompt_file
 
         prompt_sets = {str(f): [s.prompt for s in read_prompt_file(f, 1)] for f in prompt_file or []}
         result = run_eval(model, data, names, step_list, scales, images, batch_size, on_result=show)
@@ -80,7 +80,7 @@ def evaluate(
         result["model_hash"] = model.content_hash
         if out is not None:
             from diffgen.fileio import atomic_write
-            from diffgen.images import save_png
+            from diffgen.sampling.images import save_png
 
             atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
             atomic_write(out / "eval.md", lambda tmp: Path(tmp).write_text(markdown_table(result) + "\n"))

@@ -19,7 +19,7 @@ from diffgen.cli.common import (
     option_settings,
     user_errors,
 )
-from diffgen.settings import DEFAULTS, SAMPLER_NAMES, SCHEDULE_NAMES, SamplingSettings
+from diffgen.sampling.settings import DEFAULTS, SAMPLER_NAMES, SCHEDULE_NAMES, SamplingSettings
 
 
 @app.command()
@@ -60,7 +60,7 @@ def sample(
         check_run(num_images, batch_size, seed)
         settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
         check_output_dir(out)
-        from diffgen.generate import plan_sample, write_grid
+        from diffgen.sampling.generate import plan_sample, write_grid
 
         plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings)
         model = load_model(checkpoint, device)
@@ -111,7 +111,7 @@ def _run_with_progress(model: Any, tasks: list, out: Path, model_name: str, batc
         TimeRemainingColumn,
     )
 
-    from diffgen.generate import write_images
+    from diffgen.sampling.generate import write_images
 
     total_steps = sum(t.steps for t in tasks)
     progress = Progress(

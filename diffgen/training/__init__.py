@@ -21,9 +21,9 @@ __all__ = ["TrainOptions", "run_training"]
 
 def run_training(opts: TrainOptions) -> dict[str, Any]:
     """Both stages end to end; returns the training summary (also stored in the checkpoint)."""
-    from diffgen import distributed
     from diffgen.devices import pick_device
     from diffgen.errors import InputError
+    from diffgen.training import distributed
     from diffgen.training.metrics import retrieval_accuracy
     from diffgen.training.stages import train_clip, train_diffusion
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from diffgen import distributed
 from diffgen.data import TrainingSet
 from diffgen.fileio import atomic_write
+from diffgen.training import distributed
 from diffgen.training.batches import image_batch
 from diffgen.training.state import STAGE_ORDER
 
@@ -76,8 +76,8 @@ class RunLog:
     def loss_curve(self, path: Path) -> None:
         if not self.enabled:
             return
-        from diffgen.images import save_png
         from diffgen.plots import line_chart
+        from diffgen.sampling.images import save_png
 
         series = {}
         for stage in ("clip", "diffusion"):

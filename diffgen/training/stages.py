@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from diffgen import devices, distributed
-from diffgen.denoiser import Denoiser, edm_loss
-from diffgen.model import DiffusionModel, PromptCache
+from diffgen import devices
+from diffgen.engine.denoiser import Denoiser, edm_loss
+from diffgen.engine.model import DiffusionModel, PromptCache
+from diffgen.training import distributed
 from diffgen.training.batches import NoiseGenerator, cosine_lr, image_batch, lr_at, pick_captions, step_generator
 from diffgen.training.metrics import StageMeter
 from diffgen.training.run import Run, save_run_state
@@ -198,9 +199,9 @@ def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
     """A grid at fixed prompts (held-out captions where there are any) and seeds 0..7, with the
     EMA weights and the default sampling settings, so grids of different steps and runs compare
     side by side."""
-    from diffgen.generate import ImageTask, generate
-    from diffgen.images import labelled_grid, save_png, to_pil
-    from diffgen.settings import DEFAULTS
+    from diffgen.sampling.generate import ImageTask, generate
+    from diffgen.sampling.images import labelled_grid, save_png, to_pil
+    from diffgen.sampling.settings import DEFAULTS
 
     view = DiffusionModel(run.cfg, run.model.text_encoder, Denoiser.from_config(ema_unet, run.cfg))
     source = run.held_idx or run.train_idx

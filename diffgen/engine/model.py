@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from diffgen.config import Config
-from diffgen.denoiser import Conditioning, Denoiser
-from diffgen.text import TextEncoder, TextEncoding, build_text_encoder
-from diffgen.unet import UNet
+from diffgen.engine.denoiser import Conditioning, Denoiser
+from diffgen.engine.text import TextEncoder, TextEncoding, build_text_encoder
+from diffgen.engine.unet import UNet
 
 
 class DiffusionModel(nn.Module):

@@ -1,7 +1,7 @@
 """Is a generated single-object emoji scene recognisable? Template matching against the sprites.
 
 The emoji data draws a single object by scaling its sprite so the longer side spans one of three
-extents (diffgen.emoji_data.SINGLE_SIZES) and pasting it anywhere on a plain background. So every
+extents (diffgen.emoji.scenes.SINGLE_SIZES) and pasting it anywhere on a plain background. So every
 candidate sprite can be drawn the same way, at every size and every place, over the image's own
 background colour, and compared with the image pixel by pixel. The prompted concept should be the
 closest of all candidates (top-1), and the object's silhouette should cover the same pixels as the
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diffgen.emoji_data import SINGLE_SIZES
+from diffgen.emoji.scenes import SINGLE_SIZES
 
 # A pixel belongs to the object when some channel differs from the background by more than this.
 OBJECT_THRESHOLD = 40

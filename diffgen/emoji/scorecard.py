@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from diffgen.emoji_data import PAIR_LAYOUT, PAIR_SCALES, Concept, SceneComposer, heldout_pairs
-from diffgen.emoji_eval import SpriteMatcher, background_colour
-from diffgen.emoji_judge import ShapeJudge, pil_batch
+from diffgen.emoji.judge import ShapeJudge, pil_batch
+from diffgen.emoji.matching import SpriteMatcher, background_colour
+from diffgen.emoji.scenes import PAIR_LAYOUT, PAIR_SCALES, Concept, SceneComposer, heldout_pairs
 
 # (prompt, rider, vehicle): the showcase's words with other subjects, and the showcase itself.
 SHOWCASE_PROMPTS = (("a panda on a bike", "panda", "bicycle"), ("a dog riding a bicycle", "dog", "bicycle"),
@@ -181,8 +181,8 @@ class Scorecard:
 def sample_section(model, asks: list[ImageAsk], steps: int, guidance: float, batch_size: int = 16
                    ) -> list[Image.Image]:
     """Image k of the section from seed k with the CLI's sampler settings."""
-    from diffgen.generate import ImageTask, generate
-    from diffgen.images import to_pil
+    from diffgen.sampling.generate import ImageTask, generate
+    from diffgen.sampling.images import to_pil
 
     tasks = [ImageTask(index=k, prompt=ask.prompt, seed=k, steps=steps, guidance=guidance)
              for k, ask in enumerate(asks)]

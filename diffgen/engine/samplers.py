@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffgen.denoiser import eps_from_x0
+from diffgen.engine.denoiser import eps_from_x0
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseSampler = Callable[[float, float], torch.Tensor]

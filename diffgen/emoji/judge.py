@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffgen.emoji_data import Concept, SceneComposer
+from diffgen.emoji.scenes import Concept, SceneComposer
 from diffgen.fileio import atomic_write
 
 JUDGE_SIZE = 64  # images of any size are resized to this before judging

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffgen.denoiser import Conditioning
+from diffgen.engine.denoiser import Conditioning
 
 ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

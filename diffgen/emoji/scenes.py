@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from diffgen.emoji_concepts import CONCEPT_TABLE, SYNONYMS
+from diffgen.emoji.concepts import CONCEPT_TABLE, SYNONYMS
 from diffgen.errors import DiffgenError, InputError
 
 FONT_CANDIDATES = (

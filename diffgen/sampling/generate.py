@@ -8,7 +8,6 @@ image whatever the batch size, and on CPU and GPU alike up to float rounding.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -17,21 +16,14 @@ from typing import Any
 import torch
 
 from diffgen import __version__
-from diffgen.errors import DiffgenError, InputError
-from diffgen.guidance import Denoise, classifier_free_guidance
-from diffgen.images import image_filename
-from diffgen.model import DiffusionModel, PromptCache
-from diffgen.prompts import PromptSpec
-from diffgen.samplers import SAMPLERS, seeded_noise_sampler
-from diffgen.schedule import SCHEDULES
-from diffgen.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
-
-ENV_CHECKPOINT = "DIFFGEN_CHECKPOINT"
-# Where the embedded default model may live: inside the package (wheel installs) or at the top of
-# a source checkout (editable installs).
-_PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT_CANDIDATES = [_PACKAGE_DIR / "checkpoints" / "default.safetensors",
-                                 _PACKAGE_DIR.parent / "checkpoints" / "default.safetensors"]
+from diffgen.engine.guidance import Denoise, classifier_free_guidance
+from diffgen.engine.model import DiffusionModel, PromptCache
+from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
+from diffgen.engine.schedule import SCHEDULES
+from diffgen.errors import InputError
+from diffgen.sampling.images import image_filename
+from diffgen.sampling.prompts import PromptSpec
+from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -108,8 +100,8 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
     dropped otherwise)."""
     import secrets
 
-    from diffgen.images import read_recipe
-    from diffgen.prompts import read_prompt_file
+    from diffgen.sampling.images import read_recipe
+    from diffgen.sampling.prompts import read_prompt_file
 
     if replay is not None:
         if prompts or prompt_file is not None:
@@ -131,7 +123,7 @@ def write_grid(results: list[ImageResult], out_dir: Path) -> Path:
     """One labelled grid (prompt and seed under each image) of a run's images, next to them."""
     from PIL import Image
 
-    from diffgen.images import labelled_grid, save_png
+    from diffgen.sampling.images import labelled_grid, save_png
 
     images = []
     for result in results:
@@ -177,19 +169,6 @@ def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     except (KeyError, TypeError) as exc:
         raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
     return task
-
-
-def default_checkpoint() -> Path:
-    """The checkpoint used without ``-c``: $DIFFGEN_CHECKPOINT, else the embedded default model."""
-    env = os.environ.get(ENV_CHECKPOINT)
-    if env:
-        return Path(env)
-    for path in DEFAULT_CHECKPOINT_CANDIDATES:
-        if path.is_file():
-            return path
-    raise DiffgenError(
-        "no default model found (looked for checkpoints/default.safetensors). Pass -c FILE, set "
-        f"{ENV_CHECKPOINT}, or train one with `diffgen train` (see the README)")
 
 
 StepCallback = Callable[[int], None]
@@ -265,7 +244,7 @@ def write_images(
     ``overwrite``, so an interrupted run resumes where it stopped. Yields results in task order."""
     import time
 
-    from diffgen.images import read_recipe, save_png, to_pil, trajectory_strip
+    from diffgen.sampling.images import read_recipe, save_png, to_pil, trajectory_strip
 
     todo = [t for t in tasks if overwrite or not (out_dir / t.filename).exists()]
     done = {t.index for t in tasks} - {t.index for t in todo}
