@@ -1,6 +1,6 @@
 """The sampling pipeline: prompts -> per-image seeds -> batches -> images.
 
-Reproducibility (DESIGN.md): image k of a run gets seed ``seed + k``; its starting noise and every
+Reproducibility (docs/ARCHITECTURE.md): image k of a run gets seed ``seed + k``; its starting noise and every
 ancestral noise draw come from its own CPU ``torch.Generator``. So the same seed gives the same
 image whatever the batch size, and on CPU and GPU alike up to float rounding.
 """
