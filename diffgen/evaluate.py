@@ -204,3 +204,15 @@ def sweep_chart(result: dict[str, Any]) -> Any:
     # "Frechet" without the accent: Pillow's built-in font has no glyph for it
     return line_chart(series, f"Frechet distance (CLIP features) vs {axis}", x_label=axis,
                       log_x=axis == "steps")
+
+
+def write_eval(result: dict[str, Any], out: Path) -> None:
+    """eval.json (everything), eval.md (the table) and eval.png (the sweep chart), each atomically."""
+    import json
+
+    from diffgen.fileio import atomic_write
+    from diffgen.sampling.images import save_png
+
+    atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    atomic_write(out / "eval.md", lambda tmp: Path(tmp).write_text(markdown_table(result) + "\n"))
+    save_png(sweep_chart(result), out / "eval.png")

@@ -59,7 +59,7 @@ def evaluate(
             option_settings(SamplingSettings(guidance=value))
         if out is not None:
             check_output_dir(out)
-        from diffgen.evaluate import markdown_table, run_eval, sweep_chart
+        from diffgen.evaluate import markdown_table, run_eval, write_eval
         model = load_model(checkpoint, device)
 
         def show(row: dict) -> None:
@@ -79,12 +79,7 @@ def evaluate(
         result["checkpoint"] = str(checkpoint) if checkpoint else "default"
         result["model_hash"] = model.content_hash
         if out is not None:
-            from diffgen.fileio import atomic_write
-            from diffgen.sampling.images import save_png
-
-            atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-            atomic_write(out / "eval.md", lambda tmp: Path(tmp).write_text(markdown_table(result) + "\n"))
-            save_png(sweep_chart(result), out / "eval.png")
+            write_eval(result, out)
         typer.echo(json.dumps(result) if as_json else markdown_table(result))
 
 
