@@ -93,11 +93,19 @@ def _read_metadata(folder: Path, report: DataReport) -> dict[Path, list[str]]:
 
 def _check_image(path: Path) -> tuple[int, int] | str:
     """The image's size, or the reason it cannot be used."""
+    import warnings
+
     try:
-        with Image.open(path) as image:
-            image.load()  # decodes every byte: catches truncated files
-            return image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            # Pillow warns (on stderr, past -q) between its limit and twice it, and raises above:
+            # either way the image is too large to be a training image; say so in one line.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # decodes every byte: catches truncated files
+                return image.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return f"image too large (over {Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels)"
+    except (OSError, SyntaxError, ValueError) as exc:
         return f"unreadable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
 
 

@@ -101,11 +101,18 @@ def save_png(image: Image.Image, path: Path, recipe: dict[str, Any] | None = Non
 
 def read_recipe(path: Path) -> dict[str, Any]:
     """The diffgen JSON recipe stored in a PNG; InputError if there is none."""
+    import warnings
+
     try:
-        with Image.open(path) as image:
-            text = image.info.get(RECIPE_KEY)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # one line, not Pillow's warning
+            with Image.open(path) as image:
+                text = image.info.get(RECIPE_KEY)
     except FileNotFoundError:
         raise InputError(f"image not found: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path} claims to be larger than {Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels; "
+                         "not an image diffgen made") from None
     except (OSError, SyntaxError, ValueError):
         raise InputError(f"{path} is not a readable image") from None
     if text is None:

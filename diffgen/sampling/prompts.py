@@ -53,19 +53,44 @@ def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> Pr
     return PromptSpec(data["prompt"].strip(), n, data.get("seed"), overrides)
 
 
-def read_prompt_file(path: Path, num_images: int) -> list[PromptSpec]:
-    """Parse a .txt or .jsonl prompt file; blank lines and lines starting with '#' are skipped."""
+# A prompt is at most 77 tokens; a JSONL line with its overrides fits well within this. Longer
+# lines (a binary file, /dev/zero) are refused before they are held in memory.
+MAX_LINE_CHARS = 20_000
+
+
+def _lines(path: Path):
+    """(number, line) pairs read one at a time, each at most MAX_LINE_CHARS long."""
     try:
-        text = path.read_text(encoding="utf-8")
+        handle = open(path, encoding="utf-8", newline=None)
     except FileNotFoundError:
         raise InputError(f"prompt file not found: {path}") from None
     except IsADirectoryError:
         raise InputError(f"prompt file is a folder: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read prompt file {path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+    with handle:
+        number = 0
+        while True:
+            try:
+                line = handle.readline(MAX_LINE_CHARS + 1)
+            except UnicodeDecodeError:
+                raise InputError(f"{path}:{number + 1}: not UTF-8 text") from None
+            except OSError as exc:
+                raise InputError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+            if not line:
+                return
+            number += 1
+            if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+                raise InputError(f"{path}:{number}: line longer than {MAX_LINE_CHARS:,} characters "
+                                 "(not a prompt file?)")
+            yield number, line
+
+
+def read_prompt_file(path: Path, num_images: int) -> list[PromptSpec]:
+    """Parse a .txt or .jsonl prompt file; blank lines and lines starting with '#' are skipped."""
     jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
     specs = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in _lines(path):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

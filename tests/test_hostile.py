@@ -1,0 +1,103 @@
+"""Hostile input, table-driven: each case gives one line on stderr and the documented exit code,
+and leaves no output behind. Cases are grouped by the class of fault they belong to."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+from typer.testing import CliRunner
+
+from diffgen.cli import app
+
+
+def png_claiming(path: Path, width: int, height: int) -> Path:
+    """A valid 1x1 PNG whose header is rewritten to claim width x height (CRC fixed)."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def png_with_recipe(path: Path, **changes) -> Path:
+    recipe = {"index": 0, "prompt": "a cat", "seed": 1, "negative": "", "steps": 2, "sampler": "euler",
+              "schedule": "karras", "guidance": 1.0, **changes}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("diffgen", json.dumps(recipe))
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def make(tmp: Path, name: str) -> str:
+    """The input file a case names, created in tmp."""
+    makers = {
+        "zero": lambda: Path("/dev/zero"),
+        "latin1": lambda: (tmp / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1")) and tmp / "latin.txt",
+        "bomb": lambda: png_claiming(tmp / "bomb.png", 30000, 30000),
+        "prompt_number": lambda: png_with_recipe(tmp / "r1.png", prompt=5),
+        "negative_number": lambda: png_with_recipe(tmp / "r2.png", negative=3),
+        "index_string": lambda: png_with_recipe(tmp / "r3.png", index="0"),
+        "index_float": lambda: png_with_recipe(tmp / "r4.png", index=0.5),
+        "index_negative": lambda: png_with_recipe(tmp / "r5.png", index=-1),
+        "seed_bool": lambda: png_with_recipe(tmp / "r6.png", seed=True),
+        "steps_huge": lambda: png_with_recipe(tmp / "r7.png", steps=1_000_000_000),
+        "sampler_number": lambda: png_with_recipe(tmp / "r8.png", sampler=2),
+        "good_recipe": lambda: png_with_recipe(tmp / "ok.png"),
+    }
+    return str(makers[name]())
+
+
+CASES = [
+    # class 1: resources are bounded before they are spent
+    ("steps_cli", ["a cat", "--steps", "1000000000"], None, 2, "from 1 to 10000"),
+    ("prompt_file_endless", ["-f", "{zero}"], None, 2, "line longer than"),
+    ("replay_bomb", ["--replay", "{bomb}"], None, 2, "megapixels"),
+    ("replay_steps_huge", ["--replay", "{steps_huge}"], None, 2, "from 1 to 10000"),
+    # class 2: every bad file gets exit 2 and one line
+    ("prompt_file_latin1", ["-f", "{latin1}"], None, 2, "not UTF-8"),
+    ("recipe_prompt_number", ["--replay", "{prompt_number}"], None, 2, "prompt must be text"),
+    ("recipe_negative_number", ["--replay", "{negative_number}"], None, 2, "negative must be text"),
+    ("recipe_index_string", ["--replay", "{index_string}"], None, 2, "index must be"),
+    ("recipe_index_float", ["--replay", "{index_float}"], None, 2, "index must be"),
+    ("recipe_index_negative", ["--replay", "{index_negative}"], None, 2, "index must be"),
+    ("recipe_seed_bool", ["--replay", "{seed_bool}"], None, 2, "seed must be"),
+    ("recipe_sampler_number", ["--replay", "{sampler_number}"], None, 2, "sampler must be"),
+    # class 3: nothing is silently lost
+    ("replay_with_prompt", ["a dog", "--replay", "{good_recipe}"], None, 2, "drop the prompts"),
+]
+
+
+@pytest.mark.parametrize("name, args, _unused, code, message", CASES, ids=[c[0] for c in CASES])
+def test_hostile_sample_input(tiny_checkpoint, tmp_path, name, args, _unused, code, message):
+    files = {}
+    for arg in args:
+        if arg.startswith("{"):
+            files[arg[1:-1]] = make(tmp_path, arg[1:-1])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sample", *[a.format(**files) for a in args], "-c", str(tiny_checkpoint),
+                                      "-o", str(out)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Error" not in lines[0].split(":")[1]  # a diffgen message, not a Python exception name
+    assert not out.exists()
+
+
+def test_a_huge_image_in_a_data_folder_is_named_and_skipped_quietly(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "ok.png")
+    (folder / "ok.txt").write_text("a red square\n")
+    png_claiming(folder / "huge.png", 12000, 12000)  # 144 megapixels: past Pillow's warning limit
+    (folder / "huge.txt").write_text("a huge image\n")
+    result = CliRunner().invoke(app, ["data", "check", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "huge.png" in result.output and "image too large" in result.output
+    assert "DecompressionBomb" not in result.output
