@@ -143,6 +143,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=30000)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--eval-only", type=Path, default=None, help="score this checkpoint without training")
+    parser.add_argument("--score-run", action="store_true",
+                        help="score the run folder NAME as it is (its summary.json gives steps and batch; "
+                             "--minutes is taken as its budget): for a run finished by `diffgen train --resume`")
     parser.add_argument("--eval-steps", type=int, default=10, help="sampler steps for the scorecard")
     parser.add_argument("--eval-seeds", type=int, default=1, help="images per single concept")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
@@ -167,6 +170,11 @@ def main() -> None:
     summary = None
     if args.eval_only is not None:
         checkpoint = args.eval_only
+    elif args.score_run:
+        out = RUNS / args.name
+        summary = json.loads((out / "summary.json").read_text())
+        summary["wall_seconds"] = args.minutes * 60  # the budget the run was given
+        checkpoint = out / "model.safetensors"
     else:
         data = ensure_data(args.data_recipe, args.count, args.data_seed)
         out = RUNS / args.name
