@@ -144,9 +144,29 @@ def save_model(path: str | Path, model: DiffusionModel, extra: dict[str, Any] | 
     return save_checkpoint(path, tensors, model.config, extra)
 
 
+def _check_shapes(path: Path, config: Config) -> None:
+    """Compare the file's tensor shapes with those the config implies, on the meta device (no
+    memory): a config edited to ask for a huge model is refused before anything is allocated."""
+    header = _read_header(path)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(config, load_pretrained_text=False).state_dict().items()}
+    stored = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    for name, shape in expected.items():
+        if name in stored and stored[name] != shape:
+            raise CheckpointError(f"{path} does not match its config: {name} is {list(stored[name])} in the "
+                                  f"file, the config asks for {list(shape)}")
+    missing, unexpected = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+    if missing or unexpected:
+        names = (missing or unexpected)[:3]
+        raise CheckpointError(
+            f"{path} does not match its config: {'missing' if missing else 'unexpected'} weights "
+            f"{', '.join(names)}{' ...' if len(missing or unexpected) > 3 else ''}")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load a DiffusionModel from a checkpoint written by ``save_model``, in eval mode."""
     tensors, config, metadata = read_checkpoint(path)
+    _check_shapes(Path(path), config)
     model = build_model(config, load_pretrained_text=False)
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)

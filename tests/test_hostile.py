@@ -101,3 +101,24 @@ def test_a_huge_image_in_a_data_folder_is_named_and_skipped_quietly(tmp_path):
     assert result.exit_code == 0, result.output
     assert "huge.png" in result.output and "image too large" in result.output
     assert "DecompressionBomb" not in result.output
+
+
+@pytest.mark.parametrize("section, key, value", [("unet", "base_channels", 8192), ("text", "vocab_size", 100_000_000)])
+def test_a_checkpoint_whose_config_asks_for_a_huge_model_is_refused_before_allocating(
+        tiny_checkpoint, tmp_path, section, key, value):
+    import dataclasses
+    import resource
+    import time
+
+    from diffgen.checkpoint import read_checkpoint, save_checkpoint
+
+    tensors, config, _ = read_checkpoint(tiny_checkpoint)
+    huge = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{key: value})})
+    path = tmp_path / "huge.safetensors"
+    save_checkpoint(path, tensors, huge)  # a consistent content hash: only the shapes give it away
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["sample", "a cat", "-c", str(path), "-o", str(tmp_path / "out")])
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result.exit_code == 2 and "does not match its config" in result.output, result.output
+    assert grown_mb < 200 and time.perf_counter() - started < 10  # 8192 channels would need gigabytes

@@ -295,3 +295,20 @@ def test_text_encoder_of_another_image_size_gives_its_text_tower_only(shapes_fol
     assert text_keys and all(torch.equal(after[k], base[k]) for k in text_keys)
     assert after["text_encoder.clip.visual.positional_embedding"].shape != \
         base["text_encoder.clip.visual.positional_embedding"].shape
+
+
+def test_an_edited_state_json_is_named_and_the_previous_state_is_used(shapes_folder, tmp_path, config_file):
+    reference = tmp_path / "reference"
+    assert cli(*train_args(shapes_folder, reference, config_file, steps=12, clip_steps=2)).exit_code == 0
+    out = tmp_path / "edited"
+    assert cli(*train_args(shapes_folder, out, config_file, steps=8, clip_steps=2)).exit_code == 0
+    newest = out / "state" / "state-diffusion-00000008.json"
+    info = json.loads(newest.read_text())
+    info["step"] = 7  # tensors untouched: only the JSON says otherwise
+    newest.write_text(json.dumps(info))
+    loud = [a for a in train_args(shapes_folder, out, config_file, steps=12, clip_steps=2) if a != "-q"]
+    resumed = cli(*loud, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "warning: skipped the training state" in resumed.output and newest.name in resumed.output
+    ref, got = _weights(reference / "model.safetensors"), _weights(out / "model.safetensors")
+    assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) < 1e-5

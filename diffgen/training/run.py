@@ -125,8 +125,9 @@ def _load_text_tower(model: DiffusionModel, source: DiffusionModel, say: Callabl
             f"the CLIP image tower ({len(differing)} tensors of other shapes) stays untrained")
 
 
-def _check_resume(state_dir: Path, cfg: Config, num_images: int, data: Path) -> TrainingState:
-    resume = require_state(state_dir)
+def _check_resume(state_dir: Path, cfg: Config, num_images: int, data: Path,
+                  say: Callable[[str], None]) -> TrainingState:
+    resume = require_state(state_dir, say)
     # through the dataclasses, so that a state written before a config key existed compares with
     # that key's default
     stored = config_to_dict(config_from_dict(resume.info["config"]))
@@ -161,7 +162,8 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
     state_dir = opts.out / "state"
     resume = None
     if opts.resume:
-        resume = _check_resume(state_dir, cfg, len(report.items), opts.data)
+        resume = _check_resume(state_dir, cfg, len(report.items), opts.data,
+                               opts.say if dist.is_main else lambda _: None)
     elif list(state_dir.glob("state-*.json")):
         raise InputError(f"{opts.out} already holds a training run: add --resume to continue it, "
                          "or choose another -o folder")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def save_state(folder: Path, state: TrainingState, keep: int = 2) -> Path:
     atomic_write(folder / f"{stem}.safetensors", lambda tmp: save_file(tensors, tmp))
     info = {**state.info, "version": STATE_VERSION, "stage": state.stage, "step": state.step,
             "tensors": f"{stem}.safetensors", "tensors_hash": content_hash(tensors)}
+    info["info_hash"] = _info_hash(info)
     json_path = folder / f"{stem}.json"
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
     for old in _state_files(folder)[:-keep]:
@@ -98,22 +100,47 @@ def _state_files(folder: Path) -> list[Path]:
     return [p for _, _, p in sorted(found)]
 
 
-def load_latest_state(folder: Path) -> TrainingState | None:
-    """The newest complete state in ``folder``, or None; incomplete or damaged ones are skipped."""
+def _info_hash(info: dict[str, Any]) -> str:
+    """SHA-256 of the JSON's own content (without this entry): an edited step or position shows."""
+    import hashlib
+
+    body = {k: v for k, v in info.items() if k != "info_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _read_state(folder: Path, json_path: Path) -> TrainingState | str:
+    """The state a JSON file vouches for, or why it cannot be used."""
+    try:
+        info = json.loads(json_path.read_text())
+        tensors = load_file(str(folder / info["tensors"]))
+    except Exception as exc:  # noqa: BLE001 - any unreadable state (incl. SafetensorError) is skipped
+        return f"unreadable ({type(exc).__name__})"
+    if info.get("version") != STATE_VERSION:
+        return f"written by another state version ({info.get('version')})"
+    if info.get("info_hash") != _info_hash(info):
+        return "its JSON was edited or damaged (the recorded hash does not match)"
+    if content_hash(tensors) != info.get("tensors_hash"):
+        return "its tensors do not match the recorded hash"
+    match = _STATE_NAME.match(json_path.name)
+    if not match or (info.get("stage"), info.get("step")) != (match[1], int(match[2])):
+        return "its stage and step do not match its file name"
+    return TrainingState(info["stage"], info["step"], tensors, info)
+
+
+def load_latest_state(folder: Path, say: Callable[[str], None] | None = None) -> TrainingState | None:
+    """The newest usable state in ``folder``, or None. Damaged ones are skipped, and ``say`` is
+    told which file was skipped and why (falling back silently would hide lost work)."""
     for json_path in reversed(_state_files(folder)):
-        try:
-            info = json.loads(json_path.read_text())
-            tensors = load_file(str(folder / info["tensors"]))
-        except Exception:  # noqa: BLE001 - any unreadable state (incl. SafetensorError) is skipped
-            continue
-        if info.get("version") != STATE_VERSION or content_hash(tensors) != info.get("tensors_hash"):
-            continue
-        return TrainingState(info["stage"], info["step"], tensors, info)
+        state = _read_state(folder, json_path)
+        if isinstance(state, TrainingState):
+            return state
+        if say is not None:
+            say(f"warning: skipped the training state {json_path}: {state}; trying the one before it")
     return None
 
 
-def require_state(folder: Path) -> TrainingState:
-    state = load_latest_state(folder)
+def require_state(folder: Path, say: Callable[[str], None] | None = None) -> TrainingState:
+    state = load_latest_state(folder, say)
     if state is None:
         hint = ("its state files are damaged: move the folder away and start again"
                 if list(folder.glob("state-*.json")) else "start without --resume")
