@@ -72,8 +72,17 @@ class DataReport:
 def _read_metadata(folder: Path, report: DataReport) -> dict[Path, list[str]]:
     """Captions from every metadata.jsonl under ``folder``, keyed by resolved image path."""
     captions: dict[Path, list[str]] = {}
+    root = folder.resolve()
     for meta in sorted(folder.rglob(METADATA_NAME)):
-        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not meta.resolve().is_relative_to(root):
+            report.warnings.append(f"{meta}: links outside {folder}; ignored")
+            continue
+        for number, raw in enumerate(meta.read_bytes().splitlines(), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                report.warnings.append(f"{meta}:{number}: not UTF-8 text; ignored")
+                continue
             if not line.strip():
                 continue
             try:
@@ -87,6 +96,9 @@ def _read_metadata(folder: Path, report: DataReport) -> dict[Path, list[str]]:
                 report.warnings.append(f"{meta}:{number}: file_name/text have the wrong type; ignored")
                 continue
             path = (meta.parent / name).resolve()
+            if not path.is_relative_to(root):
+                report.warnings.append(f"{meta}:{number}: {name} is outside {folder}; ignored")
+                continue
             captions.setdefault(path, []).extend(t.strip() for t in texts if isinstance(t, str))
     return captions
 
@@ -119,10 +131,22 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
     report = DataReport(folder)
     metadata = _read_metadata(folder, report)
     hashes: dict[str, list[Path]] = {}
+    root = folder.resolve()
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        # One rule for links: a file whose real location is outside the folder is not part of it.
+        if not path.resolve().is_relative_to(root):
+            report.skipped.append((path, f"a link to {path.resolve()}, outside the data folder"))
+            continue
         txt = path.with_suffix(".txt")
         if txt.is_file():
-            captions = [c.strip() for c in txt.read_text(encoding="utf-8", errors="replace").splitlines()]
+            if not txt.resolve().is_relative_to(root):
+                report.skipped.append((path, f"its caption {txt.name} links outside the data folder"))
+                continue
+            try:
+                captions = [c.strip() for c in txt.read_text(encoding="utf-8").splitlines()]
+            except UnicodeDecodeError:
+                report.skipped.append((path, f"caption {txt.name} is not UTF-8 text (save it as UTF-8)"))
+                continue
         elif path.resolve() in metadata:
             captions = metadata[path.resolve()]
         else:

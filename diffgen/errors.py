@@ -26,3 +26,9 @@ class CheckpointError(InputError):
 
 class TextEncoderError(DiffgenError):
     """The text encoder cannot be built or its weights cannot be fetched."""
+
+
+class Terminated(BaseException):  # named for the signal, like KeyboardInterrupt
+    """SIGTERM arrived: the command ends like Ctrl-C (one line), with exit code 143 = 128 + 15."""
+
+    exit_code = 143

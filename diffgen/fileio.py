@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _UMASK = os.umask(0)
@@ -26,3 +28,47 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# atomic_write's temporary names: ".<final name>.<8 random characters>.tmp"
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files that an earlier run killed mid-write (SIGKILL, power loss) left in
+    ``folder``; only diffgen's own naming pattern is touched. Call it while holding the folder
+    (the lock of ``folder_lock``, or a run folder no other run uses)."""
+    removed = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if _TEMPORARY.match(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold an advisory lock (flock) on ``folder`` for the duration; a second writer gets an
+    InputError naming the process that holds it, instead of mixing its files with the first's."""
+    import fcntl
+
+    from diffgen.errors import InputError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".diffgen.lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise InputError(f"{folder} is in use by another {what} ({holder}); wait for it to finish "
+                             "or choose another -o folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock

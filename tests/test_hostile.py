@@ -122,3 +122,25 @@ def test_a_checkpoint_whose_config_asks_for_a_huge_model_is_refused_before_alloc
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert result.exit_code == 2 and "does not match its config" in result.output, result.output
     assert grown_mb < 200 and time.perf_counter() - started < 10  # 8192 channels would need gigabytes
+
+
+def test_data_folder_rules_latin1_captions_and_links_that_leave_the_folder(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (8, 8), "blue").save(outside / "secret.png")
+    (outside / "secret.txt").write_text("a blue square\n")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "ok.png")
+    (folder / "ok.txt").write_text("a red square\n")
+    Image.new("RGB", (8, 8), "green").save(folder / "latin.png")
+    (folder / "latin.txt").write_bytes("un carr\xe9 vert\n".encode("latin-1"))
+    (folder / "link.png").symlink_to(outside / "secret.png")
+    (folder / "link.txt").write_text("a linked image\n")
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "../outside/secret.png", "text": "x"}) + "\n")
+    result = CliRunner().invoke(app, ["data", "check", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "1 usable image-caption pairs" in result.output
+    assert "latin.png: caption latin.txt is not UTF-8" in result.output
+    assert "link.png: a link to" in result.output and "outside the data folder" in result.output
+    assert "../outside/secret.png is outside" in result.output

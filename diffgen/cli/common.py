@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from diffgen.errors import DiffgenError, InputError
+from diffgen.errors import DiffgenError, InputError, Terminated
 from diffgen.sampling.settings import SamplingSettings
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
@@ -23,8 +25,12 @@ CheckpointOption = Annotated[Optional[Path], typer.Option(
 @contextlib.contextmanager
 def user_errors(debug: bool) -> Iterator[None]:
     """Turn DiffgenError into one line on stderr and its exit code (2 bad input, 1 runtime)."""
+    previous = _raise_on_sigterm()
     try:
         yield
+    except Terminated:
+        typer.echo("terminated", err=True)
+        raise typer.Exit(Terminated.exit_code) from None
     except DiffgenError as exc:
         if debug:
             traceback.print_exc()
@@ -38,6 +44,21 @@ def user_errors(debug: bool) -> Iterator[None]:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         raise typer.Exit(1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM raise Terminated (handled like Ctrl-C); returns the previous handler, or None
+    outside the main thread (where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def load_model(checkpoint: Path | None, device: str = "cpu") -> Any:

@@ -19,6 +19,7 @@ from diffgen.cli.common import (
     option_settings,
     user_errors,
 )
+from diffgen.fileio import folder_lock, remove_stale_temporaries
 from diffgen.sampling.settings import DEFAULTS, SAMPLER_NAMES, SCHEDULE_NAMES, SamplingSettings
 
 
@@ -74,16 +75,19 @@ def sample(
                     f"this is {model.content_hash[:10]}: the image will differ")
             model_name = plan.replay.get("model", model_name)
         _warn_truncated(model, plan.tasks, say)
-        results = []
-        for result in _run_with_progress(model, plan.tasks, out, model_name, batch_size,
-                                         overwrite or plan.replay is not None, trajectory, quiet):
-            results.append(result)
-            if as_json:
-                typer.echo(json.dumps(_result_json(result)))
-            elif not result.skipped:
-                typer.echo(str(result.path))
-        if grid:
-            say(f"grid: {write_grid(results, out)}")
+        with folder_lock(out, "diffgen sample"):
+            for stale in remove_stale_temporaries(out):
+                say(f"removed {stale.name}, left by an interrupted run")
+            results = []
+            for result in _run_with_progress(model, plan.tasks, out, model_name, batch_size,
+                                             overwrite or plan.replay is not None, trajectory, quiet):
+                results.append(result)
+                if as_json:
+                    typer.echo(json.dumps(_result_json(result)))
+                elif not result.skipped:
+                    typer.echo(str(result.path))
+            if grid:
+                say(f"grid: {write_grid(results, out)}")
         skipped = sum(r.skipped for r in results)
         if skipped:
             say(f"{skipped} image(s) already existed and were skipped (--overwrite to redo)")

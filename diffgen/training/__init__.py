@@ -9,12 +9,15 @@ torchrun.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from typing import Any
 
 import torch
 
-from diffgen.training.run import WEIGHT_DTYPES, TrainOptions, finish_run, prepare_run
+from diffgen.training.run import WEIGHT_DTYPES, Run, TrainOptions, finish_run, prepare_run
 
 __all__ = ["TrainOptions", "run_training"]
 
@@ -24,8 +27,6 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
     from diffgen.devices import pick_device
     from diffgen.errors import InputError
     from diffgen.training import distributed
-    from diffgen.training.metrics import retrieval_accuracy
-    from diffgen.training.stages import train_clip, train_diffusion
 
     started = time.perf_counter()
     if opts.weights_dtype not in WEIGHT_DTYPES:
@@ -37,23 +38,55 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     try:
-        run = prepare_run(opts, device, dist, started)
-        run.say(f"{len(run.train_idx)} training images, {len(run.held_idx)} held out; global batch "
-                f"{run.cfg.train.batch_size * run.cfg.train.grad_accum * dist.world_size} on {dist.world_size} "
-                f"process(es), {device}")
-        resume, summary = run.resume, {}
-        trains_clip = not run.cfg.text.arch and not opts.text_encoder and opts.init is None
-        if trains_clip:
-            if resume is None or resume.stage == "clip":
-                train_clip(run, resume)
-            held = run.held_idx or run.train_idx[:500]
-            summary["clip_retrieval"] = {**retrieval_accuracy(run.model, run.data, held, device),
-                                         "held_out": bool(run.held_idx)}
-            r = summary["clip_retrieval"]
-            run.say(f"CLIP image-to-text retrieval on {r['images']} {'held-out' if run.held_idx else 'training'}"
-                    f" images: top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 "
-                    f"{r['top5']:.1%} (chance {r['chance_top5']:.1%})")
-        steps_done = train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
-        return finish_run(run, summary, steps_done)
+        with contextlib.ExitStack() as stack:
+            run = prepare_run(opts, device, dist, started, stack)
+            stack.enter_context(_stop_on_sigterm(run))
+            return _train(run)
     finally:
         distributed.shutdown(dist)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(run: Run):
+    """While training, a first SIGTERM asks the step loop to save the state and end after the
+    current step (a few seconds); a second one ends the run at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from diffgen.errors import Terminated
+
+    def handler(signum, frame):
+        if run.stop.is_set():
+            raise Terminated()
+        run.stop.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(run: Run) -> dict[str, Any]:
+    """The CLIP stage (unless the text encoder comes from elsewhere), then the diffusion stage."""
+    from diffgen.training.metrics import retrieval_accuracy
+    from diffgen.training.stages import train_clip, train_diffusion
+
+    opts, dist, device = run.opts, run.dist, run.device
+    run.say(f"{len(run.train_idx)} training images, {len(run.held_idx)} held out; global batch "
+            f"{run.cfg.train.batch_size * run.cfg.train.grad_accum * dist.world_size} on {dist.world_size} "
+            f"process(es), {device}")
+    resume, summary = run.resume, {}
+    trains_clip = not run.cfg.text.arch and not opts.text_encoder and opts.init is None
+    if trains_clip:
+        if resume is None or resume.stage == "clip":
+            train_clip(run, resume)
+        held = run.held_idx or run.train_idx[:500]
+        summary["clip_retrieval"] = {**retrieval_accuracy(run.model, run.data, held, device),
+                                     "held_out": bool(run.held_idx)}
+        r = summary["clip_retrieval"]
+        run.say(f"CLIP image-to-text retrieval on {r['images']} {'held-out' if run.held_idx else 'training'}"
+                f" images: top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 "
+                f"{r['top5']:.1%} (chance {r['chance_top5']:.1%})")
+    steps_done = train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
+    return finish_run(run, summary, steps_done)

@@ -3,8 +3,10 @@ finishing it (the summary and model.safetensors)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ class Run:
     resume: TrainingState | None
     init_hash: str | None = None  # the --init checkpoint's content hash
     skipped_files: int = 0  # data files named and skipped by the scan
+    # set by SIGTERM: the step loop saves the state after the current step and ends the run
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def cfg(self) -> Config:
@@ -139,10 +143,11 @@ def _check_resume(state_dir: Path, cfg: Config, num_images: int, data: Path,
     return resume
 
 
-def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.DistInfo, started: float) -> Run:
+def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.DistInfo, started: float,
+                stack: contextlib.ExitStack) -> Run:
     """Resolve the config, scan and load the data, check a resume, build the model with its
-    starting weights, write config.toml."""
-    from diffgen.fileio import atomic_write
+    starting weights; then lock the run folder (held until ``stack`` closes) and write config.toml."""
+    from diffgen.fileio import atomic_write, folder_lock, remove_stale_temporaries
 
     if opts.init is not None and (opts.text_encoder or opts.resume):
         raise InputError("--init starts a new run from a checkpoint: it cannot be combined with "
@@ -185,8 +190,11 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         from diffgen.training.stages import without_prefix
 
         model.load_state_dict(without_prefix(resume.tensors, "model"))
-    if dist.is_main:
-        opts.out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:  # from here on the run writes into its folder: hold it until the run ends
+        stack.enter_context(folder_lock(opts.out, "training run"))
+        for folder in (opts.out, state_dir, opts.out / "samples"):
+            for stale in remove_stale_temporaries(folder):
+                opts.say(f"removed {stale}, left by an interrupted run")
         atomic_write(opts.out / "config.toml", lambda tmp: Path(tmp).write_text(config_to_toml(cfg)))
     log = RunLog(opts.out, dist.is_main, (resume.stage, resume.step) if resume else None)
     init_hash = source.content_hash if opts.init is not None and source is not None else None

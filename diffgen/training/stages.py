@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from diffgen import devices
 from diffgen.engine.denoiser import Denoiser, edm_loss
 from diffgen.engine.model import DiffusionModel, PromptCache
+from diffgen.errors import Terminated
 from diffgen.training import distributed
 from diffgen.training.batches import NoiseGenerator, cosine_lr, image_batch, lr_at, pick_captions, step_generator
 from diffgen.training.metrics import StageMeter
@@ -89,6 +90,13 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
             save_due = done % t.checkpoint_every == 0
             sample_due = stage.sample_every is not None and done % stage.sample_every == 0
             meter.add(done, lr, total, force=save_due or sample_due or done == stage.steps)
+            terminated = run.stop.is_set() if not run.dist.enabled else \
+                distributed.any_rank(run.stop.is_set(), run.dist, run.device)
+            if terminated:  # SIGTERM: keep this step's work, then end like Ctrl-C
+                meter.flush()
+                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan)
+                run.say(f"terminated after step {done}; the state is saved, --resume continues the run")
+                raise Terminated()
             last = done == stage.steps or meter.out_of_time()
             if last and done < stage.steps:
                 run.say(f"time limit reached after {done} of {stage.steps} steps; "
