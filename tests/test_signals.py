@@ -4,6 +4,7 @@ removed by the next run in that folder."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -88,3 +89,34 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(tiny_checkpoint
     assert result.exit_code == 0, result.output
     assert not stale.exists() and other.exists() and "left by an interrupted run" in result.output
     assert Path(out / "00000-0-a-cat.png").exists()
+
+
+def peak_rss_mb(args: list[str], tmp: Path, images: int) -> float:
+    """Peak resident memory (VmHWM, Linux) of a `diffgen sample` process once it has written
+    ``images`` images, in MB; the process is then stopped."""
+    out = tmp / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "diffgen", "sample", *args, "-o", str(out), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(list(out.glob("*.png"))) >= images, proc, seconds=300)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_memory_does_not_grow_with_the_number_of_images_or_prompts(tiny_checkpoint, tmp_path):
+    small = peak_rss_mb(["a cat", "-n", "4", "--seed", "0", "-c", str(tiny_checkpoint)], tmp_path / "a", 1)
+    huge_n = peak_rss_mb(["a cat", "-n", "1000000000", "--seed", "0", "-c", str(tiny_checkpoint)], tmp_path / "b", 4)
+    jsonl = tmp_path / "huge.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "a dog", "n": 1_000_000_000}) + "\n")
+    huge_jsonl = peak_rss_mb(["-f", str(jsonl), "-c", str(tiny_checkpoint)], tmp_path / "c", 4)
+    many = tmp_path / "many.txt"
+    with many.open("w") as handle:  # a million prompts, 31 MB
+        for i in range(1_000_000):
+            handle.write(f"a cat number {i:09d} on a mat\n")
+    many_prompts = peak_rss_mb(["-f", str(many), "-c", str(tiny_checkpoint)], tmp_path / "d", 4)
+    # a billion planned tasks would be ~100 GB, a million prompts ~0.3 GB
+    print(f"peak RSS MB: -n 4 {small:.0f}, -n 1e9 {huge_n:.0f}, jsonl n 1e9 {huge_jsonl:.0f}, 1e6 prompts {many_prompts:.0f}")
+    assert max(huge_n, huge_jsonl, many_prompts) < small + 60, (small, huge_n, huge_jsonl, many_prompts)

@@ -19,8 +19,12 @@ from diffgen.cli.common import (
     option_settings,
     user_errors,
 )
+from diffgen.errors import InputError
 from diffgen.fileio import folder_lock, remove_stale_temporaries
 from diffgen.sampling.settings import DEFAULTS, SAMPLER_NAMES, SCHEDULE_NAMES, SamplingSettings
+
+# A grid holds every image of the run in memory and in one picture; past this it helps nobody.
+MAX_GRID_IMAGES = 1024
 
 
 @app.command()
@@ -74,35 +78,46 @@ def sample(
                 say(f"warning: {replay} was made by model {str(plan.replay.get('model_hash', '?'))[:10]}, "
                     f"this is {model.content_hash[:10]}: the image will differ")
             model_name = plan.replay.get("model", model_name)
-        _warn_truncated(model, plan.tasks, say)
+        if grid and plan.count > MAX_GRID_IMAGES:
+            raise InputError(f"--grid draws at most {MAX_GRID_IMAGES:,} images; this run makes {plan.count:,}")
+        tasks = _warn_truncated(model, plan.tasks(), say)
         with folder_lock(out, "diffgen sample"):
             for stale in remove_stale_temporaries(out):
                 say(f"removed {stale.name}, left by an interrupted run")
-            results = []
-            for result in _run_with_progress(model, plan.tasks, out, model_name, batch_size,
+            kept, skipped = [], 0  # results are kept only for the grid: memory stays flat for any -n
+            for result in _run_with_progress(model, tasks, plan, out, model_name, batch_size,
                                              overwrite or plan.replay is not None, trajectory, quiet):
-                results.append(result)
+                skipped += result.skipped
+                if grid:
+                    kept.append(result)
                 if as_json:
                     typer.echo(json.dumps(_result_json(result)))
                 elif not result.skipped:
                     typer.echo(str(result.path))
             if grid:
-                say(f"grid: {write_grid(results, out)}")
-        skipped = sum(r.skipped for r in results)
+                say(f"grid: {write_grid(kept, out)}")
         if skipped:
             say(f"{skipped} image(s) already existed and were skipped (--overwrite to redo)")
 
 
-def _warn_truncated(model: Any, tasks: list, say: Callable[[str], None]) -> None:
-    prompts = sorted({t.prompt for t in tasks} | {t.negative for t in tasks if t.negative})
-    _, counts = model.text_encoder.tokenize(prompts)
+def _warn_truncated(model: Any, tasks: Iterator[Any], say: Callable[[str], None]) -> Iterator[Any]:
+    """The tasks, unchanged; a warning for each prompt too long for the text context, the first
+    time it is seen (remembering a bounded number of prompts)."""
+    seen: set[str] = set()
     limit = model.text_encoder.context_length
-    for prompt, count in zip(prompts, counts):
-        if count > limit:
-            say(f"warning: prompt '{prompt[:40]}...' has {count} tokens; only the first {limit} are used")
+    for task in tasks:
+        for prompt in (task.prompt, task.negative):
+            if prompt and prompt not in seen:
+                if len(seen) > 10_000:
+                    seen.clear()
+                seen.add(prompt)
+                count = model.text_encoder.tokenize([prompt])[1][0]
+                if count > limit:
+                    say(f"warning: prompt '{prompt[:40]}...' has {count} tokens; only the first {limit} are used")
+        yield task
 
 
-def _run_with_progress(model: Any, tasks: list, out: Path, model_name: str, batch_size: int,
+def _run_with_progress(model: Any, tasks: Iterator[Any], plan: Any, out: Path, model_name: str, batch_size: int,
                        overwrite: bool, trajectory: bool, quiet: bool) -> Iterator[Any]:
     """Yield each ImageResult as it is written, with a progress bar on stderr."""
     from rich.console import Console
@@ -117,7 +132,6 @@ def _run_with_progress(model: Any, tasks: list, out: Path, model_name: str, batc
 
     from diffgen.sampling.generate import write_images
 
-    total_steps = sum(t.steps for t in tasks)
     progress = Progress(
         TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(),
         TextColumn("images {task.fields[images]}/{task.fields[total_images]}"),
@@ -125,7 +139,7 @@ def _run_with_progress(model: Any, tasks: list, out: Path, model_name: str, batc
         console=Console(stderr=True), disable=quiet, transient=False,
     )
     with progress:
-        bar = progress.add_task("sample", total=total_steps, images=0, total_images=len(tasks), rate="")
+        bar = progress.add_task("sample", total=plan.total_steps, images=0, total_images=plan.count, rate="")
         elapsed, made, seen = 0.0, 0, 0
         for result in write_images(model, tasks, out, model_name, batch_size, overwrite, trajectory,
                                    on_step=lambda n: progress.advance(bar, n)):

@@ -8,7 +8,7 @@ image whatever the batch size, and on CPU and GPU alike up to float rounding.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,55 +68,89 @@ class ImageTask:
         return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate())
 
 
-def plan_tasks(specs: list[PromptSpec], seed: int, defaults: ImageTask) -> list[ImageTask]:
-    """Number images across prompts and repeats: image k gets seed + k unless its prompt has a seed
-    of its own (then image j of that prompt gets prompt_seed + j)."""
-    tasks = []
+def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask) -> Iterator[ImageTask]:
+    """Number images across prompts and repeats, lazily: image k gets seed + k unless its prompt
+    has a seed of its own (then image j of that prompt gets prompt_seed + j)."""
+    k = 0
     for spec in specs:
+        settings = replace(defaults, **spec.overrides).validate()  # checked once per prompt
         for j in range(spec.num_images):
-            k = len(tasks)
             image_seed = (spec.seed + j) if spec.seed is not None else seed + k
-            task = replace(defaults, index=k, prompt=spec.prompt, seed=image_seed, **spec.overrides)
-            tasks.append(task.validate())
-    return tasks
+            task = replace(settings, index=k, prompt=spec.prompt, seed=image_seed)
+            if j in (0, spec.num_images - 1):  # the seed range is checked at both ends
+                task.validate()
+            yield task
+            k += 1
+
+
+def plan_tasks(specs: list[PromptSpec], seed: int, defaults: ImageTask) -> list[ImageTask]:
+    """``iter_tasks`` as a list (for runs whose images are kept in memory anyway)."""
+    return list(iter_tasks(specs, seed, defaults))
 
 
 @dataclass(frozen=True)
 class SamplePlan:
-    """What one ``diffgen sample`` run makes: its tasks, the first seed (drawn at random when none
-    was given) and, for ``--replay``, the recipe it replays."""
+    """What one ``diffgen sample`` run makes: how many images and sampler steps, the first seed
+    (drawn at random when none was given), for ``--replay`` the recipe it replays, and the tasks
+    themselves, produced lazily so that memory does not grow with -n or the prompt file."""
 
-    tasks: list[ImageTask]
+    specs: Callable[[], Iterator[PromptSpec]]  # a fresh pass over the prompts (a file is read again)
+    defaults: ImageTask
+    count: int
+    total_steps: int
     seed: int | None
     random_seed: bool
     replay: dict[str, Any] | None = None
 
+    def tasks(self) -> Iterator[ImageTask]:
+        if self.replay is not None:
+            return iter([task_from_recipe(self.replay)])
+        return iter_tasks(self.specs(), self.seed, self.defaults)
+
 
 def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | None, num_images: int,
                 seed: int | None, settings: SamplingSettings) -> SamplePlan:
-    """The tasks of a run from prompt arguments and/or a prompt file, or from a PNG's recipe.
+    """The plan of a run from prompt arguments and/or a prompt file, or from a PNG's recipe.
 
-    A replay regenerates one recipe exactly, so it cannot be combined with prompts (they would be
-    dropped otherwise)."""
+    Every prompt and setting is checked here, in one pass that keeps only counts, before any
+    model is loaded. A replay regenerates one recipe exactly, so it cannot be combined with
+    prompts (they would be dropped otherwise)."""
+    import itertools
     import secrets
 
     from diffgen.sampling.images import read_recipe
-    from diffgen.sampling.prompts import read_prompt_file
+    from diffgen.sampling.prompts import iter_prompt_file
 
     if replay is not None:
         if prompts or prompt_file is not None:
             raise InputError("--replay regenerates the image's own prompt: drop the prompts or -f")
         recipe_data = read_recipe(replay)
-        return SamplePlan([task_from_recipe(recipe_data)], None, False, recipe_data)
-    specs = [PromptSpec(p, num_images) for p in prompts]
-    if prompt_file is not None:
-        specs += read_prompt_file(prompt_file, num_images)
-    if not specs:
-        raise InputError("no prompt given: pass PROMPT ..., -f PROMPT_FILE or --replay IMAGE.png")
-    if any(not s.prompt.strip() for s in specs):
-        raise InputError("empty prompt given; use --negative for what to avoid")
+        task = task_from_recipe(recipe_data)
+        return SamplePlan(lambda: iter(()), task, 1, task.steps, None, False, recipe_data)
+
+    def specs() -> Iterator[PromptSpec]:
+        return itertools.chain((PromptSpec(p, num_images) for p in prompts),
+                               iter_prompt_file(prompt_file, num_images) if prompt_file is not None else ())
+
     first = secrets.randbelow(2**31) if seed is None else seed
-    return SamplePlan(plan_tasks(specs, first, ImageTask.of(0, "", 0, settings)), first, seed is None)
+    defaults = ImageTask.of(0, "", 0, settings)
+    count = total_steps = 0
+    for spec in specs():
+        if not spec.prompt.strip():
+            raise InputError("empty prompt given; use --negative for what to avoid")
+        spec_tasks = iter_tasks([spec], first + count, defaults)  # checks the prompt's settings and seeds
+        steps = next(spec_tasks).steps
+        if spec.seed is not None and spec.seed + spec.num_images > 2**63:
+            raise InputError(f"seed {spec.seed} + {spec.num_images} images runs past the largest seed (2^63 - 1)")
+        count += spec.num_images
+        total_steps += spec.num_images * steps
+    if count == 0:
+        if prompt_file is not None and not prompts:
+            raise InputError(f"prompt file {prompt_file} has no prompts (only blank or # lines)")
+        raise InputError("no prompt given: pass PROMPT ..., -f PROMPT_FILE or --replay IMAGE.png")
+    if first + count > 2**63:
+        raise InputError(f"--seed {first} + {count} images runs past the largest seed (2^63 - 1)")
+    return SamplePlan(specs, defaults, count, total_steps, first, seed is None)
 
 
 def write_grid(results: list[ImageResult], out_dir: Path) -> Path:
@@ -135,7 +169,7 @@ def write_grid(results: list[ImageResult], out_dir: Path) -> Path:
     return path
 
 
-def batches(tasks: list[ImageTask], batch_size: int) -> Iterator[list[ImageTask]]:
+def batches(tasks: Iterable[ImageTask], batch_size: int) -> Iterator[list[ImageTask]]:
     """Consecutive runs of compatible tasks, at most ``batch_size`` each (a short last batch is fine)."""
     batch: list[ImageTask] = []
     for task in tasks:
@@ -236,35 +270,37 @@ class ImageResult:
 
 
 def write_images(
-    model: DiffusionModel, tasks: list[ImageTask], out_dir: Path, model_name: str,
+    model: DiffusionModel, tasks: Iterable[ImageTask], out_dir: Path, model_name: str,
     batch_size: int = 8, overwrite: bool = False, trajectory: bool = False,
     on_step: StepCallback | None = None,
 ) -> Iterator[ImageResult]:
     """Generate ``tasks`` into ``out_dir`` as PNGs with recipes; existing files are skipped unless
-    ``overwrite``, so an interrupted run resumes where it stopped. Yields results in task order."""
+    ``overwrite``, so an interrupted run resumes where it stopped. Yields results in task order.
+    Tasks are taken a batch at a time, so any number of them runs in constant memory."""
     import time
 
     from diffgen.sampling.images import read_recipe, save_png, to_pil, trajectory_strip
 
-    todo = [t for t in tasks if overwrite or not (out_dir / t.filename).exists()]
-    done = {t.index for t in tasks} - {t.index for t in todo}
-    for task in tasks:  # a file is only "done" if it was made by the same recipe
-        if task.index in done and read_recipe(out_dir / task.filename) != recipe(task, model, model_name):
-            raise InputError(f"{out_dir / task.filename} exists but was made with other settings or "
-                             "another model: add --overwrite, or choose another -o folder")
-    pending = iter(generate(model, todo, batch_size, on_step, trajectory))
     clock = time.perf_counter()
-    for task in tasks:
-        if task.index in done:
-            yield ImageResult(task, out_dir / task.filename, 0.0, skipped=True)
-            continue
-        _, image, frames = next(pending)
-        path = out_dir / task.filename
-        save_png(to_pil(image[None])[0], path, recipe(task, model, model_name))
-        strip_path = None
-        if frames is not None:
-            strip_path = path.with_name(path.stem + "-trajectory.png")
-            save_png(trajectory_strip(to_pil(torch.stack(frames))), strip_path)
-        now = time.perf_counter()
-        yield ImageResult(task, path, now - clock, skipped=False, trajectory_path=strip_path)
-        clock = now
+    for chunk in batches(tasks, batch_size):
+        todo = [t for t in chunk if overwrite or not (out_dir / t.filename).exists()]
+        done = {t.index for t in chunk} - {t.index for t in todo}
+        for task in chunk:  # a file is only "done" if it was made by the same recipe
+            if task.index in done and read_recipe(out_dir / task.filename) != recipe(task, model, model_name):
+                raise InputError(f"{out_dir / task.filename} exists but was made with other settings or "
+                                 "another model: add --overwrite, or choose another -o folder")
+        pending = iter(generate(model, todo, batch_size, on_step, trajectory))
+        for task in chunk:
+            if task.index in done:
+                yield ImageResult(task, out_dir / task.filename, 0.0, skipped=True)
+                continue
+            _, image, frames = next(pending)
+            path = out_dir / task.filename
+            save_png(to_pil(image[None])[0], path, recipe(task, model, model_name))
+            strip_path = None
+            if frames is not None:
+                strip_path = path.with_name(path.stem + "-trajectory.png")
+                save_png(trajectory_strip(to_pil(torch.stack(frames))), strip_path)
+            now = time.perf_counter()
+            yield ImageResult(task, path, now - clock, skipped=False, trajectory_path=strip_path)
+            clock = now

@@ -6,6 +6,7 @@ No torch here: the CLI reads and checks prompt files before it loads any model.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,16 +87,20 @@ def _lines(path: Path):
             yield number, line
 
 
-def read_prompt_file(path: Path, num_images: int) -> list[PromptSpec]:
-    """Parse a .txt or .jsonl prompt file; blank lines and lines starting with '#' are skipped."""
+def iter_prompt_file(path: Path, num_images: int) -> Iterator[PromptSpec]:
+    """The prompts of a .txt or .jsonl file, one at a time (blank lines and '#' lines skipped):
+    memory does not grow with the file. Each line is checked as it is read."""
     jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
-    specs = []
     for number, raw in _lines(path):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        specs.append(_parse_jsonl_line(line, number, path, num_images) if jsonl
-                     else PromptSpec(line, num_images))
+        yield _parse_jsonl_line(line, number, path, num_images) if jsonl else PromptSpec(line, num_images)
+
+
+def read_prompt_file(path: Path, num_images: int) -> list[PromptSpec]:
+    """All prompts of a (small) prompt file; InputError if it has none."""
+    specs = list(iter_prompt_file(path, num_images))
     if not specs:
         raise InputError(f"prompt file {path} has no prompts (only blank or # lines)")
     return specs
