@@ -55,7 +55,7 @@ class Model:
         needed to keep it: ``diffgen.sampling.images.save_png`` writes it.
         """
         from diffgen.errors import InputError
-        from diffgen.sampling.generate import ImageTask, generate, plan_tasks, recipe
+        from diffgen.sampling.generate import ImageTask, batches, generate, plan_tasks, recipe
         from diffgen.sampling.images import PARAMETERS_KEY, RECIPE_KEY, a1111_parameters, to_pil
         from diffgen.sampling.prompts import PromptSpec
 
@@ -68,11 +68,13 @@ class Model:
         seed = secrets.randbelow(2**31) if seed is None else seed
         tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], seed, ImageTask.of(0, "", 0, settings))
         images = []
-        for task, image, _ in generate(self.diffusion_model, tasks, batch_size):
-            picture = to_pil(image[None])[0]
-            made = recipe(task, self.diffusion_model, self.name)
-            picture.info.update({PARAMETERS_KEY: a1111_parameters(made), RECIPE_KEY: json.dumps(made, sort_keys=True)})
-            images.append(picture)
+        for batch in batches(tasks, batch_size):
+            for row, (task, image, _) in enumerate(generate(self.diffusion_model, batch, batch_size)):
+                picture = to_pil(image[None])[0]
+                made = recipe(task, self.diffusion_model, self.name, (len(batch), row))
+                picture.info.update({PARAMETERS_KEY: a1111_parameters(made),
+                                     RECIPE_KEY: json.dumps(made, sort_keys=True)})
+                images.append(picture)
         return images
 
     def encode(self, prompts: str | Sequence[str]) -> TextEncoding:

@@ -118,5 +118,6 @@ def test_memory_does_not_grow_with_the_number_of_images_or_prompts(tiny_checkpoi
             handle.write(f"a cat number {i:09d} on a mat\n")
     many_prompts = peak_rss_mb(["-f", str(many), "-c", str(tiny_checkpoint)], tmp_path / "d", 4)
     # a billion planned tasks would be ~100 GB, a million prompts ~0.3 GB
-    print(f"peak RSS MB: -n 4 {small:.0f}, -n 1e9 {huge_n:.0f}, jsonl n 1e9 {huge_jsonl:.0f}, 1e6 prompts {many_prompts:.0f}")
+    print(f"peak RSS MB: -n 4 {small:.0f}, -n 1e9 {huge_n:.0f}, jsonl n 1e9 {huge_jsonl:.0f}, "
+          f"1e6 prompts {many_prompts:.0f}")
     assert max(huge_n, huge_jsonl, many_prompts) < small + 60, (small, huge_n, huge_jsonl, many_prompts)

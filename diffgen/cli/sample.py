@@ -65,7 +65,7 @@ def sample(
         check_run(num_images, batch_size, seed)
         settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
         check_output_dir(out)
-        from diffgen.sampling.generate import plan_sample, write_grid
+        from diffgen.sampling.generate import placement_of, plan_sample, write_grid
 
         plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings)
         model = load_model(checkpoint, device)
@@ -85,8 +85,9 @@ def sample(
             for stale in remove_stale_temporaries(out):
                 say(f"removed {stale.name}, left by an interrupted run")
             kept, skipped = [], 0  # results are kept only for the grid: memory stays flat for any -n
+            placement = placement_of(plan.replay) if plan.replay is not None else None
             for result in _run_with_progress(model, tasks, plan, out, model_name, batch_size,
-                                             overwrite or plan.replay is not None, trajectory, quiet):
+                                             overwrite or plan.replay is not None, trajectory, quiet, placement):
                 skipped += result.skipped
                 if grid:
                     kept.append(result)
@@ -118,7 +119,8 @@ def _warn_truncated(model: Any, tasks: Iterator[Any], say: Callable[[str], None]
 
 
 def _run_with_progress(model: Any, tasks: Iterator[Any], plan: Any, out: Path, model_name: str, batch_size: int,
-                       overwrite: bool, trajectory: bool, quiet: bool) -> Iterator[Any]:
+                       overwrite: bool, trajectory: bool, quiet: bool,
+                       placement: tuple[int, int] | None = None) -> Iterator[Any]:
     """Yield each ImageResult as it is written, with a progress bar on stderr."""
     from rich.console import Console
     from rich.progress import (
@@ -142,7 +144,7 @@ def _run_with_progress(model: Any, tasks: Iterator[Any], plan: Any, out: Path, m
         bar = progress.add_task("sample", total=plan.total_steps, images=0, total_images=plan.count, rate="")
         elapsed, made, seen = 0.0, 0, 0
         for result in write_images(model, tasks, out, model_name, batch_size, overwrite, trajectory,
-                                   on_step=lambda n: progress.advance(bar, n)):
+                                   on_step=lambda n: progress.advance(bar, n), replay_placement=placement):
             seen += 1
             if result.skipped:
                 progress.advance(bar, result.task.steps)

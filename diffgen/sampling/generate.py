@@ -181,8 +181,17 @@ def batches(tasks: Iterable[ImageTask], batch_size: int) -> Iterator[list[ImageT
         yield batch
 
 
-def recipe(task: ImageTask, model: DiffusionModel, model_name: str) -> dict[str, Any]:
-    """The JSON recipe stored in each PNG; ``--replay`` rebuilds the task from it."""
+# Where an image was computed: CPU kernels choose their blocking by batch size, so the same image
+# computed in a batch of 4 and alone can differ by one level in a few channel values. Recording
+# the batch's size and the image's row lets --replay recompute it exactly (see placement_of).
+PLACEMENT_KEYS = ("batch_size", "batch_row")
+MAX_REPLAY_BATCH = 4096
+
+
+def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
+           placement: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The JSON recipe stored in each PNG; ``--replay`` rebuilds the task (and, with
+    ``placement`` = (batch size, row), the batch it was computed in) from it."""
     size = model.config.image_size
     return {
         **asdict(task),
@@ -192,7 +201,25 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str) -> dict[str,
         "model": model_name,
         "model_hash": model.content_hash or "",
         "version": __version__,
+        **(dict(zip(PLACEMENT_KEYS, placement)) if placement is not None else {}),
     }
+
+
+def same_image(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two recipes describe the same image (where in a batch it was computed aside)."""
+    return {k: v for k, v in a.items() if k not in PLACEMENT_KEYS} == \
+        {k: v for k, v in b.items() if k not in PLACEMENT_KEYS}
+
+
+def placement_of(data: dict[str, Any]) -> tuple[int, int] | None:
+    """(batch size, row) recorded in a recipe, checked; None for recipes that do not record it."""
+    if not all(k in data for k in PLACEMENT_KEYS):
+        return None
+    size, row = (data[k] for k in PLACEMENT_KEYS)
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (size, row)) \
+            or not (1 <= size <= MAX_REPLAY_BATCH and 0 <= row < size):
+        raise InputError(f"the diffgen recipe has a damaged batch placement ({size!r}, {row!r})")
+    return size, row
 
 
 def task_from_recipe(data: dict[str, Any]) -> ImageTask:
@@ -202,7 +229,20 @@ def task_from_recipe(data: dict[str, Any]) -> ImageTask:
         task = ImageTask(**{k: data[k] for k in fields}).validate()
     except (KeyError, TypeError) as exc:
         raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
+    placement_of(data)
     return task
+
+
+def generate_at(model: DiffusionModel, task: ImageTask, placement: tuple[int, int], trajectory: bool = False,
+                on_step: StepCallback | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """``task``'s image computed at row ``row`` of a batch of ``size`` (the other rows compute the
+    same task and are discarded): the exact bytes of an image first made in such a batch."""
+    size, row = placement
+    one_image = (lambda n: on_step(n // size)) if on_step is not None else None  # progress counts this image
+    for k, (_, image, frames) in enumerate(generate(model, [task] * size, size, one_image, trajectory)):
+        if k == row:
+            return image, frames
+    raise AssertionError("unreachable: generate yields one image per task")
 
 
 StepCallback = Callable[[int], None]
@@ -272,11 +312,13 @@ class ImageResult:
 def write_images(
     model: DiffusionModel, tasks: Iterable[ImageTask], out_dir: Path, model_name: str,
     batch_size: int = 8, overwrite: bool = False, trajectory: bool = False,
-    on_step: StepCallback | None = None,
+    on_step: StepCallback | None = None, replay_placement: tuple[int, int] | None = None,
 ) -> Iterator[ImageResult]:
     """Generate ``tasks`` into ``out_dir`` as PNGs with recipes; existing files are skipped unless
     ``overwrite``, so an interrupted run resumes where it stopped. Yields results in task order.
-    Tasks are taken a batch at a time, so any number of them runs in constant memory."""
+    Tasks are taken a batch at a time, so any number of them runs in constant memory. Each recipe
+    records the batch size and row the image was computed at; ``replay_placement`` recomputes a
+    single replayed task at that place, so the replay is byte-identical."""
     import time
 
     from diffgen.sampling.images import read_recipe, save_png, to_pil, trajectory_strip
@@ -286,17 +328,24 @@ def write_images(
         todo = [t for t in chunk if overwrite or not (out_dir / t.filename).exists()]
         done = {t.index for t in chunk} - {t.index for t in todo}
         for task in chunk:  # a file is only "done" if it was made by the same recipe
-            if task.index in done and read_recipe(out_dir / task.filename) != recipe(task, model, model_name):
+            if task.index in done and not same_image(read_recipe(out_dir / task.filename),
+                                                     recipe(task, model, model_name)):
                 raise InputError(f"{out_dir / task.filename} exists but was made with other settings or "
                                  "another model: add --overwrite, or choose another -o folder")
-        pending = iter(generate(model, todo, batch_size, on_step, trajectory))
+        # todo is one batch of compatible tasks (a chunk is), so each image's place in it is known
+        if replay_placement is not None and len(todo) == 1:
+            pending = iter([(todo[0], *generate_at(model, todo[0], replay_placement, trajectory, on_step))])
+            placements = {todo[0].index: replay_placement}
+        else:
+            pending = iter(generate(model, todo, batch_size, on_step, trajectory))
+            placements = {t.index: (len(todo), row) for row, t in enumerate(todo)}
         for task in chunk:
             if task.index in done:
                 yield ImageResult(task, out_dir / task.filename, 0.0, skipped=True)
                 continue
             _, image, frames = next(pending)
             path = out_dir / task.filename
-            save_png(to_pil(image[None])[0], path, recipe(task, model, model_name))
+            save_png(to_pil(image[None])[0], path, recipe(task, model, model_name, placements[task.index]))
             strip_path = None
             if frames is not None:
                 strip_path = path.with_name(path.stem + "-trajectory.png")
