@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # use torchvision itself: open-clip-torch imports it, and it must match the torch build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install lint test sample pictures bench speedrun speedrun-table clean
+.PHONY: install lint fuzz test sample pictures bench speedrun speedrun-table clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# The parser fuzzers with 20,000 examples each instead of the test suite's 150 (about 7 minutes).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py
 
 # The main job: images from the embedded default model, into outputs/.
 sample: install
