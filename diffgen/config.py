@@ -85,6 +85,9 @@ class TrainConfig:
     warmup_steps: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.995
+    # Ramp the EMA decay up from 0 over the first steps (right for a fresh network). Set false when
+    # starting from a trained checkpoint (--init): its weights already are an average worth keeping.
+    ema_warmup: bool = True
     caption_dropout: float = 0.1
     clip_steps: int = 500
     clip_batch_size: int = 128

@@ -312,3 +312,19 @@ def test_an_edited_state_json_is_named_and_the_previous_state_is_used(shapes_fol
     assert "warning: skipped the training state" in resumed.output and newest.name in resumed.output
     ref, got = _weights(reference / "model.safetensors"), _weights(out / "model.safetensors")
     assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) < 1e-5
+
+
+def test_without_ema_warmup_a_fine_tune_keeps_the_checkpoints_average(shapes_folder, tmp_path, config_file):
+    first = tmp_path / "first"
+    assert cli(*train_args(shapes_folder, first, config_file, steps=4, clip_steps=2)).exit_code == 0
+    distances = {}
+    for warmup in (True, False):
+        config = tmp_path / f"warmup-{warmup}.toml"
+        config.write_text(train_config(train={"ema_warmup": warmup}))
+        out = tmp_path / f"tuned-{warmup}"
+        result = cli(*train_args(shapes_folder, out, config, steps=1), "--init", str(first / "model.safetensors"))
+        assert result.exit_code == 0, result.output
+        base, tuned = _weights(first / "model.safetensors"), _weights(out / "model.safetensors")
+        distances[warmup] = max((tuned[k] - base[k]).abs().max().item() for k in base if k.startswith("denoiser."))
+    # one step: with the warm-up the EMA is 90% the new weights, without it 0.5% (ema_decay 0.995)
+    assert 0 < distances[False] < 0.05 * distances[True]

@@ -184,7 +184,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
                             generator=noise_generator(gen)).mean()
 
     def update_ema(step: int) -> None:
-        decay = min(t.ema_decay, (1 + step) / (10 + step))
+        decay = min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
 
