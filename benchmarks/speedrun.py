@@ -84,7 +84,7 @@ def train(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]:
     from diffgen.training import TrainOptions, run_training
 
     opts = TrainOptions(data=data, out=out, config=with_overrides(load_config(args.config), args.set),
-                        device="cpu", progress=False,
+                        device=args.device, progress=False, weights_dtype=args.weights_dtype,
                         time_limit=args.minutes * 60, init=args.init, text_encoder=args.text_encoder,
                         resume=(out / "state").is_dir() and args.resume, say=lambda m: print(m, flush=True))
     started = time.perf_counter()
@@ -96,7 +96,8 @@ def train(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]:
 def row_from(name: str, args: argparse.Namespace, summary: dict[str, Any] | None, scores: dict[str, Any]
              ) -> dict[str, Any]:
     images = summary["steps"] * summary["global_batch_size"] if summary else None
-    return {"name": name, "cpu": cpu_name(), "threads": args.threads, "minutes": args.minutes if summary else None,
+    return {"name": name, "cpu": cpu_name(), "device": args.device,
+            "threads": args.threads, "minutes": args.minutes if summary else None,
             "config": str(args.config) if summary else None, "overrides": args.set,
             "init": str(args.init) if args.init else None,
             "data": args.data_recipe, "images_seen": images,
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/cpu64.toml")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock training budget")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (training and scoring)")
+    parser.add_argument("--weights-dtype", default="float32", help="model.safetensors storage: float32 or float16")
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (diffgen train --init)")
     parser.add_argument("--text-encoder", default=None, help="diffgen train --text-encoder")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -149,8 +152,12 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=10, help="sampler steps for the scorecard")
     parser.add_argument("--eval-seeds", type=int, default=1, help="images per single concept")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="data, judge, runs and results.jsonl here (default: runs/speedrun)")
     args = parser.parse_args()
     args.command = "python benchmarks/speedrun.py " + " ".join(sys.argv[1:])
+    global RUNS
+    RUNS = args.runs_dir or RUNS
     results = RUNS / "results.jsonl"
     if args.table:
         rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
@@ -181,7 +188,9 @@ def main() -> None:
         summary = train(args, data, out)
         checkpoint = out / "model.safetensors"
         print(f"trained {summary['steps']} steps x {summary['global_batch_size']} in {summary['wall_seconds']} s")
-    model = load_model(checkpoint, "cpu")
+    from diffgen.devices import pick_device
+
+    model = load_model(checkpoint, pick_device(args.device))
     card = Scorecard(sprites, items, judge, model.config.image_size)
     card.sections["singles"] = [a for a in card.sections["singles"] for _ in range(args.eval_seeds)]
     started = time.perf_counter()
