@@ -121,3 +121,16 @@ def test_memory_does_not_grow_with_the_number_of_images_or_prompts(tiny_checkpoi
     print(f"peak RSS MB: -n 4 {small:.0f}, -n 1e9 {huge_n:.0f}, jsonl n 1e9 {huge_jsonl:.0f}, "
           f"1e6 prompts {many_prompts:.0f}")
     assert max(huge_n, huge_jsonl, many_prompts) < small + 60, (small, huge_n, huge_jsonl, many_prompts)
+
+
+def test_huge_step_counts_are_refused_before_memory_is_spent(tiny_checkpoint, tmp_path):
+    """--steps 1e9 (command line or a replayed recipe) would be a 8 GB sigma table: it is refused
+    by the settings check, before the model loads. Peak RSS of the refused process, measured."""
+    probe = ("import json, resource, subprocess, sys\n"
+             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+             "print(json.dumps([r.returncode, r.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))\n")
+    code, stderr, max_kb = json.loads(subprocess.run(
+        [sys.executable, "-c", probe, sys.executable, "-m", "diffgen", "sample", "a cat", "--steps", "1000000000",
+         "-c", str(tiny_checkpoint), "-o", str(tmp_path / "out")], capture_output=True, text=True, check=True).stdout)
+    assert code == 2 and "from 1 to 10000" in stderr
+    assert max_kb / 1024 < 400  # the CLI without a model; a sigma table alone would be 8,000 MB
