@@ -46,8 +46,9 @@ class Model:
 
     def sample(self, prompts: str | Sequence[str], n: int = 1, seed: int | None = None, *,
                steps: int = DEFAULTS.steps, guidance: float = DEFAULTS.guidance, sampler: str = DEFAULTS.sampler,
-               schedule: str = DEFAULTS.schedule, negative: str = DEFAULTS.negative, batch_size: int = 8
-               ) -> list[Image.Image]:
+               schedule: str = DEFAULTS.schedule, negative: str = DEFAULTS.negative, batch_size: int = 8,
+               init_image: str | Path | None = None, strength: float | None = None, mask: str | Path | None = None,
+               mask_blur: int = 0) -> list[Image.Image]:
         """``n`` images per prompt; image k (counted across prompts and repeats) uses seed + k.
 
         Without ``seed`` a random one is drawn; each image's ``info`` holds its recipe (the PNG
@@ -55,6 +56,7 @@ class Model:
         needed to keep it: ``diffgen.sampling.images.save_png`` writes it.
         """
         from diffgen.errors import InputError
+        from diffgen.sampling.edits import EditSource
         from diffgen.sampling.generate import ImageTask, batches, generate, plan_tasks, recipe
         from diffgen.sampling.images import PARAMETERS_KEY, RECIPE_KEY, a1111_parameters, to_pil
         from diffgen.sampling.prompts import PromptSpec
@@ -65,8 +67,13 @@ class Model:
         if n < 1 or batch_size < 1:
             raise InputError("n and batch_size must be at least 1")
         settings = SamplingSettings(steps, sampler, schedule, guidance, negative).validate()
+        edit = None
+        if init_image is not None:
+            edit = EditSource.from_files(Path(init_image), strength, Path(mask) if mask else None, mask_blur)
+        elif strength is not None or mask is not None or mask_blur:
+            raise InputError("strength, mask and mask_blur need an init_image")
         seed = secrets.randbelow(2**31) if seed is None else seed
-        tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], seed, ImageTask.of(0, "", 0, settings))
+        tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], seed, ImageTask.of(0, "", 0, settings, edit))
         images = []
         for batch in batches(tasks, batch_size):
             for row, (task, image, _) in enumerate(generate(self.diffusion_model, batch, batch_size)):

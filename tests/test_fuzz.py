@@ -26,7 +26,7 @@ settings.register_profile("fuzz", max_examples=20_000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-KEYS = ["prompt", "negative", "n", "seed", "steps", "guidance", "sampler", "schedule", "index", "extra"]
+KEYS = ["prompt", "negative", "n", "seed", "steps", "guidance", "sampler", "schedule", "index", "edit", "extra"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
     | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)

@@ -52,6 +52,16 @@ def sample(
         "optional negative, n, seed, steps, guidance, sampler).", show_default=False)] = None,
     replay: Annotated[Optional[Path], typer.Option(
         help="Regenerate the image whose recipe is stored in this PNG.", show_default=False)] = None,
+    init_image: Annotated[Optional[Path], typer.Option(
+        help="Image-to-image: start from this picture (resized and centre-cropped to the model's size).",
+        show_default=False)] = None,
+    strength: Annotated[Optional[float], typer.Option(
+        help="With --init-image: how much to change it, 0 (keep) to 1 (from pure noise). Default 0.75.",
+        show_default=False)] = None,
+    mask: Annotated[Optional[Path], typer.Option(
+        help="Inpainting, with --init-image: repaint where this mask is white, keep where it is black.",
+        show_default=False)] = None,
+    mask_blur: Annotated[int, typer.Option(help="Soften the mask's edge by this many pixels.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose files already exist.")] = False,
     grid: Annotated[bool, typer.Option(help="Also write one labelled grid of the run.")] = False,
     trajectory: Annotated[bool, typer.Option(
@@ -65,9 +75,15 @@ def sample(
         check_run(num_images, batch_size, seed)
         settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
         check_output_dir(out)
+        from diffgen.sampling.edits import EditSource
         from diffgen.sampling.generate import placement_of, plan_sample, write_grid
 
-        plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings)
+        edit = None
+        if init_image is not None:
+            edit = EditSource.from_files(init_image, strength, mask, mask_blur)
+        elif strength is not None or mask is not None or mask_blur:
+            raise InputError("--strength, --mask and --mask-blur need an --init-image")
+        plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit)
         model = load_model(checkpoint, device)
         say = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         if plan.random_seed:
@@ -159,7 +175,8 @@ def _run_with_progress(model: Any, tasks: Iterator[Any], plan: Any, out: Path, m
 def _result_json(result: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return {"path": str(result.path), **asdict(result.task), "seconds": round(result.seconds, 4),
+    task = {k: v for k, v in asdict(result.task).items() if k != "edit" or v is not None}
+    return {"path": str(result.path), **task, "seconds": round(result.seconds, 4),
             "skipped": result.skipped,
             **({"trajectory": str(result.trajectory_path)} if result.trajectory_path else {})}
 

@@ -16,11 +16,13 @@ from typing import Any
 import torch
 
 from diffgen import __version__
+from diffgen.engine.edit import keep_known, sdedit_sigmas, sdedit_start, steps_to_run
 from diffgen.engine.guidance import Denoise, classifier_free_guidance
 from diffgen.engine.model import DiffusionModel, PromptCache
 from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES
 from diffgen.errors import InputError
+from diffgen.sampling.edits import EditSource
 from diffgen.sampling.images import image_filename
 from diffgen.sampling.prompts import PromptSpec
 from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
@@ -38,12 +40,19 @@ class ImageTask:
     sampler: str = DEFAULTS.sampler
     schedule: str = DEFAULTS.schedule
     guidance: float = DEFAULTS.guidance
+    edit: EditSource | None = None  # image-to-image / inpainting inputs
 
     @classmethod
-    def of(cls, index: int, prompt: str, seed: int, settings: SamplingSettings = DEFAULTS) -> ImageTask:
+    def of(cls, index: int, prompt: str, seed: int, settings: SamplingSettings = DEFAULTS,
+           edit: EditSource | None = None) -> ImageTask:
         """The task for image ``index`` of ``prompt`` from ``seed`` with ``settings``."""
         return cls(index, prompt, seed, settings.negative, settings.steps, settings.sampler, settings.schedule,
-                   settings.guidance)
+                   settings.guidance, edit)
+
+    @property
+    def sampler_steps(self) -> int:
+        """Steps the sampler runs: all of them, or image-to-image's share of them."""
+        return self.steps if self.edit is None else steps_to_run(self.steps, self.edit.strength)
 
     @property
     def settings(self) -> SamplingSettings:
@@ -54,8 +63,8 @@ class ImageTask:
         return image_filename(self.index, self.seed, self.prompt)
 
     def batch_key(self) -> tuple:
-        """Tasks with equal keys can share a batch (same step count, sampler and guidance)."""
-        return (self.steps, self.sampler, self.schedule, self.guidance)
+        """Tasks with equal keys can share a batch (same step count, sampler, guidance and edit)."""
+        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit)
 
     def validate(self) -> ImageTask:
         """This task with checked settings (the sampler's registry name); InputError if it cannot run."""
@@ -65,7 +74,8 @@ class ImageTask:
             raise InputError(f"seed must be a whole number in [0, 2^63), got {self.seed!r}")
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
             raise InputError(f"index must be a whole number >= 0, got {self.index!r}")
-        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate())
+        edit = self.edit.validate() if self.edit is not None else None
+        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit)
 
 
 def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask) -> Iterator[ImageTask]:
@@ -109,7 +119,7 @@ class SamplePlan:
 
 
 def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | None, num_images: int,
-                seed: int | None, settings: SamplingSettings) -> SamplePlan:
+                seed: int | None, settings: SamplingSettings, edit: EditSource | None = None) -> SamplePlan:
     """The plan of a run from prompt arguments and/or a prompt file, or from a PNG's recipe.
 
     Every prompt and setting is checked here, in one pass that keeps only counts, before any
@@ -122,8 +132,9 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
     from diffgen.sampling.prompts import iter_prompt_file
 
     if replay is not None:
-        if prompts or prompt_file is not None:
-            raise InputError("--replay regenerates the image's own prompt: drop the prompts or -f")
+        if prompts or prompt_file is not None or edit is not None:
+            raise InputError("--replay regenerates the image's own prompt and inputs: drop the prompts, -f "
+                             "and --init-image")
         recipe_data = read_recipe(replay)
         task = task_from_recipe(recipe_data)
         return SamplePlan(lambda: iter(()), task, 1, task.steps, None, False, recipe_data)
@@ -133,13 +144,13 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
                                iter_prompt_file(prompt_file, num_images) if prompt_file is not None else ())
 
     first = secrets.randbelow(2**31) if seed is None else seed
-    defaults = ImageTask.of(0, "", 0, settings)
+    defaults = ImageTask.of(0, "", 0, settings, edit)
     count = total_steps = 0
     for spec in specs():
         if not spec.prompt.strip():
             raise InputError("empty prompt given; use --negative for what to avoid")
         spec_tasks = iter_tasks([spec], first + count, defaults)  # checks the prompt's settings and seeds
-        steps = next(spec_tasks).steps
+        steps = next(spec_tasks).sampler_steps
         if spec.seed is not None and spec.seed + spec.num_images > 2**63:
             raise InputError(f"seed {spec.seed} + {spec.num_images} images runs past the largest seed (2^63 - 1)")
         count += spec.num_images
@@ -193,8 +204,11 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
     """The JSON recipe stored in each PNG; ``--replay`` rebuilds the task (and, with
     ``placement`` = (batch size, row), the batch it was computed in) from it."""
     size = model.config.image_size
+    fields = asdict(task)
+    if task.edit is None:
+        del fields["edit"]
     return {
-        **asdict(task),
+        **fields,
         "sampler_label": A1111_SAMPLER_LABELS.get(task.sampler, task.sampler),
         "width": size,
         "height": size,
@@ -224,9 +238,10 @@ def placement_of(data: dict[str, Any]) -> tuple[int, int] | None:
 
 def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     """Rebuild an ImageTask from a stored recipe, refusing incomplete ones."""
-    fields = ImageTask.__dataclass_fields__
+    fields = [k for k in ImageTask.__dataclass_fields__ if k != "edit"]
     try:
-        task = ImageTask(**{k: data[k] for k in fields}).validate()
+        edit = EditSource.from_recipe(data["edit"]) if data.get("edit") is not None else None
+        task = ImageTask(**{k: data[k] for k in fields}, edit=edit).validate()
     except (KeyError, TypeError) as exc:
         raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
     placement_of(data)
@@ -280,6 +295,12 @@ def generate(
         denoise = classifier_free_guidance(
             model.denoiser, text([t.prompt for t in batch]), text([t.negative for t in batch]),
             first.guidance)
+        if first.edit is not None:  # batch_key: every task of the batch has the same edit settings
+            x, sigmas, denoise, known = _start_edit(batch, noise, sigmas, denoise, size, device)
+            if len(sigmas) == 1:  # strength 0: no step runs, the input comes back
+                for row, task in enumerate(batch):
+                    yield task, known[row].float().cpu(), ([] if trajectory else None)
+                continue
         if device.type == "cpu":
             denoise = channels_last(denoise)
         frames: list[torch.Tensor] = []
@@ -296,6 +317,24 @@ def generate(
         out = out.float().cpu().contiguous()
         for row, task in enumerate(batch):
             yield task, out[row], ([f[row] for f in frames] if trajectory else None)
+
+
+def _start_edit(batch: list[ImageTask], noise: torch.Tensor, sigmas: torch.Tensor, denoise: Denoise, size: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Denoise, torch.Tensor]:
+    """Image-to-image and inpainting (engine/edit.py): the starting point, the tail of the
+    schedule that runs, and the denoiser that keeps a mask's known region."""
+    loaded = [t.edit.load(size) for t in batch]
+    known = torch.stack([image for image, _ in loaded]).to(device)
+    edit = batch[0].edit
+    sigmas = sdedit_sigmas(sigmas, edit.strength)
+    if edit.mask:
+        mask = torch.stack([m for _, m in loaded]).to(device)
+        denoise = keep_known(denoise, known, mask)
+    noise = noise.to(device)
+    # strength 1 without a mask starts from pure noise like text-to-image: the input does not matter
+    start = noise * sigmas[0].item() if edit.strength == 1 and not edit.mask else \
+        sdedit_start(known, noise, sigmas[0].item())
+    return start, sigmas, denoise, known
 
 
 @dataclass(frozen=True)

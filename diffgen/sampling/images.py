@@ -73,8 +73,13 @@ def a1111_parameters(recipe: dict[str, Any]) -> str:
         ("Size", f"{recipe['width']}x{recipe['height']}"),
         ("Model hash", recipe["model_hash"][:10]),
         ("Model", recipe["model"]),
-        ("Version", f"diffgen {recipe['version']}"),
     ]
+    edit = recipe.get("edit")
+    if isinstance(edit, dict):  # image-to-image / inpainting, in A1111's words
+        fields.append(("Denoising strength", edit.get("strength")))
+        if edit.get("mask"):
+            fields.append(("Mask blur", edit.get("mask_blur")))
+    fields.append(("Version", f"diffgen {recipe['version']}"))
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
 
