@@ -62,6 +62,10 @@ def sample(
         help="Inpainting, with --init-image: repaint where this mask is white, keep where it is black.",
         show_default=False)] = None,
     mask_blur: Annotated[int, typer.Option(help="Soften the mask's edge by this many pixels.")] = 0,
+    xy: Annotated[Optional[list[str]], typer.Option(
+        help="A setting grid axis NAME=V1,V2,... (guidance, steps, sampler, schedule, seed, strength); "
+             "repeat for Y and Z. One prompt, one seed, one image per cell, and a labelled grid.",
+        show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose files already exist.")] = False,
     grid: Annotated[bool, typer.Option(help="Also write one labelled grid of the run.")] = False,
     trajectory: Annotated[bool, typer.Option(
@@ -83,7 +87,10 @@ def sample(
             edit = EditSource.from_files(init_image, strength, mask, mask_blur)
         elif strength is not None or mask is not None or mask_blur:
             raise InputError("--strength, --mask and --mask-blur need an --init-image")
-        plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit)
+        if xy:
+            plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy)
+        else:
+            plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit)
         model = load_model(checkpoint, device)
         say = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         if plan.random_seed:
@@ -105,7 +112,7 @@ def sample(
             for result in _run_with_progress(model, tasks, plan, out, model_name, batch_size,
                                              overwrite or plan.replay is not None, trajectory, quiet, placement):
                 skipped += result.skipped
-                if grid:
+                if grid or xy:
                     kept.append(result)
                 if as_json:
                     typer.echo(json.dumps(_result_json(result)))
@@ -113,8 +120,30 @@ def sample(
                     typer.echo(str(result.path))
             if grid:
                 say(f"grid: {write_grid(kept, out)}")
+            if xy:
+                from diffgen.sampling.xy import write_axis_grids
+
+                for path in write_axis_grids([r.path for r in kept], axes, out, kept[0].task.prompt, plan.seed):
+                    typer.echo(str(path))
         if skipped:
             say(f"{skipped} image(s) already existed and were skipped (--overwrite to redo)")
+
+
+def _xy_plan(prompts: list[str], prompt_file: Path | None, replay: Path | None, seed: int | None,
+             settings: SamplingSettings, edit: Any, xy: list[str]) -> tuple[Any, list[Any]]:
+    """The plan of a setting grid: one prompt, every combination of the axes, one seed."""
+    import secrets
+
+    from diffgen.sampling.generate import ImageTask, SamplePlan
+    from diffgen.sampling.xy import cell_tasks, parse_axis
+
+    if len(prompts) != 1 or prompt_file is not None or replay is not None:
+        raise InputError("--xy draws one prompt: give exactly one PROMPT (no -f, no --replay)")
+    axes = [parse_axis(text) for text in xy]
+    first = secrets.randbelow(2**31) if seed is None else seed
+    tasks = tuple(cell_tasks(prompts[0], first, axes, ImageTask.of(0, "", 0, settings, edit)))
+    return SamplePlan(lambda: iter(()), tasks[0], len(tasks), sum(t.sampler_steps for t in tasks), first,
+                      seed is None, fixed=tasks), axes
 
 
 def _warn_truncated(model: Any, tasks: Iterator[Any], say: Callable[[str], None]) -> Iterator[Any]:

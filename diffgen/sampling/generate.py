@@ -112,7 +112,11 @@ class SamplePlan:
     random_seed: bool
     replay: dict[str, Any] | None = None
 
+    fixed: tuple[ImageTask, ...] | None = None  # a setting grid's cells, planned in full
+
     def tasks(self) -> Iterator[ImageTask]:
+        if self.fixed is not None:
+            return iter(self.fixed)
         if self.replay is not None:
             return iter([task_from_recipe(self.replay)])
         return iter_tasks(self.specs(), self.seed, self.defaults)
