@@ -88,7 +88,7 @@ class Model:
         """Per-token states (B, L, D), pooled embeddings (B, E), token ids and counts."""
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         with torch.inference_mode():
-            return self.diffusion_model.text_encoder.encode(prompt_list)
+            return self.diffusion_model.text_encoder.encode(prompt_list, weighted=True)
 
 
 def load(path: str | Path | None = None, device: str = "auto") -> Model:

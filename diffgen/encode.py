@@ -27,7 +27,7 @@ class EncodeReport:
 def encode_report(model: DiffusionModel, prompts: list[str]) -> EncodeReport:
     """Encode ``prompts`` with the model's text encoder and summarise them."""
     with torch.inference_mode():
-        encoding = model.text_encoder.encode(prompts)
+        encoding = model.text_encoder.encode(prompts, weighted=True)
     pooled = encoding.pooled.float().cpu()
     unit = F.normalize(pooled, dim=-1)
     return EncodeReport(

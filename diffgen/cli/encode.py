@@ -30,6 +30,7 @@ def encode(
             if output.is_dir():
                 raise InputError(f"output {output} is a folder; give a .safetensors file name")
         from diffgen.encode import encode_report, save_encoding
+        from diffgen.engine.prompt_weights import parse_weights
 
         model = load_model(checkpoint)
         report = encode_report(model, texts)
@@ -38,7 +39,8 @@ def encode(
         enc = report.encoding
         if as_json:
             typer.echo(json.dumps({
-                "prompts": [{"prompt": p, "num_tokens": n, "truncated": t, "pooled_norm": round(v, 6)}
+                "prompts": [{"prompt": p, "num_tokens": n, "truncated": t, "pooled_norm": round(v, 6),
+                             "weights": [[text, round(w, 6)] for text, w in parse_weights(p)]}
                             for p, n, t, v in zip(texts, enc.num_tokens, enc.truncated,
                                                   report.pooled_norms)],
                 "cosine": [[round(c, 6) for c in row] for row in report.cosine],
@@ -51,17 +53,21 @@ def encode(
 
 def _print_encode_tables(report: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from diffgen.engine.prompt_weights import parse_weights
 
     console = Console()
     enc = report.encoding
     table = Table(title=f"text encoder (context {report.context_length} tokens)")
-    for column in ("#", "prompt", "tokens", "pooled norm"):
-        table.add_column(column, justify="right" if column != "prompt" else "left")
+    for column in ("#", "prompt", "tokens", "pooled norm", "weighted parts"):
+        table.add_column(column, justify="right" if column not in ("prompt", "weighted parts") else "left")
     for i, (prompt, count, cut, norm) in enumerate(
             zip(report.prompts, enc.num_tokens, enc.truncated, report.pooled_norms)):
         tokens = f"[red]{count} (truncated to {report.context_length})[/red]" if cut else str(count)
-        table.add_row(str(i), prompt, tokens, f"{norm:.3f}")
+        weighted = ", ".join(f"{text.strip()!r} x{w:.3g}" for text, w in parse_weights(prompt) if w != 1)
+        table.add_row(str(i), escape(prompt), tokens, f"{norm:.3f}", escape(weighted))
     console.print(table)
     if len(report.prompts) > 1:
         sim = Table(title="cosine similarity of pooled embeddings")

@@ -157,7 +157,7 @@ def _warn_truncated(model: Any, tasks: Iterator[Any], say: Callable[[str], None]
                 if len(seen) > 10_000:
                     seen.clear()
                 seen.add(prompt)
-                count = model.text_encoder.tokenize([prompt])[1][0]
+                count = model.text_encoder.tokenize_weighted([prompt])[1][0]  # brackets are not tokens
                 if count > limit:
                     say(f"warning: prompt '{prompt[:40]}...' has {count} tokens; only the first {limit} are used")
         yield task

@@ -59,9 +59,10 @@ class PromptCache:
     numbers as an uninterrupted one).
     """
 
-    def __init__(self, text_encoder: TextEncoder, chunk_size: int = 256):
+    def __init__(self, text_encoder: TextEncoder, chunk_size: int = 256, weighted: bool = False):
         self.text_encoder = text_encoder
         self.chunk_size = chunk_size
+        self.weighted = weighted  # read A1111's prompt-weight syntax (sampling, not training)
         self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -70,7 +71,7 @@ class PromptCache:
         missing = sorted(set(prompts) - self.rows.keys())
         for start in range(0, len(missing), self.chunk_size):
             chunk = missing[start:start + self.chunk_size]
-            encoding = self.text_encoder.encode(chunk)
+            encoding = self.text_encoder.encode(chunk, weighted=self.weighted)
             for i, prompt in enumerate(chunk):
                 self.rows[prompt] = (encoding.tokens[i], encoding.pooled[i])
 

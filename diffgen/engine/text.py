@@ -35,6 +35,7 @@ class TextEncoding:
     ids: torch.Tensor  # (B, L) token ids, int64
     num_tokens: list[int]  # BPE tokens per prompt before truncation, start/end markers included
     truncated: list[bool]  # True where the prompt did not fit in the context
+    weights: torch.Tensor | None = None  # (B, L) per-token weights when the prompts used weight syntax
 
 
 def build_clip(cfg: Config) -> nn.Module:
@@ -176,6 +177,31 @@ class TextEncoder(nn.Module):
             ids[row, : len(seq)] = torch.tensor(seq)
         return ids, counts
 
+    def tokenize_weighted(self, prompts: list[str]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+        """Like ``tokenize`` for prompts in A1111's weight syntax (engine/prompt_weights.py): ids
+        (B, L) of the text without the brackets, token counts, and each token's weight (B, L)."""
+        from diffgen.engine.prompt_weights import parse_weights
+
+        tok = self.tokenizer
+        ids = torch.zeros(len(prompts), self.context_length, dtype=torch.long)
+        weights = torch.ones(len(prompts), self.context_length)
+        counts = []
+        for row, prompt in enumerate(prompts):
+            seq, seq_weights = [tok.sot_token_id], [1.0]
+            for text, weight in parse_weights(prompt):
+                chunk = tok.encode(text)
+                seq += chunk
+                seq_weights += [weight] * len(chunk)
+            seq.append(tok.eot_token_id)
+            seq_weights.append(1.0)
+            counts.append(len(seq))
+            if len(seq) > self.context_length:
+                seq = seq[: self.context_length - 1] + [tok.eot_token_id]
+                seq_weights = seq_weights[: self.context_length - 1] + [1.0]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            weights[row, : len(seq)] = torch.tensor(seq_weights)
+        return ids, counts, weights
+
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, L) -> per-token states (B, L, D), pooled projected embedding (B, E)."""
         clip = self.clip
@@ -191,17 +217,36 @@ class TextEncoder(nn.Module):
             pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
         return tokens, pooled
 
-    def encode(self, prompts: list[str]) -> TextEncoding:
-        """Tokenize and encode on the encoder's device; prompts past the context are truncated."""
-        ids, counts = self.tokenize(list(prompts))
+    def encode(self, prompts: list[str], weighted: bool = False) -> TextEncoding:
+        """Tokenize and encode on the encoder's device; prompts past the context are truncated.
+
+        ``weighted`` reads A1111's weight syntax (for sampling; training captions are plain text):
+        each token's state is scaled by its weight, then the sequence is rescaled to its original
+        mean. The pooled embedding stays that of the unweighted sequence."""
+        from diffgen.engine.prompt_weights import has_weights
+
+        prompts = list(prompts)
+        weights = None
+        if weighted and any(has_weights(p) for p in prompts):
+            ids, counts, weights = self.tokenize_weighted(prompts)
+        else:
+            ids, counts = self.tokenize(prompts)
         ids = ids.to(self.clip.token_embedding.weight.device)
         tokens, pooled = self(ids)
+        if weights is not None:
+            rows = (weights != 1).any(dim=1).to(tokens.device)  # rows without weights stay bit-identical
+            w = weights.to(tokens.device, tokens.dtype)[:, :, None]
+            mean = tokens.mean(dim=(1, 2), keepdim=True)
+            scaled = tokens * w
+            scaled = scaled * (mean / scaled.mean(dim=(1, 2), keepdim=True))
+            tokens = torch.where(rows[:, None, None], scaled, tokens)
         return TextEncoding(
             tokens=tokens,
             pooled=pooled,
             ids=ids,
             num_tokens=counts,
             truncated=[c > self.context_length for c in counts],
+            weights=weights.cpu() if weights is not None else None,
         )
 
 

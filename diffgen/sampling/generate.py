@@ -286,7 +286,7 @@ def generate(
     cfg = model.config
     size = cfg.image_size
     channels = cfg.unet.in_channels
-    text = PromptCache(model.text_encoder)
+    text = PromptCache(model.text_encoder, weighted=True)
     text.encode_all([t.prompt for t in tasks] + [t.negative for t in tasks])
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
