@@ -45,3 +45,32 @@ def test_bad_grids_are_one_line_exit_2(tiny_checkpoint, tmp_path):
                             "steps=" + ",".join(map(str, range(1, 33)))], "at most 1,024")):
         result = run(*args, "-c", tiny_checkpoint, "-o", tmp_path / "x")
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def test_two_processes_write_the_files_one_process_writes(tiny_checkpoint, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red square\na blue circle\na green triangle\n")
+    args = ["sample", "-f", str(prompts), "-n", "3", "--seed", "2", "--steps", "3", "--batch-size", "2",
+            "-c", str(tiny_checkpoint), "-q"]
+    one = tmp_path / "one"
+    assert run(*args[1:], "-o", one).exit_code == 0
+    two = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "diffgen", *args,
+                           "-o", str(two)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = sorted(p.name for p in one.glob("*.png"))
+    assert len(names) == 9 and names == sorted(p.name for p in two.glob("*.png"))
+    assert all((one / n).read_bytes() == (two / n).read_bytes() for n in names)
+    assert len(proc.stdout.split()) == 9  # each process prints the paths it wrote

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,6 +92,11 @@ def sample(
             plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy)
         else:
             plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit)
+        rank, world, local_rank = _torchrun_shard()
+        if world > 1 and (grid or xy or replay is not None):
+            raise InputError("--grid, --xy and --replay run in one process, not under torchrun")
+        if world > 1 and device in ("auto", "cuda") and _cuda_available():
+            device = f"cuda:{local_rank}"
         model = load_model(checkpoint, device)
         say = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         if plan.random_seed:
@@ -104,13 +110,16 @@ def sample(
         if grid and plan.count > MAX_GRID_IMAGES:
             raise InputError(f"--grid draws at most {MAX_GRID_IMAGES:,} images; this run makes {plan.count:,}")
         tasks = _warn_truncated(model, plan.tasks(), say)
-        with folder_lock(out, "diffgen sample"):
-            for stale in remove_stale_temporaries(out):
-                say(f"removed {stale.name}, left by an interrupted run")
+        # under torchrun the processes are one run: the first holds the folder for all of them
+        with folder_lock(out, "diffgen sample") if rank == 0 else contextlib.nullcontext():
+            if rank == 0:
+                for stale in remove_stale_temporaries(out):
+                    say(f"removed {stale.name}, left by an interrupted run")
             kept, skipped = [], 0  # results are kept only for the grid: memory stays flat for any -n
             placement = placement_of(plan.replay) if plan.replay is not None else None
             for result in _run_with_progress(model, tasks, plan, out, model_name, batch_size,
-                                             overwrite or plan.replay is not None, trajectory, quiet, placement):
+                                             overwrite or plan.replay is not None, trajectory,
+                                             quiet or rank > 0, placement, (rank, world)):
                 skipped += result.skipped
                 if grid or xy:
                     kept.append(result)
@@ -163,9 +172,28 @@ def _warn_truncated(model: Any, tasks: Iterator[Any], say: Callable[[str], None]
         yield task
 
 
+def _torchrun_shard() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if "RANK" not in os.environ:
+        raise InputError("WORLD_SIZE is set but RANK is not: start multi-process sampling with torchrun")
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _run_with_progress(model: Any, tasks: Iterator[Any], plan: Any, out: Path, model_name: str, batch_size: int,
                        overwrite: bool, trajectory: bool, quiet: bool,
-                       placement: tuple[int, int] | None = None) -> Iterator[Any]:
+                       placement: tuple[int, int] | None = None,
+                       shard: tuple[int, int] = (0, 1)) -> Iterator[Any]:
     """Yield each ImageResult as it is written, with a progress bar on stderr."""
     from rich.console import Console
     from rich.progress import (
@@ -186,10 +214,13 @@ def _run_with_progress(model: Any, tasks: Iterator[Any], plan: Any, out: Path, m
         console=Console(stderr=True), disable=quiet, transient=False,
     )
     with progress:
-        bar = progress.add_task("sample", total=plan.total_steps, images=0, total_images=plan.count, rate="")
+        world = shard[1]  # under torchrun this process makes about 1/world of the run
+        bar = progress.add_task("sample", total=-(-plan.total_steps // world), images=0,
+                                total_images=-(-plan.count // world), rate="")
         elapsed, made, seen = 0.0, 0, 0
         for result in write_images(model, tasks, out, model_name, batch_size, overwrite, trajectory,
-                                   on_step=lambda n: progress.advance(bar, n), replay_placement=placement):
+                                   on_step=lambda n: progress.advance(bar, n), replay_placement=placement,
+                                   shard=shard):
             seen += 1
             if result.skipped:
                 progress.advance(bar, result.task.steps)

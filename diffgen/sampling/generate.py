@@ -356,18 +356,24 @@ def write_images(
     model: DiffusionModel, tasks: Iterable[ImageTask], out_dir: Path, model_name: str,
     batch_size: int = 8, overwrite: bool = False, trajectory: bool = False,
     on_step: StepCallback | None = None, replay_placement: tuple[int, int] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[ImageResult]:
     """Generate ``tasks`` into ``out_dir`` as PNGs with recipes; existing files are skipped unless
     ``overwrite``, so an interrupted run resumes where it stopped. Yields results in task order.
     Tasks are taken a batch at a time, so any number of them runs in constant memory. Each recipe
     records the batch size and row the image was computed at; ``replay_placement`` recomputes a
-    single replayed task at that place, so the replay is byte-identical."""
+    single replayed task at that place, so the replay is byte-identical. ``shard`` = (rank, world
+    size) takes every world-size-th batch (torchrun): each image is computed in the same batch as
+    in one process, so N processes write the same files, byte for byte, as one."""
     import time
 
     from diffgen.sampling.images import read_recipe, save_png, to_pil, trajectory_strip
 
     clock = time.perf_counter()
-    for chunk in batches(tasks, batch_size):
+    rank, world = shard
+    for number, chunk in enumerate(batches(tasks, batch_size)):
+        if number % world != rank:
+            continue
         todo = [t for t in chunk if overwrite or not (out_dir / t.filename).exists()]
         done = {t.index for t in chunk} - {t.index for t in todo}
         for task in chunk:  # a file is only "done" if it was made by the same recipe
