@@ -105,7 +105,8 @@ def write_axis_grids(paths: list, axes: list[Axis], out_dir, prompt: str, seed: 
         for path in paths[g * per_grid:(g + 1) * per_grid]:
             with Image.open(path) as image:
                 cells.append(image.convert("RGB"))
-        title = f"{prompt} (seed {seed})" + (f", {z.name} {z_value}" if z is not None else "")
+        seeded = "" if any(a.name == "seed" for a in axes) else f" (seed {seed})"
+        title = f"{prompt}{seeded}" + (f", {z.name} {z_value}" if z is not None else "")
         name = f"xy-{slugify(prompt)}-{seed}" + (f"-{z.name}-{z_value}" if z is not None else "") + ".png"
         path = Path(out_dir) / name
         save_png(axis_grid(cells, x, y, title), path)
