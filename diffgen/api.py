@@ -52,13 +52,13 @@ class Model:
         """``n`` images per prompt; image k (counted across prompts and repeats) uses seed + k.
 
         Without ``seed`` a random one is drawn; each image's ``info`` holds its recipe (the PNG
-        text chunks ``parameters`` and ``diffgen``), so ``image.save(path, pnginfo=...)`` is not
-        needed to keep it: ``diffgen.sampling.images.save_png`` writes it.
+        text chunks ``parameters`` and ``diffgen``; ``diffgen.sampling.images.save_png`` writes
+        them into the file). ``init_image`` (a file) makes it image-to-image (``strength`` 0-1,
+        default 0.75) and, with ``mask`` (white = repaint), inpainting.
         """
         from diffgen.errors import InputError
         from diffgen.sampling.edits import EditSource
-        from diffgen.sampling.generate import ImageTask, batches, generate, plan_tasks, recipe
-        from diffgen.sampling.images import PARAMETERS_KEY, RECIPE_KEY, a1111_parameters, to_pil
+        from diffgen.sampling.generate import ImageTask, plan_tasks
         from diffgen.sampling.prompts import PromptSpec
 
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -74,6 +74,13 @@ class Model:
             raise InputError("strength, mask and mask_blur need an init_image")
         seed = secrets.randbelow(2**31) if seed is None else seed
         tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], seed, ImageTask.of(0, "", 0, settings, edit))
+        return self._images(tasks, batch_size)
+
+    def _images(self, tasks: list, batch_size: int) -> list[Image.Image]:
+        """Each task's image with its recipe in ``info``, computed in batches as the CLI computes them."""
+        from diffgen.sampling.generate import batches, generate, recipe
+        from diffgen.sampling.images import PARAMETERS_KEY, RECIPE_KEY, a1111_parameters, to_pil
+
         images = []
         for batch in batches(tasks, batch_size):
             for row, (task, image, _) in enumerate(generate(self.diffusion_model, batch, batch_size)):
@@ -83,6 +90,33 @@ class Model:
                                      RECIPE_KEY: json.dumps(made, sort_keys=True)})
                 images.append(picture)
         return images
+
+    def setting_grid(self, prompt: str, axes: dict[str, Sequence], seed: int = 0, *, batch_size: int = 8,
+                     **settings) -> tuple[list[Image.Image], list[Image.Image]]:
+        """AUTOMATIC1111's X/Y/Z plot: (cells, grids). ``axes`` maps up to three setting names
+        (guidance, steps, sampler, schedule, seed, strength) to their values, X first; every cell
+        is the image ``sample`` gives for its settings; one labelled grid per Z value."""
+        from diffgen.sampling.generate import ImageTask
+        from diffgen.sampling.xy import Axis, axis_grid, cell_tasks
+
+        kwargs = {k: v for k, v in settings.items() if k in ("steps", "guidance", "sampler", "schedule", "negative")}
+        plan_axes = [Axis(name, tuple(values)) for name, values in axes.items()]
+        defaults = ImageTask.of(0, "", 0, SamplingSettings(**kwargs).validate())
+        tasks = cell_tasks(prompt, seed, plan_axes, defaults)
+        cells = self._images(tasks, batch_size)
+        x, y, z = (plan_axes + [None, None])[:3]
+        per_grid = len(x.values) * (len(y.values) if y is not None else 1)
+        grids = [axis_grid(cells[g * per_grid:(g + 1) * per_grid], x, y,
+                           prompt + (f", {z.name} {value}" if z is not None else ""))
+                 for g, value in enumerate(z.values if z is not None else [None])]
+        return cells, grids
+
+    def forward_process(self, image: str | Path, sigmas: Sequence[float] = (0.1, 0.5, 1, 2, 5, 20, 80),
+                        seed: int = 0, denoise: bool = True, prompt: str = "") -> Image.Image:
+        """The image at increasing noise levels, and (``denoise``) the model's one-step estimates."""
+        from diffgen.sampling.forward import forward_strip
+
+        return forward_strip(Path(image), list(sigmas), seed, self.diffusion_model if denoise else None, prompt)
 
     def encode(self, prompts: str | Sequence[str]) -> TextEncoding:
         """Per-token states (B, L, D), pooled embeddings (B, E), token ids and counts."""

@@ -53,3 +53,15 @@ def test_encode_and_bad_settings(tiny_checkpoint):
             model.sample("a cat", **kwargs)
     with pytest.raises(InputError, match="non-empty"):
         model.sample([])
+
+
+def test_setting_grid_cells_are_the_sampled_images_and_the_forward_process_draws(tiny_checkpoint, tmp_path):
+    model = diffgen.load(tiny_checkpoint, device="cpu")
+    cells, grids = model.setting_grid("a red square", {"guidance": [1.0, 2.5], "steps": [2, 3]}, seed=5)
+    assert len(cells) == 4 and len(grids) == 1 and grids[0].width > 2 * 128
+    alone = model.sample("a red square", n=1, seed=5, steps=3, guidance=2.5)[0]
+    assert np.array_equal(np.asarray(cells[3]), np.asarray(alone))
+    source = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(source)
+    strip = model.forward_process(source, sigmas=[0.5, 5], prompt="a red square")
+    assert strip.width > 2 * 96
