@@ -139,7 +139,7 @@ def run_eval(model: DiffusionModel, data: Path, samplers: list[str], steps: list
         rows.append(row)
         if on_result is not None:
             on_result(row)
-    return {"note": FEATURE_NOTE, "floor": floor, "rows": rows}
+    return {"note": FEATURE_NOTE, "floor": floor, "rows": rows, "feature_dim": int(real_feats.shape[1])}
 
 
 def prompt_set_agreement(model: DiffusionModel, prompts: list[str], images_per_prompt: int, sampler: str,

@@ -67,6 +67,8 @@ def test_eval_command_writes_table_json_and_plot(tiny_checkpoint, tmp_path):
     held = saved["prompt_sets"][str(prompts)]
     assert held["prompts"] == 2 and held["images"] == 8 and held["retrieval_chance"] == 0.5
     assert "CLIP image tower" in result.stdout
+    assert "warning: 10 images for 32-dimensional features" in result.stderr  # FD needs more images
+    assert "eval: 8/8" in result.stderr  # progress over the cells
 
 
 def test_eval_refuses_a_folder_too_small_and_bad_guidance(tiny_checkpoint, shapes_folder):

@@ -62,17 +62,32 @@ def evaluate(
         from diffgen.evaluate import markdown_table, run_eval, write_eval
         model = load_model(checkpoint, device)
 
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+        from diffgen.evaluate import prompt_set_agreement
+        from diffgen.progress import progress
+        from diffgen.sampling.prompts import read_prompt_file
+
+        cells = len(names) * len(step_list) * len(scales)
+        bar_view = progress("eval", TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), disable=as_json)
+
         def show(row: dict) -> None:
+            bar_view.advance(bar, 1)
             if not as_json:
                 typer.echo(f"{row['sampler']:>16} steps {row['steps']:>4} g {row['guidance']:<4g} "
                            f"FD {row['fd']:.4f}  KID {row['kid'] * 1e3:.3f}e-3  CLIP {row['clip_score']:.2f}  "
                            f"top-1 {row['retrieval_top1']:.3f}  ({row['seconds']} s)", err=True)
 
-        from diffgen.evaluate import prompt_set_agreement
-        from diffgen.sampling.prompts import read_prompt_file
-
         prompt_sets = {str(f): [s.prompt for s in read_prompt_file(f, 1)] for f in prompt_file or []}
-        result = run_eval(model, data, names, step_list, scales, images, batch_size, on_result=show)
+        with bar_view:
+            bar = bar_view.add_task("eval", total=cells)
+            result = run_eval(model, data, names, step_list, scales, images, batch_size, on_result=show)
+        if result["floor"]["images"] <= result["feature_dim"]:
+            # a covariance of d features from n <= d images is singular: FD and KID are not meaningful
+            typer.echo(f"warning: {result['floor']['images']} images for {result['feature_dim']}-dimensional "
+                       f"features: FD and KID need more images than dimensions (use --images "
+                       f"{2 * result['feature_dim']} or more, and as many held-out images)", err=True)
         result["prompt_sets"] = {
             name: prompt_set_agreement(model, prompts, 4, names[0], max(step_list), scales[0], batch_size)
             for name, prompts in prompt_sets.items()}

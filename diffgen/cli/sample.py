@@ -195,24 +195,16 @@ def _run_with_progress(model: Any, tasks: Iterator[Any], plan: Any, out: Path, m
                        placement: tuple[int, int] | None = None,
                        shard: tuple[int, int] = (0, 1)) -> Iterator[Any]:
     """Yield each ImageResult as it is written, with a progress bar on stderr."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from diffgen.progress import progress as make_progress
     from diffgen.sampling.generate import write_images
 
-    progress = Progress(
-        TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(),
+    progress = make_progress(
+        "sampling", TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(),
         TextColumn("images {task.fields[images]}/{task.fields[total_images]}"),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=quiet, transient=False,
-    )
+        fields=("images", "rate"), disable=quiet)
     with progress:
         world = shard[1]  # under torchrun this process makes about 1/world of the run
         bar = progress.add_task("sample", total=-(-plan.total_steps // world), images=0,

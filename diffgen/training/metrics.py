@@ -110,16 +110,19 @@ class StageMeter:
     def __init__(self, stage: str, total: int, start: int, images_per_step: int, log: RunLog,
                  dist: distributed.DistInfo, device: torch.device, show_progress: bool,
                  deadline: float | None = None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+        from diffgen.progress import progress
 
         self.stage, self.images_per_step, self.log, self.dist, self.device = stage, images_per_step, log, dist, device
         self.deadline = deadline  # time.perf_counter() value after which the run stops
         self.pending = PendingLosses(1 if device.type == "cpu" else self.GPU_LOG_EVERY)
         self.speed = Throughput()
         self.smoothed: float | None = None
-        self.progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = progress(stage, TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} img/s"),
-                                 TimeRemainingColumn(), disable=not (show_progress and dist.is_main))
+                                 TimeRemainingColumn(), fields=("loss", "rate"),
+                                 disable=not (show_progress and dist.is_main))
         self.bar = self.progress.add_task(stage, total=total, completed=start, loss="-", rate="-")
 
     def add(self, step: int, lr: float, loss: torch.Tensor, force: bool = False) -> None:
