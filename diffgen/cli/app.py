@@ -42,7 +42,7 @@ app = typer.Typer(
     cls=OneLineErrorsGroup,
     help="Text-to-image diffusion: sample images from a prompt, train on captioned folders.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

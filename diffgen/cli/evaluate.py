@@ -100,26 +100,55 @@ def evaluate(
 
 @app.command()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="A diffgen .safetensors checkpoint.")],
+    checkpoint: Annotated[Optional[Path], typer.Argument(
+        help="A diffgen .safetensors checkpoint (default: the embedded default model).", show_default=False)] = None,
     debug: DebugOption = False,
 ) -> None:
-    """Show a checkpoint's config, parameter counts, resolution, hash and training summary."""
+    """Show a checkpoint's resolution, hash, parameter counts, training summary and config (TOML)."""
     from rich.console import Console
     from rich.table import Table
 
     with user_errors(debug):
-        from diffgen.config import config_to_dict
+        from diffgen.config import config_to_toml
 
         model = load_model(checkpoint)
-        table = Table(title=str(checkpoint), show_header=False)
+        table = Table(title=str(checkpoint or "the embedded default model"), show_header=False)
         table.add_row("resolution", f"{model.config.image_size} x {model.config.image_size} px")
         table.add_row("content hash", model.content_hash or "")
         for part, count in model.parameter_counts().items():
             table.add_row(f"parameters: {part}", f"{count:,}")
         for key, value in sorted(model.metadata.items()):
-            if key != "content_hash":
-                table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+            if key in ("content_hash", "training"):
+                continue
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        for key, value in sorted((model.metadata.get("training") or {}).items()):
+            shown = value if isinstance(value, (str, int, float)) else json.dumps(value)
+            table.add_row(f"training: {key}", f"{shown:,}" if isinstance(shown, int) else str(shown))
         console = Console()
         console.print(table)
-        console.print_json(json.dumps(config_to_dict(model.config)))
+        typer.echo(config_to_toml(model.config))
 
+
+config_app = typer.Typer(help="The model and training config presets.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    name: Annotated[str, typer.Argument(help="A preset name or a TOML file.")] = "default",
+    debug: DebugOption = False,
+) -> None:
+    """Print a config preset as TOML, ready to copy and edit (`diffgen config show gpu64 > my.toml`)."""
+    with user_errors(debug):
+        from diffgen.config import config_to_toml, load_config
+        from diffgen.presets import config_path
+
+        typer.echo(config_to_toml(load_config(config_path(name))), nl=False)
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """The preset names."""
+    from diffgen.presets import preset_names
+
+    typer.echo("\n".join(preset_names()))

@@ -20,9 +20,9 @@ def train(
     data: Annotated[Path, typer.Argument(help="Folder of images with .txt captions or metadata.jsonl.")],
     out: Annotated[Optional[Path], typer.Option(
         "-o", "--out", help="Run folder (default: runs/<data folder name>).", show_default=False)] = None,
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="TOML config (default: the built-in default, configs/default.toml).",
-        show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option(
+        "--config", help="A preset name (tiny, default, cpu64, cpu32, gpu64; see `diffgen config show`) or a "
+        "TOML file. Default: the built-in default.", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Diffusion training steps (overrides the config).",
                                                  show_default=False)] = None,
     clip_steps: Annotated[Optional[int], typer.Option(help="CLIP training steps (overrides the config).",
@@ -52,8 +52,9 @@ def train(
 
     with user_errors(debug):
         from diffgen.config import Config, load_config
+        from diffgen.presets import config_path
 
-        cfg = load_config(config) if config is not None else Config()
+        cfg = load_config(config_path(config)) if config is not None else Config()
         overrides = {k: v for k, v in (("steps", steps), ("clip_steps", clip_steps),
                                        ("batch_size", batch_size)) if v is not None}
         for key, value in overrides.items():
