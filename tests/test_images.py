@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -59,3 +61,20 @@ def test_grid_size():
     grid = labelled_grid(images, ["a", "b", "c"], columns=2, cell=32)
     assert grid.width == 2 * 36 + 4
     assert grid.getpixel((10, 10)) == (255, 0, 0)
+
+
+def test_a1111_parameters_quote_values_that_would_break_the_fields():
+    import re
+
+    from diffgen.sampling.images import a1111_parameters
+
+    recipe = {"prompt": "a cat, on a mat", "negative": "", "steps": 20, "sampler_label": "DPM++ 2M",
+              "schedule": "karras", "guidance": 3.0, "seed": 5, "width": 64, "height": 64,
+              "model_hash": "abcdef123456", "model": 'emoji, v2: "test"', "version": "0.1.0"}
+    text = a1111_parameters(recipe)
+    last = text.splitlines()[-1]
+    # A1111's reader: Key: value pairs where a value is a JSON string or runs to the next comma
+    pairs = dict(re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', last))
+    assert json.loads(pairs["Model"]) == 'emoji, v2: "test"'
+    assert pairs["Steps"] == "20" and pairs["Sampler"] == "DPM++ 2M" and pairs["Version"] == "diffgen 0.1.0"
+    assert text.splitlines()[0] == "a cat, on a mat"  # the prompt line is not quoted

@@ -80,8 +80,17 @@ def a1111_parameters(recipe: dict[str, Any]) -> str:
         if edit.get("mask"):
             fields.append(("Mask blur", edit.get("mask_blur")))
     fields.append(("Version", f"diffgen {recipe['version']}"))
-    lines.append(", ".join(f"{key}: {value}" for key, value in fields))
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields))
     return "\n".join(lines)
+
+
+def _quote(value: Any) -> str:
+    """A value as A1111 writes it: plain, or JSON-quoted when a comma, colon, quote or newline in it
+    would otherwise end the field for the readers that split ``Key: value, Key: value``."""
+    text = str(value)
+    if not any(c in text for c in ',:"\n'):
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def png_info(recipe: dict[str, Any]) -> PngImagePlugin.PngInfo:
