@@ -132,5 +132,6 @@ def load(path: str | Path | None = None, device: str = "auto") -> Model:
     from diffgen.devices import pick_device
 
     resolved = Path(path) if path is not None else default_checkpoint()
-    name = resolved.stem if path is not None else "default"
-    return Model(load_model(resolved, pick_device(device)), name)
+    model = load_model(resolved, pick_device(device))
+    name = model.metadata.get("name") or (resolved.stem if path is not None else "default")
+    return Model(model, name)

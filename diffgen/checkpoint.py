@@ -179,6 +179,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Diffusio
             f"{', '.join(names)}{' ...' if len(missing or unexpected) > 3 else ''}")
     model.content_hash = metadata["content_hash"]
     model.metadata = metadata
+    # what AUTOMATIC1111 and Civitai call the model hash: the file's SHA-256 (sha256sum matches it)
+    model.file_sha256 = _file_sha256(Path(path))
     model.requires_grad_(False)
     return model.to(device).eval()
 
@@ -194,3 +196,13 @@ def default_checkpoint() -> Path:
     raise DiffgenError(
         "no default model found (looked for checkpoints/default.safetensors). Pass -c FILE, set "
         f"{ENV_CHECKPOINT}, or train one with `diffgen train` (see the README)")
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

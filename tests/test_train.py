@@ -328,3 +328,21 @@ def test_without_ema_warmup_a_fine_tune_keeps_the_checkpoints_average(shapes_fol
         distances[warmup] = max((tuned[k] - base[k]).abs().max().item() for k in base if k.startswith("denoiser."))
     # one step: with the warm-up the EMA is 90% the new weights, without it 0.5% (ema_decay 0.995)
     assert 0 < distances[False] < 0.05 * distances[True]
+
+
+def test_a_trained_model_is_named_and_hashed_as_a1111_names_models(shapes_folder, tmp_path, config_file):
+    import hashlib
+
+    from PIL import Image
+
+    out = tmp_path / "emoji-v2"
+    assert cli(*train_args(shapes_folder, out, config_file, steps=2, clip_steps=1)).exit_code == 0
+    checkpoint = out / "model.safetensors"
+    result = cli("sample", "a red square", "-n", "1", "--steps", "2", "-c", str(checkpoint), "-o",
+                 str(tmp_path / "imgs"), "-q")
+    assert result.exit_code == 0, result.output
+    with Image.open(next((tmp_path / "imgs").glob("*.png"))) as image:
+        parameters, recipe = image.info["parameters"], json.loads(image.info["diffgen"])
+    file_hash = hashlib.sha256(checkpoint.read_bytes()).hexdigest()  # what sha256sum prints
+    assert f"Model hash: {file_hash[:10]}" in parameters and "Model: emoji-v2" in parameters
+    assert recipe["model_file_sha256"] == file_hash and len(recipe["model_hash"]) == 64  # content hash kept

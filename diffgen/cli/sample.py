@@ -101,7 +101,7 @@ def sample(
         say = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         if plan.random_seed:
             say(f"seed: {plan.seed}")
-        model_name = checkpoint.stem if checkpoint else "default"
+        model_name = model.metadata.get("name") or (checkpoint.stem if checkpoint else "default")
         if plan.replay is not None:
             if plan.replay.get("model_hash") != model.content_hash:
                 say(f"warning: {replay} was made by model {str(plan.replay.get('model_hash', '?'))[:10]}, "

@@ -42,6 +42,8 @@ def train(
         "and the model (--resume goes on to --steps).", show_default=False)] = None,
     weights_dtype: Annotated[str, typer.Option(
         help="Storage type of model.safetensors: float32, float16 (half the size) or bfloat16.")] = "float32",
+    name: Annotated[Optional[str], typer.Option(
+        help="The model's name in image metadata (default: the run folder's name).", show_default=False)] = None,
     check: Annotated[bool, typer.Option(help="Only lint the data folder, do not train.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or messages.")] = False,
@@ -76,7 +78,7 @@ def train(
         summary = run_training(TrainOptions(
             data, out, cfg, resume, text_encoder, device, progress=not quiet, say=log,
             time_limit=None if time_limit is None else 60 * time_limit, weights_dtype=weights_dtype,
-            init=init))
+            init=init, name=name))
         if not quiet and int(os.environ.get("RANK", "0")) == 0:
             typer.echo(f"model: {out / 'model.safetensors'}", err=True)
         if int(os.environ.get("RANK", "0")) == 0:

@@ -22,6 +22,7 @@ class DiffusionModel(nn.Module):
         # Set when loaded from a checkpoint: identifies the weights in image metadata.
         self.content_hash: str | None = None
         self.metadata: dict = {}
+        self.file_sha256: str | None = None  # set when loaded from a file
 
     @property
     def device(self) -> torch.device:

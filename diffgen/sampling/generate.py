@@ -200,6 +200,8 @@ def batches(tasks: Iterable[ImageTask], batch_size: int) -> Iterator[list[ImageT
 # computed in a batch of 4 and alone can differ by one level in a few channel values. Recording
 # the batch's size and the image's row lets --replay recompute it exactly (see placement_of).
 PLACEMENT_KEYS = ("batch_size", "batch_row")
+# Recipe entries that do not change the picture (recipes written before they existed lack them).
+_NOT_THE_PICTURE = PLACEMENT_KEYS + ("model_file_sha256",)
 MAX_REPLAY_BATCH = 4096
 
 
@@ -218,6 +220,7 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
         "height": size,
         "model": model_name,
         "model_hash": model.content_hash or "",
+        "model_file_sha256": getattr(model, "file_sha256", None) or "",
         "version": __version__,
         **(dict(zip(PLACEMENT_KEYS, placement)) if placement is not None else {}),
     }
@@ -225,8 +228,8 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
 
 def same_image(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two recipes describe the same image (where in a batch it was computed aside)."""
-    return {k: v for k, v in a.items() if k not in PLACEMENT_KEYS} == \
-        {k: v for k, v in b.items() if k not in PLACEMENT_KEYS}
+    return {k: v for k, v in a.items() if k not in _NOT_THE_PICTURE} == \
+        {k: v for k, v in b.items() if k not in _NOT_THE_PICTURE}
 
 
 def placement_of(data: dict[str, Any]) -> tuple[int, int] | None:

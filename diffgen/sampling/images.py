@@ -71,7 +71,7 @@ def a1111_parameters(recipe: dict[str, Any]) -> str:
         ("CFG scale", recipe["guidance"]),
         ("Seed", recipe["seed"]),
         ("Size", f"{recipe['width']}x{recipe['height']}"),
-        ("Model hash", recipe["model_hash"][:10]),
+        ("Model hash", (recipe.get("model_file_sha256") or recipe["model_hash"])[:10]),
         ("Model", recipe["model"]),
     ]
     edit = recipe.get("edit")

@@ -46,6 +46,8 @@ class TrainOptions:
     weights_dtype: str = "float32"
     # A diffgen checkpoint whose U-Net and text encoder weights the run starts from (fine-tuning).
     init: Path | None = None
+    # The model's name in image metadata (default: the run folder's name).
+    name: str | None = None
 
 
 @dataclass
@@ -233,7 +235,8 @@ def finish_run(run: Run, summary: dict[str, Any], steps_done: int) -> dict[str, 
         **({"init": {"path": str(run.opts.init), "content_hash": run.init_hash}} if run.init_hash else {}),
     })
     if dist.is_main:
-        save_model(run.opts.out / "model.safetensors", run.model.cpu(), extra={"training": summary},
+        name = run.opts.name or run.opts.out.resolve().name
+        save_model(run.opts.out / "model.safetensors", run.model.cpu(), extra={"training": summary, "name": name},
                    dtype=WEIGHT_DTYPES[run.opts.weights_dtype])
         atomic_write(run.opts.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
     distributed.barrier(dist)
