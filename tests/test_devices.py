@@ -54,3 +54,18 @@ def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
 def test_config_refuses_an_unknown_precision():
     with pytest.raises(ConfigError, match="train.precision"):
         Config(train=dataclasses.replace(TrainConfig(), precision="fp16"))
+
+
+def test_threads_come_from_the_option_or_the_environment(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("DIFFGEN_THREADS", "1")
+        assert devices.apply_threads(None) == 1 and torch.get_num_threads() == 1
+        assert devices.apply_threads(2) == 2 and torch.get_num_threads() == 2  # the option wins
+        monkeypatch.setenv("DIFFGEN_THREADS", "many")
+        with pytest.raises(devices.InputError, match="DIFFGEN_THREADS"):
+            devices.apply_threads(None)
+        with pytest.raises(devices.InputError, match="at least 1"):
+            devices.apply_threads(0)
+    finally:
+        torch.set_num_threads(before)

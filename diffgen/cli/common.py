@@ -17,6 +17,9 @@ from diffgen.errors import DiffgenError, InputError, Terminated
 from diffgen.sampling.settings import SamplingSettings
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads (default: $DIFFGEN_THREADS, else one per core). Use fewer on a busy "
+    "machine.", show_default=False)]
 CheckpointOption = Annotated[Optional[Path], typer.Option(
     "-c", "--checkpoint", help="Model checkpoint (.safetensors). Default: $DIFFGEN_CHECKPOINT, "
     "else the embedded default model.", show_default=False)]

@@ -14,6 +14,7 @@ from diffgen.cli.app import app
 from diffgen.cli.common import (
     CheckpointOption,
     DebugOption,
+    ThreadsOption,
     check_output_dir,
     check_run,
     load_model,
@@ -73,11 +74,15 @@ def sample(
         help="Also write, per image, a strip of the clean-image estimate at each step.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or messages.")] = False,
+    threads: ThreadsOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Generate images from prompts; PNGs carry their recipe (A1111 `parameters` + diffgen JSON)."""
     with user_errors(debug):
         check_run(num_images, batch_size, seed)
+        from diffgen.devices import apply_threads
+
+        apply_threads(threads)
         settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
         check_output_dir(out)
         from diffgen.sampling.edits import EditSource

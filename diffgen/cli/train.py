@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffgen.cli.app import app
-from diffgen.cli.common import DebugOption, check_output_dir, user_errors
+from diffgen.cli.common import DebugOption, ThreadsOption, check_output_dir, user_errors
 from diffgen.cli.data import print_data_report
 from diffgen.errors import InputError
 
@@ -47,6 +47,7 @@ def train(
     check: Annotated[bool, typer.Option(help="Only lint the data folder, do not train.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or messages.")] = False,
+    threads: ThreadsOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Train a CLIP text encoder and a U-Net from scratch on a captioned folder (torchrun for DDP)."""
@@ -54,6 +55,9 @@ def train(
 
     with user_errors(debug):
         from diffgen.config import Config, load_config
+        from diffgen.devices import apply_threads
+
+        apply_threads(threads)
         from diffgen.presets import config_path
 
         cfg = load_config(config_path(config)) if config is not None else Config()
