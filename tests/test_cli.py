@@ -295,3 +295,16 @@ def test_replay_is_byte_identical_for_an_image_made_in_a_batch(tmp_path):
         assert result.exit_code == 0, result.output
         with Image.open(original) as a, Image.open(tmp_path / "replay" / original.name) as b:
             assert a.tobytes() == b.tobytes()
+
+
+def test_new_run_numbers_on_after_the_images_already_in_the_folder(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert sample(tiny_checkpoint, out, "a cat", "-n", "2").exit_code == 0
+    again = sample(tiny_checkpoint, out, "a cat", "-n", "2", "--steps", "2")
+    assert again.exit_code == 2 and "--new-run" in again.output
+    result = sample(tiny_checkpoint, out, "a cat", "-n", "2", "--steps", "2", "--new-run")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert [n[:5] for n in names] == ["00000", "00001", "00002", "00003"]
+    recipes = [json.loads(Image.open(out / n).info["diffgen"]) for n in names]
+    assert [(r["index"], r["seed"], r["steps"]) for r in recipes][2:] == [(2, 7, 2), (3, 8, 2)]  # seeds kept

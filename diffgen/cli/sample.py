@@ -69,6 +69,8 @@ def sample(
              "repeat for Y and Z. One prompt, one seed, one image per cell, and a labelled grid.",
         show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose files already exist.")] = False,
+    new_run: Annotated[bool, typer.Option(
+        help="Number this run's images after the highest index already in the folder (keeps the seeds).")] = False,
     grid: Annotated[bool, typer.Option(help="Also write one labelled grid of the run.")] = False,
     trajectory: Annotated[bool, typer.Option(
         help="Also write, per image, a strip of the clean-image estimate at each step.")] = False,
@@ -97,6 +99,12 @@ def sample(
             plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy)
         else:
             plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit)
+            if new_run:
+                from dataclasses import replace as with_fields
+
+                from diffgen.sampling.generate import next_free_index
+
+                plan = with_fields(plan, first_index=next_free_index(out) if out.is_dir() else 0)
         rank, world, local_rank = _torchrun_shard()
         if world > 1 and (grid or xy or replay is not None):
             raise InputError("--grid, --xy and --replay run in one process, not under torchrun")

@@ -78,15 +78,17 @@ class ImageTask:
         return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit)
 
 
-def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask) -> Iterator[ImageTask]:
+def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask, first_index: int = 0
+               ) -> Iterator[ImageTask]:
     """Number images across prompts and repeats, lazily: image k gets seed + k unless its prompt
-    has a seed of its own (then image j of that prompt gets prompt_seed + j)."""
+    has a seed of its own (then image j of that prompt gets prompt_seed + j). Its file index is
+    ``first_index + k`` (a new run into a used folder numbers on after the existing images)."""
     k = 0
     for spec in specs:
         settings = replace(defaults, **spec.overrides).validate()  # checked once per prompt
         for j in range(spec.num_images):
             image_seed = (spec.seed + j) if spec.seed is not None else seed + k
-            task = replace(settings, index=k, prompt=spec.prompt, seed=image_seed)
+            task = replace(settings, index=first_index + k, prompt=spec.prompt, seed=image_seed)
             if j in (0, spec.num_images - 1):  # the seed range is checked at both ends
                 task.validate()
             yield task
@@ -113,13 +115,14 @@ class SamplePlan:
     replay: dict[str, Any] | None = None
 
     fixed: tuple[ImageTask, ...] | None = None  # a setting grid's cells, planned in full
+    first_index: int = 0
 
     def tasks(self) -> Iterator[ImageTask]:
         if self.fixed is not None:
             return iter(self.fixed)
         if self.replay is not None:
             return iter([task_from_recipe(self.replay)])
-        return iter_tasks(self.specs(), self.seed, self.defaults)
+        return iter_tasks(self.specs(), self.seed, self.defaults, self.first_index)
 
 
 def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | None, num_images: int,
@@ -383,7 +386,8 @@ def write_images(
             if task.index in done and not same_image(read_recipe(out_dir / task.filename),
                                                      recipe(task, model, model_name)):
                 raise InputError(f"{out_dir / task.filename} exists but was made with other settings or "
-                                 "another model: add --overwrite, or choose another -o folder")
+                                 "another model: add --new-run to number the new images after the existing "
+                                 "ones, --overwrite to replace them, or choose another -o folder")
         # todo is one batch of compatible tasks (a chunk is), so each image's place in it is known
         if replay_placement is not None and len(todo) == 1:
             pending = iter([(todo[0], *generate_at(model, todo[0], replay_placement, trajectory, on_step))])
@@ -405,3 +409,11 @@ def write_images(
             now = time.perf_counter()
             yield ImageResult(task, path, now - clock, skipped=False, trajectory_path=strip_path)
             clock = now
+
+
+def next_free_index(out_dir: Path) -> int:
+    """One past the highest image index in ``out_dir`` (files named ``{index:05d}-...png``)."""
+    import re
+
+    indices = [int(m[1]) for p in out_dir.glob("*.png") if (m := re.match(r"^(\d{5,})-", p.name))]
+    return max(indices, default=-1) + 1
