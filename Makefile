@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # use torchvision itself: open-clip-torch imports it, and it must match the torch build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install lint fuzz test sample pictures bench speedrun speedrun-table clean
+.PHONY: install lint fuzz test wheel-check sample pictures bench speedrun speedrun-table clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,19 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# The wheel stands alone: built, installed into a fresh environment, and run outside the source
+# tree (the default model and the config presets travel inside it).
+WHEEL_DIR ?= build/wheel-check
+wheel-check: install
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)/run
+	$(PY) -m pip wheel . --no-deps -q -w $(WHEEL_DIR)
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(TORCH_SPEC)
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(WHEEL_DIR)/diffgen-*.whl
+	cd $(WHEEL_DIR)/run && ../venv/bin/diffgen config show gpu64 > gpu64.toml && grep -q "image_size = 64" gpu64.toml
+	cd $(WHEEL_DIR)/run && ../venv/bin/diffgen sample "panda on a bike" -n 1 --steps 2 --seed 0 -q -o out && test -f out/00000-0-panda-on-a-bike.png
+	@echo "wheel-check: the installed wheel sampled the default model outside the source tree"
 
 # The parser fuzzers with 20,000 examples each instead of the test suite's 150 (about 7 minutes).
 fuzz: install
