@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,10 @@ def _check_shapes(path: Path, config: Config) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load a DiffusionModel from a checkpoint written by ``save_model``, in eval mode."""
+    """Load a DiffusionModel from a checkpoint written by ``save_model``, in eval mode; a training
+    state (``state/state-diffusion-N.safetensors``) loads too, with its EMA weights."""
+    if re.match(r"^state-diffusion-\d{8}\.safetensors$", Path(path).name):
+        return _load_training_state(Path(path)).to(device).eval()
     tensors, config, metadata = read_checkpoint(path)
     _check_shapes(Path(path), config)
     model = build_model(config, load_pretrained_text=False)
@@ -206,3 +210,31 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _load_training_state(path: Path) -> DiffusionModel:
+    """A diffusion-stage training state as a model: its config from the state JSON, the text encoder
+    from the state, the U-Net's EMA weights (what the run would ship at that step)."""
+    from diffgen.training.state import TrainingState, _read_state
+
+    state = _read_state(path.parent, path.with_suffix(".json")) if path.with_suffix(".json").is_file() else \
+        "its JSON file is missing"
+    if not isinstance(state, TrainingState):
+        raise CheckpointError(f"{path} cannot be loaded: {state}")
+    try:
+        config = config_from_dict(state.info["config"])
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: the state's config is unusable ({exc})") from None
+    model = build_model(config, load_pretrained_text=False)
+    weights = {k[len("model."):]: v for k, v in state.tensors.items() if k.startswith("model.")}
+    weights.update({f"denoiser.net.{k[len('ema.'):]}": v for k, v in state.tensors.items() if k.startswith("ema.")})
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not match its config: {str(exc).splitlines()[-1].strip()}") from None
+    run = path.parent.parent.name
+    model.content_hash = content_hash(model.state_dict(), json.dumps(config_to_dict(config)))
+    model.metadata = {"content_hash": model.content_hash, "name": f"{run}-step{state.step}",
+                      "training": {"state": str(path), "step": state.step}}
+    model.file_sha256 = _file_sha256(path)
+    return model.requires_grad_(False)

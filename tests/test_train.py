@@ -346,3 +346,19 @@ def test_a_trained_model_is_named_and_hashed_as_a1111_names_models(shapes_folder
     file_hash = hashlib.sha256(checkpoint.read_bytes()).hexdigest()  # what sha256sum prints
     assert f"Model hash: {file_hash[:10]}" in parameters and "Model: emoji-v2" in parameters
     assert recipe["model_file_sha256"] == file_hash and len(recipe["model_hash"]) == 64  # content hash kept
+
+
+def test_a_training_state_can_be_sampled_with_its_ema_weights(shapes_folder, tmp_path, config_file):
+    out = tmp_path / "run"
+    assert cli(*train_args(shapes_folder, out, config_file, steps=8, clip_steps=1)).exit_code == 0
+    state = out / "state" / "state-diffusion-00000008.safetensors"
+    from diffgen.checkpoint import load_model
+
+    from_state, shipped = load_model(state), load_model(out / "model.safetensors")
+    ema = {k: v for k, v in from_state.state_dict().items()}
+    assert all(torch.equal(ema[k], v) for k, v in shipped.state_dict().items())  # the run shipped its EMA
+    result = cli("sample", "a red square", "-n", "1", "--steps", "2", "-c", str(state), "-o", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    clip_state = out / "state" / "state-clip-00000001.safetensors"
+    if clip_state.exists():
+        assert cli("sample", "a cat", "-c", str(clip_state), "-o", str(tmp_path / "c")).exit_code == 2
