@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from diffgen import devices
+from diffgen import devices, threads
 from diffgen.config import Config, TrainConfig
-from diffgen.errors import ConfigError
+from diffgen.errors import ConfigError, InputError
 
 
 @pytest.mark.parametrize("precision, device, native, expected", [
@@ -60,12 +60,12 @@ def test_threads_come_from_the_option_or_the_environment(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("DIFFGEN_THREADS", "1")
-        assert devices.apply_threads(None) == 1 and torch.get_num_threads() == 1
-        assert devices.apply_threads(2) == 2 and torch.get_num_threads() == 2  # the option wins
+        assert threads.apply_threads(None) == 1 and torch.get_num_threads() == 1
+        assert threads.apply_threads(2) == 2 and torch.get_num_threads() == 2  # the option wins
         monkeypatch.setenv("DIFFGEN_THREADS", "many")
-        with pytest.raises(devices.InputError, match="DIFFGEN_THREADS"):
-            devices.apply_threads(None)
-        with pytest.raises(devices.InputError, match="at least 1"):
-            devices.apply_threads(0)
+        with pytest.raises(InputError, match="DIFFGEN_THREADS"):
+            threads.apply_threads(None)
+        with pytest.raises(InputError, match="at least 1"):
+            threads.apply_threads(0)
     finally:
         torch.set_num_threads(before)

@@ -82,9 +82,6 @@ def sample(
     """Generate images from prompts; PNGs carry their recipe (A1111 `parameters` + diffgen JSON)."""
     with user_errors(debug):
         check_run(num_images, batch_size, seed)
-        from diffgen.devices import apply_threads
-
-        apply_threads(threads)
         settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
         check_output_dir(out)
         from diffgen.sampling.edits import EditSource
@@ -105,6 +102,9 @@ def sample(
                 from diffgen.sampling.generate import next_free_index
 
                 plan = with_fields(plan, first_index=next_free_index(out) if out.is_dir() else 0)
+        from diffgen.threads import apply_threads
+
+        apply_threads(threads)
         rank, world, local_rank = _torchrun_shard()
         if world > 1 and (grid or xy or replay is not None):
             raise InputError("--grid, --xy and --replay run in one process, not under torchrun")

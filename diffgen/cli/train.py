@@ -55,7 +55,7 @@ def train(
 
     with user_errors(debug):
         from diffgen.config import Config, load_config
-        from diffgen.devices import apply_threads
+        from diffgen.threads import apply_threads
 
         apply_threads(threads)
         from diffgen.presets import config_path
