@@ -58,8 +58,8 @@ class Model:
         """
         from diffgen.errors import InputError
         from diffgen.sampling.edits import EditSource
-        from diffgen.sampling.generate import ImageTask, plan_tasks
         from diffgen.sampling.prompts import PromptSpec
+        from diffgen.sampling.tasks import ImageTask, plan_tasks
 
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompt_list or any(not isinstance(p, str) or not p.strip() for p in prompt_list):
@@ -96,7 +96,7 @@ class Model:
         """AUTOMATIC1111's X/Y/Z plot: (cells, grids). ``axes`` maps up to three setting names
         (guidance, steps, sampler, schedule, seed, strength) to their values, X first; every cell
         is the image ``sample`` gives for its settings; one labelled grid per Z value."""
-        from diffgen.sampling.generate import ImageTask
+        from diffgen.sampling.tasks import ImageTask
         from diffgen.sampling.xy import Axis, axis_grid, cell_tasks
 
         kwargs = {k: v for k, v in settings.items() if k in ("steps", "guidance", "sampler", "schedule", "negative")}

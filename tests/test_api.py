@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import diffgen
 from diffgen.cli import app
 from diffgen.errors import InputError
-from diffgen.sampling.generate import same_image
+from diffgen.sampling.tasks import same_image
 
 
 def test_import_is_cheap_and_names_the_public_api():

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from diffgen.errors import InputError
-from diffgen.sampling.generate import placement_of, plan_sample, task_from_recipe
 from diffgen.sampling.images import read_recipe
+from diffgen.sampling.plan import plan_sample
 from diffgen.sampling.settings import DEFAULTS
+from diffgen.sampling.tasks import placement_of, task_from_recipe
 
 settings.register_profile("ci", max_examples=150, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from diffgen.checkpoint import load_model
-from diffgen.sampling.generate import ImageTask, batches, generate, plan_tasks
+from diffgen.sampling.generate import ImageTask, batches, generate
 from diffgen.sampling.prompts import PromptSpec
+from diffgen.sampling.tasks import plan_tasks
 
 DEFAULTS = ImageTask(index=0, prompt="", seed=0, steps=4)
 

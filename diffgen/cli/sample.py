@@ -85,7 +85,9 @@ def sample(
         settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
         check_output_dir(out)
         from diffgen.sampling.edits import EditSource
-        from diffgen.sampling.generate import placement_of, plan_sample, write_grid
+        from diffgen.sampling.generate import write_grid
+        from diffgen.sampling.plan import plan_sample
+        from diffgen.sampling.tasks import placement_of
 
         edit = None
         if init_image is not None:
@@ -99,7 +101,7 @@ def sample(
             if new_run:
                 from dataclasses import replace as with_fields
 
-                from diffgen.sampling.generate import next_free_index
+                from diffgen.sampling.plan import next_free_index
 
                 plan = with_fields(plan, first_index=next_free_index(out) if out.is_dir() else 0)
         from diffgen.threads import apply_threads
@@ -156,7 +158,8 @@ def _xy_plan(prompts: list[str], prompt_file: Path | None, replay: Path | None, 
     """The plan of a setting grid: one prompt, every combination of the axes, one seed."""
     import secrets
 
-    from diffgen.sampling.generate import ImageTask, SamplePlan
+    from diffgen.sampling.plan import SamplePlan
+    from diffgen.sampling.tasks import ImageTask
     from diffgen.sampling.xy import cell_tasks, parse_axis
 
     if len(prompts) != 1 or prompt_file is not None or replay is not None:

@@ -43,7 +43,7 @@ def parse_axis(text: str) -> Axis:
 def cell_tasks(prompt: str, seed: int, axes: list[Axis], defaults) -> list:
     """One ImageTask per combination (Z slowest, then Y, then X), all from ``seed`` unless an axis
     varies the seed; each task checked like any other."""
-    from diffgen.sampling.generate import ImageTask
+    from diffgen.sampling.tasks import ImageTask
 
     if not 1 <= len(axes) <= MAX_AXES:
         raise InputError(f"--xy takes one to {MAX_AXES} axes")

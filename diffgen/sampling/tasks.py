@@ -1,0 +1,166 @@
+"""What determines one image (ImageTask), how a run numbers its images and seeds, how tasks are
+batched, and the recipe each PNG carries.
+
+Reproducibility (docs/ARCHITECTURE.md): image k of a run gets seed ``seed + k``; its starting noise
+and every ancestral noise draw come from its own CPU generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from diffgen import __version__
+from diffgen.engine.edit import steps_to_run
+from diffgen.errors import InputError
+from diffgen.sampling.edits import EditSource
+from diffgen.sampling.images import image_filename
+from diffgen.sampling.prompts import PromptSpec
+from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
+
+if TYPE_CHECKING:
+    from diffgen.engine.model import DiffusionModel
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """Everything that determines one image (its recipe, minus the model)."""
+
+    index: int
+    prompt: str
+    seed: int
+    negative: str = DEFAULTS.negative
+    steps: int = DEFAULTS.steps
+    sampler: str = DEFAULTS.sampler
+    schedule: str = DEFAULTS.schedule
+    guidance: float = DEFAULTS.guidance
+    edit: EditSource | None = None  # image-to-image / inpainting inputs
+
+    @classmethod
+    def of(cls, index: int, prompt: str, seed: int, settings: SamplingSettings = DEFAULTS,
+           edit: EditSource | None = None) -> ImageTask:
+        """The task for image ``index`` of ``prompt`` from ``seed`` with ``settings``."""
+        return cls(index, prompt, seed, settings.negative, settings.steps, settings.sampler, settings.schedule,
+                   settings.guidance, edit)
+
+    @property
+    def sampler_steps(self) -> int:
+        """Steps the sampler runs: all of them, or image-to-image's share of them."""
+        return self.steps if self.edit is None else steps_to_run(self.steps, self.edit.strength)
+
+    @property
+    def settings(self) -> SamplingSettings:
+        return SamplingSettings(self.steps, self.sampler, self.schedule, self.guidance, self.negative)
+
+    @property
+    def filename(self) -> str:
+        return image_filename(self.index, self.seed, self.prompt)
+
+    def batch_key(self) -> tuple:
+        """Tasks with equal keys can share a batch (same step count, sampler, guidance and edit)."""
+        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit)
+
+    def validate(self) -> ImageTask:
+        """This task with checked settings (the sampler's registry name); InputError if it cannot run."""
+        if not isinstance(self.prompt, str):
+            raise InputError(f"prompt must be text, got {self.prompt!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be a whole number in [0, 2^63), got {self.seed!r}")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise InputError(f"index must be a whole number >= 0, got {self.index!r}")
+        edit = self.edit.validate() if self.edit is not None else None
+        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit)
+
+
+def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask, first_index: int = 0
+               ) -> Iterator[ImageTask]:
+    """Number images across prompts and repeats, lazily: image k gets seed + k unless its prompt
+    has a seed of its own (then image j of that prompt gets prompt_seed + j). Its file index is
+    ``first_index + k`` (a new run into a used folder numbers on after the existing images)."""
+    k = 0
+    for spec in specs:
+        settings = replace(defaults, **spec.overrides).validate()  # checked once per prompt
+        for j in range(spec.num_images):
+            image_seed = (spec.seed + j) if spec.seed is not None else seed + k
+            task = replace(settings, index=first_index + k, prompt=spec.prompt, seed=image_seed)
+            if j in (0, spec.num_images - 1):  # the seed range is checked at both ends
+                task.validate()
+            yield task
+            k += 1
+
+
+def plan_tasks(specs: list[PromptSpec], seed: int, defaults: ImageTask) -> list[ImageTask]:
+    """``iter_tasks`` as a list (for runs whose images are kept in memory anyway)."""
+    return list(iter_tasks(specs, seed, defaults))
+
+
+def batches(tasks: Iterable[ImageTask], batch_size: int) -> Iterator[list[ImageTask]]:
+    """Consecutive runs of compatible tasks, at most ``batch_size`` each (a short last batch is fine)."""
+    batch: list[ImageTask] = []
+    for task in tasks:
+        if batch and (len(batch) == batch_size or task.batch_key() != batch[0].batch_key()):
+            yield batch
+            batch = []
+        batch.append(task)
+    if batch:
+        yield batch
+
+
+# Where an image was computed: CPU kernels choose their blocking by batch size, so the same image
+# computed in a batch of 4 and alone can differ by one level in a few channel values. Recording
+# the batch's size and the image's row lets --replay recompute it exactly (see placement_of).
+PLACEMENT_KEYS = ("batch_size", "batch_row")
+# Recipe entries that do not change the picture (recipes written before they existed lack them).
+_NOT_THE_PICTURE = PLACEMENT_KEYS + ("model_file_sha256",)
+MAX_REPLAY_BATCH = 4096
+
+
+def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
+           placement: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The JSON recipe stored in each PNG; ``--replay`` rebuilds the task (and, with
+    ``placement`` = (batch size, row), the batch it was computed in) from it."""
+    size = model.config.image_size
+    fields = asdict(task)
+    if task.edit is None:
+        del fields["edit"]
+    return {
+        **fields,
+        "sampler_label": A1111_SAMPLER_LABELS.get(task.sampler, task.sampler),
+        "width": size,
+        "height": size,
+        "model": model_name,
+        "model_hash": model.content_hash or "",
+        "model_file_sha256": getattr(model, "file_sha256", None) or "",
+        "version": __version__,
+        **(dict(zip(PLACEMENT_KEYS, placement)) if placement is not None else {}),
+    }
+
+
+def same_image(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two recipes describe the same image (where in a batch it was computed aside)."""
+    return {k: v for k, v in a.items() if k not in _NOT_THE_PICTURE} == \
+        {k: v for k, v in b.items() if k not in _NOT_THE_PICTURE}
+
+
+def placement_of(data: dict[str, Any]) -> tuple[int, int] | None:
+    """(batch size, row) recorded in a recipe, checked; None for recipes that do not record it."""
+    if not all(k in data for k in PLACEMENT_KEYS):
+        return None
+    size, row = (data[k] for k in PLACEMENT_KEYS)
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (size, row)) \
+            or not (1 <= size <= MAX_REPLAY_BATCH and 0 <= row < size):
+        raise InputError(f"the diffgen recipe has a damaged batch placement ({size!r}, {row!r})")
+    return size, row
+
+
+def task_from_recipe(data: dict[str, Any]) -> ImageTask:
+    """Rebuild an ImageTask from a stored recipe, refusing incomplete ones."""
+    fields = [k for k in ImageTask.__dataclass_fields__ if k != "edit"]
+    try:
+        edit = EditSource.from_recipe(data["edit"]) if data.get("edit") is not None else None
+        task = ImageTask(**{k: data[k] for k in fields}, edit=edit).validate()
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
+    placement_of(data)
+    return task
