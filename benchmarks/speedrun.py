@@ -113,15 +113,20 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "showcase words both (sprite): panda-bike, dog-riding-bicycle, cat-bike, panda-car | FD judge (floor) |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     spent: dict[str, float] = {}  # a run continued with --resume: its CPU-minutes add up
+    seen: dict[str, int] = {}
     for r in rows:
         s = r["scores"]
+        rate_now = None
         if r["minutes"]:
             spent[r["name"]] = spent.get(r["name"], 0) + r["minutes"] * r["threads"]
+            # images/s of this stretch of training, over its wall-clock budget
+            rate_now = (r["images_seen"] - seen.get(r["name"], 0)) / (r["minutes"] * 60)
+            seen[r["name"]] = r["images_seen"]
         g = {k: s[k]["generated"] for k in ("singles", "pairs_seen", "pairs_heldout", "showcase_words")}
         words = g["showcase_words"]["by_prompt"]
         cpu_min = f"{spent[r['name']]:.0f}" if r["minutes"] else "-"
         images = f"{r['images_seen']:,}" if r["images_seen"] else "-"
-        rate = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
+        rate = f"{rate_now:.1f}" if rate_now else "-"
         both = (g["pairs_seen"]["sprite_all"] + g["pairs_heldout"]["sprite_all"]) / 2
         lines.append(
             f"| {r['name']} | {cpu_min} | {images} | {rate} | "
