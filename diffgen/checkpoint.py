@@ -23,7 +23,7 @@ from diffgen.config import Config, config_from_dict, config_to_dict
 from diffgen.engine.model import DiffusionModel, build_model
 from diffgen.errors import CheckpointError, ConfigError, DiffgenError
 from diffgen.fileio import atomic_write
-from diffgen.hashing import content_hash
+from diffgen.hashing import content_hash, file_sha256
 
 FORMAT_NAME = "diffgen"
 FORMAT_VERSION = 1
@@ -184,7 +184,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Diffusio
     model.content_hash = metadata["content_hash"]
     model.metadata = metadata
     # what AUTOMATIC1111 and Civitai call the model hash: the file's SHA-256 (sha256sum matches it)
-    model.file_sha256 = _file_sha256(Path(path))
+    model.file_sha256 = file_sha256(Path(path))
     model.requires_grad_(False)
     return model.to(device).eval()
 
@@ -200,16 +200,6 @@ def default_checkpoint() -> Path:
     raise DiffgenError(
         "no default model found (looked for checkpoints/default.safetensors). Pass -c FILE, set "
         f"{ENV_CHECKPOINT}, or train one with `diffgen train` (see the README)")
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_training_state(path: Path) -> DiffusionModel:
@@ -236,5 +226,5 @@ def _load_training_state(path: Path) -> DiffusionModel:
     model.content_hash = content_hash(model.state_dict(), json.dumps(config_to_dict(config)))
     model.metadata = {"content_hash": model.content_hash, "name": f"{run}-step{state.step}",
                       "training": {"state": str(path), "step": state.step}}
-    model.file_sha256 = _file_sha256(path)
+    model.file_sha256 = file_sha256(path)
     return model.requires_grad_(False)

@@ -22,9 +22,10 @@ SHAPES = {
 ITEMS = [Concept("x", name, name + "s", "object") for name in SHAPES]
 
 
-def sprites() -> dict[str, Image.Image]:
+def sprites(shapes: dict | None = None) -> dict[str, Image.Image]:
+    """RGBA sprites (30 px) drawn from ``shapes`` (default: SHAPES)."""
     out = {}
-    for name, draw in SHAPES.items():
+    for name, draw in (shapes or SHAPES).items():
         image = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
         draw(ImageDraw.Draw(image))
         out[name] = image

@@ -6,31 +6,22 @@ from __future__ import annotations
 import random
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from diffgen.emoji.judge import load_judge, pil_batch, save_judge, train_judge
 from diffgen.emoji.scenes import DATA_RECIPES, Concept, SceneComposer
 from diffgen.emoji.scorecard import ImageAsk, Scorecard, pair_objects
 
-COLOUR = (200, 120, 30, 255)
-SHAPES = {
-    "square": lambda d: d.rectangle([0, 0, 29, 29], fill=COLOUR),
-    "disk": lambda d: d.ellipse([0, 0, 29, 29], fill=COLOUR),
-    "triangle": lambda d: d.polygon([(15, 0), (29, 29), (0, 29)], fill=COLOUR),
-    "ring": lambda d: (d.ellipse([0, 0, 29, 29], fill=COLOUR), d.ellipse([9, 9, 20, 20], fill=(0, 0, 0, 0))),
-    "cross": lambda d: (d.rectangle([11, 0, 18, 29], fill=COLOUR), d.rectangle([0, 11, 29, 18], fill=COLOUR)),
-    "bar": lambda d: d.rectangle([0, 10, 29, 19], fill=COLOUR),
-}
+from .test_emoji_eval import COLOUR
+from .test_emoji_eval import SHAPES as MATCHING_SHAPES
+from .test_emoji_eval import sprites as matching_sprites
+
+SHAPES = {**MATCHING_SHAPES, "bar": lambda d: d.rectangle([0, 10, 29, 19], fill=COLOUR)}
 ITEMS = [Concept("x", name, name + "s", "animal" if name in ("disk", "ring") else "vehicle") for name in SHAPES]
 
 
 def sprites() -> dict[str, Image.Image]:
-    out = {}
-    for name, draw in SHAPES.items():
-        image = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
-        draw(ImageDraw.Draw(image))
-        out[name] = image
-    return out
+    return matching_sprites(SHAPES)
 
 
 @pytest.fixture(scope="module")

@@ -166,15 +166,7 @@ class TextEncoder(nn.Module):
         A prompt longer than L keeps its first L-1 tokens and ends with the end marker, as CLIP
         was trained; the count lets callers warn about what was cut.
         """
-        tok = self.tokenizer
-        ids = torch.zeros(len(prompts), self.context_length, dtype=torch.long)
-        counts = []
-        for row, prompt in enumerate(prompts):
-            seq = [tok.sot_token_id, *tok.encode(prompt), tok.eot_token_id]
-            counts.append(len(seq))
-            if len(seq) > self.context_length:
-                seq = seq[: self.context_length - 1] + [tok.eot_token_id]
-            ids[row, : len(seq)] = torch.tensor(seq)
+        ids, counts, _ = self._pack([[(prompt, 1.0)] for prompt in prompts])
         return ids, counts
 
     def tokenize_weighted(self, prompts: list[str]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
@@ -182,13 +174,18 @@ class TextEncoder(nn.Module):
         (B, L) of the text without the brackets, token counts, and each token's weight (B, L)."""
         from diffgen.engine.prompt_weights import parse_weights
 
+        return self._pack([parse_weights(prompt) for prompt in prompts])
+
+    def _pack(self, prompts: list[list[tuple[str, float]]]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+        """Chunks of (text, weight) per prompt -> ids (B, L), full token counts, weights (B, L). A
+        prompt longer than L keeps its first L-1 tokens and ends with the end marker."""
         tok = self.tokenizer
         ids = torch.zeros(len(prompts), self.context_length, dtype=torch.long)
         weights = torch.ones(len(prompts), self.context_length)
         counts = []
-        for row, prompt in enumerate(prompts):
+        for row, chunks in enumerate(prompts):
             seq, seq_weights = [tok.sot_token_id], [1.0]
-            for text, weight in parse_weights(prompt):
+            for text, weight in chunks:
                 chunk = tok.encode(text)
                 seq += chunk
                 seq_weights += [weight] * len(chunk)

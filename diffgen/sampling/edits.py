@@ -6,25 +6,17 @@ image from the same files and refuses when a file has changed since.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffgen.errors import InputError
+from diffgen.hashing import file_sha256
 
 MAX_MASK_BLUR = 64
 # AUTOMATIC1111's default denoising strength for img2img and inpainting
 DEFAULT_STRENGTH = 0.75
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_image_file(path: Path, what: str) -> str:
