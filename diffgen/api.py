@@ -99,7 +99,13 @@ class Model:
         from diffgen.sampling.tasks import ImageTask
         from diffgen.sampling.xy import Axis, axis_grid, cell_tasks
 
-        kwargs = {k: v for k, v in settings.items() if k in ("steps", "guidance", "sampler", "schedule", "negative")}
+        from diffgen.errors import InputError
+
+        unknown = set(settings) - {"steps", "guidance", "sampler", "schedule", "negative"}
+        if unknown:  # never dropped silently
+            raise InputError(f"setting_grid takes steps, guidance, sampler, schedule and negative, not "
+                             f"{', '.join(sorted(unknown))}")
+        kwargs = settings
         plan_axes = [Axis(name, tuple(values)) for name, values in axes.items()]
         defaults = ImageTask.of(0, "", 0, SamplingSettings(**kwargs).validate())
         tasks = cell_tasks(prompt, seed, plan_axes, defaults)
