@@ -96,10 +96,9 @@ class Model:
         """AUTOMATIC1111's X/Y/Z plot: (cells, grids). ``axes`` maps up to three setting names
         (guidance, steps, sampler, schedule, seed, strength) to their values, X first; every cell
         is the image ``sample`` gives for its settings; one labelled grid per Z value."""
+        from diffgen.errors import InputError
         from diffgen.sampling.tasks import ImageTask
         from diffgen.sampling.xy import Axis, axis_grid, cell_tasks
-
-        from diffgen.errors import InputError
 
         unknown = set(settings) - {"steps", "guidance", "sampler", "schedule", "negative"}
         if unknown:  # never dropped silently
