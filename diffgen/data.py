@@ -103,7 +103,7 @@ def _read_metadata(folder: Path, report: DataReport) -> dict[Path, list[str]]:
     return captions
 
 
-def _check_image(path: Path) -> tuple[int, int] | str:
+def check_image(path: Path) -> tuple[int, int] | str:
     """The image's size, or the reason it cannot be used."""
     import warnings
 
@@ -156,7 +156,7 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
         if not captions:
             report.skipped.append((path, "empty caption"))
             continue
-        checked = _check_image(path)
+        checked = check_image(path)
         if isinstance(checked, str):
             report.skipped.append((path, checked))
             continue

@@ -20,22 +20,15 @@ DEFAULT_STRENGTH = 0.75
 
 
 def _check_image_file(path: Path, what: str) -> str:
-    """The file's SHA-256 once it is known to be a readable image; InputError otherwise."""
-    import warnings
-
-    from PIL import Image
+    """The file's SHA-256 once it is known to be a readable image; InputError otherwise (the
+    same checks, and words, as for a training image)."""
+    from diffgen.data import check_image
 
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise InputError(f"{what} {path} is larger than {Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels") from None
-    except (OSError, SyntaxError, ValueError):
-        raise InputError(f"{what} {path} is not a readable image") from None
+    checked = check_image(path)
+    if isinstance(checked, str):
+        raise InputError(f"{what} {path}: {checked}")
     return file_sha256(path)
 
 
