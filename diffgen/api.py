@@ -137,6 +137,6 @@ def load(path: str | Path | None = None, device: str = "auto") -> Model:
     from diffgen.devices import pick_device
 
     resolved = Path(path) if path is not None else default_checkpoint()
-    model = load_model(resolved, pick_device(device))
+    model = load_model(resolved, pick_device(device), image_tower=False)
     name = model.metadata.get("name") or (resolved.stem if path is not None else "default")
     return Model(model, name)

@@ -64,11 +64,13 @@ def _raise_on_sigterm():
     return signal.signal(signal.SIGTERM, handler)
 
 
-def load_model(checkpoint: Path | None, device: str = "cpu") -> Any:
+def load_model(checkpoint: Path | None, device: str = "cpu", image_tower: bool = True) -> Any:
+    """The checkpoint (or the default model) on ``device``; ``image_tower=False`` for commands
+    that only sample or encode text (a faster start, see engine/clip_text.py)."""
     from diffgen.checkpoint import default_checkpoint, load_model
     from diffgen.devices import pick_device
 
-    return load_model(checkpoint or default_checkpoint(), pick_device(device))
+    return load_model(checkpoint or default_checkpoint(), pick_device(device), image_tower=image_tower)
 
 
 def check_output_dir(out: Path) -> None:

@@ -32,7 +32,7 @@ def encode(
         from diffgen.encode import encode_report, save_encoding
         from diffgen.engine.prompt_weights import parse_weights
 
-        model = load_model(checkpoint)
+        model = load_model(checkpoint, image_tower=False)
         report = encode_report(model, texts)
         if output is not None:
             save_encoding(output, report, model)

@@ -36,6 +36,6 @@ def noise(
         from diffgen.sampling.forward import forward_strip
         from diffgen.sampling.images import save_png
 
-        model = load_model(checkpoint, device) if denoise else None
+        model = load_model(checkpoint, device, image_tower=False) if denoise else None
         save_png(forward_strip(image, levels, seed, model, prompt), out)
         typer.echo(str(out))

@@ -112,7 +112,7 @@ def sample(
             raise InputError("--grid, --xy and --replay run in one process, not under torchrun")
         if world > 1 and device in ("auto", "cuda") and _cuda_available():
             device = f"cuda:{local_rank}"
-        model = load_model(checkpoint, device)
+        model = load_model(checkpoint, device, image_tower=False)
         say = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         if plan.random_seed:
             say(f"seed: {plan.seed}")

@@ -34,20 +34,25 @@ class DiffusionModel(nn.Module):
         return Conditioning(encoding.tokens, encoding.pooled), encoding
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part: U-Net, CLIP text tower, CLIP image tower."""
-        clip = self.text_encoder.clip
-        image = sum(p.numel() for p in clip.visual.parameters())
-        text = sum(p.numel() for p in clip.parameters()) - image
+        """Parameters per part: U-Net, CLIP text tower, CLIP image tower with the contrastive
+        loss's logit scale (0 when loaded without it)."""
+        from diffgen.engine.clip_text import IMAGE_TOWER_PREFIXES
+
+        named = list(self.text_encoder.clip.named_parameters())
+        image = sum(p.numel() for name, p in named if name.startswith(IMAGE_TOWER_PREFIXES))
+        text = sum(p.numel() for _, p in named) - image
         unet = sum(p.numel() for p in self.denoiser.net.parameters())
         return {"unet": unet, "text": text, "image": image}
 
 
-def build_model(config: Config, load_pretrained_text: bool = True) -> DiffusionModel:
+def build_model(config: Config, load_pretrained_text: bool = True, image_tower: bool = True) -> DiffusionModel:
     """A model with fresh U-Net weights; the text encoder is random or pretrained per config.
 
     ``load_pretrained_text=False`` skips fetching pretrained CLIP weights (a checkpoint has them).
+    ``image_tower=False`` leaves out CLIP's image tower where the config allows (sampling needs
+    only the text tower; see engine/clip_text.py).
     """
-    text_encoder = build_text_encoder(config, load_weights=load_pretrained_text)
+    text_encoder = build_text_encoder(config, load_weights=load_pretrained_text, image_tower=image_tower)
     net = UNet(config.unet, config.image_size, text_encoder.token_dim, text_encoder.pooled_dim)
     return DiffusionModel(config, text_encoder, Denoiser.from_config(net, config))
 

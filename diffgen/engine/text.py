@@ -1,5 +1,8 @@
 """CLIP text encoder (open_clip): prompts -> per-token states (B, L, D) and pooled embedding (B, E).
 
+open_clip is imported only where the full CLIP (with its image tower) is built: sampling from a
+checkpoint uses ``clip_text.CLIPTextTower``, which skips that import (see there).
+
 The per-token states (after the final LayerNorm) feed the U-Net's cross-attention; the pooled,
 projected embedding (the CLIP text feature) is added to the noise-level embedding. The empty
 prompt is the unconditional input for classifier-free guidance.
@@ -13,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import open_clip
 import torch
 from torch import nn
 
 from diffgen.config import Config, TextConfig
+from diffgen.engine.clip_text import CLIPTextTower, tokenizer_module
 from diffgen.errors import InputError, TextEncoderError
 
 # How long to wait for the weights host before declaring the machine offline. open_clip and
@@ -40,6 +43,8 @@ class TextEncoding:
 
 def build_clip(cfg: Config) -> nn.Module:
     """An open_clip CLIP with random weights sized by ``cfg.text`` (image tower at cfg.image_size)."""
+    import open_clip
+
     t = cfg.text
     vision = open_clip.model.CLIPVisionCfg(
         layers=t.vision_layers,
@@ -99,6 +104,8 @@ def load_pretrained_clip(arch: str, pretrained: str) -> nn.Module:
     A download is attempted only when the weights host answers within a few seconds; offline, this
     fails fast with a message saying what to do instead.
     """
+    import open_clip
+
     if arch not in open_clip.list_models():
         raise InputError(f"unknown open_clip architecture '{arch}' (see open_clip.list_models())")
     if not pretrained:
@@ -147,7 +154,15 @@ class TextEncoder(nn.Module):
             )
         self.clip = clip
         self.context_length = context_length
-        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """open_clip's BPE tokenizer, built on first use (0.1 s; a model sized on the meta
+        device to check a checkpoint's shapes never needs one)."""
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_module().SimpleTokenizer(context_length=self.context_length)
+        return self._tokenizer
 
     @property
     def token_dim(self) -> int:
@@ -206,9 +221,12 @@ class TextEncoder(nn.Module):
         x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
         x = clip.transformer(x, attn_mask=clip.attn_mask)
         tokens = clip.ln_final(x)
-        pooled = open_clip.transformer.text_global_pool(
-            tokens, ids, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None)
-        )
+        if clip.text_pool_type == "argmax":  # the end-of-text token has the largest id
+            pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), ids.argmax(dim=-1)]
+        else:
+            from open_clip.transformer import text_global_pool
+
+            pooled = text_global_pool(tokens, ids, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
         proj = clip.text_projection
         if proj is not None:
             pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
@@ -247,12 +265,16 @@ class TextEncoder(nn.Module):
         )
 
 
-def build_text_encoder(cfg: Config, load_weights: bool = True) -> TextEncoder:
+def build_text_encoder(cfg: Config, load_weights: bool = True, image_tower: bool = True) -> TextEncoder:
     """A TextEncoder from config: random init, or an open_clip arch with pretrained weights.
 
     ``load_weights=False`` skips fetching pretrained weights (a checkpoint will supply them).
+    ``image_tower=False`` builds diffgen's own CLIP as its text tower alone, without importing
+    open_clip (for sampling and encoding); open_clip architectures always come whole.
     """
     t: TextConfig = cfg.text
+    if not image_tower and not t.arch:
+        return TextEncoder(CLIPTextTower(cfg), t.context_length)
     if t.arch:
         clip = load_pretrained_clip(t.arch, t.pretrained if load_weights else "")
         return TextEncoder(clip, clip.context_length)

@@ -38,7 +38,8 @@ class FourierEmbedding(nn.Module):
     def __init__(self, num_channels: int, scale: float = 16.0, seed: int = 0):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
-        self.register_buffer("freqs", torch.randn(num_channels // 2, generator=gen) * scale)
+        # drawn on the CPU (its generator's device) even while a model is sized on the meta device
+        self.register_buffer("freqs", torch.randn(num_channels // 2, generator=gen, device="cpu") * scale)
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
         """c_noise (B,) -> features (B, num_channels)."""
