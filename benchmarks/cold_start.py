@@ -76,7 +76,7 @@ def main() -> None:
     }
     times: dict[tuple[str, str], list[float]] = {}
     for what, command in commands.items():
-        for name, path in checkouts.items():
+        for path in checkouts.values():
             timed(command(-1), path)  # warms the page cache; not counted
         for i in range(args.runs):
             for name, path in checkouts.items():
@@ -93,8 +93,9 @@ def main() -> None:
             values = times[(what, name)]
             cells.append(f"{statistics.median(values):.2f} s (" + ", ".join(f"{v:.2f}" for v in values) + ")")
         print(f"| {what} | " + " | ".join(cells) + " |")
-    result = subprocess.run([sys.executable, "-c", PHASES, str(out / "phases.png")], env=environment(str(ROOT)), cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.splitlines()
+    result = subprocess.run([sys.executable, "-c", PHASES, str(out / "phases.png")],
+                            env=environment(str(ROOT)), cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout.splitlines()
     print("\n| phase (this checkout, one process) | seconds |\n|---|---|")
     for line in result[:-1]:
         name, seconds = line.split("\t")

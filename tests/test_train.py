@@ -280,6 +280,28 @@ def test_init_with_another_model_config_is_an_input_error(shapes_folder, tmp_pat
         assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
 
 
+def test_init_at_another_image_size_continues_the_same_layers(shapes_folder, tmp_path, config_file):
+    """The resolution curriculum: train at 8 px, go on at 16 px with attention at the same level."""
+    first = tmp_path / "first"
+    assert cli(*train_args(shapes_folder, first, config_file, steps=3, clip_steps=2)).exit_code == 0
+    bigger, shifted = tmp_path / "bigger.toml", tmp_path / "shifted.toml"
+    frozen = {"lr": 1e-12, "ema_decay": 0.0}  # the step moves each weight by about 1e-12
+    bigger.write_text(train_config(top={"image_size": 16}, unet={"attention_resolutions": (8,)}, train=frozen))
+    shifted.write_text(train_config(top={"image_size": 16}, unet={"attention_resolutions": (16,)}))
+    second = tmp_path / "second"
+    loud = [a for a in train_args(shapes_folder, second, bigger, steps=1, clip_steps=2) if a != "-q"]
+    result = cli(*loud, "--init", str(first / "model.safetensors"))
+    assert result.exit_code == 0, result.output
+    assert "trained at 8 px; its U-Net continues at 16 px" in result.output
+    base, after = (_weights(run / "model.safetensors") for run in (first, second))
+    assert all(torch.allclose(after[k], base[k], rtol=0, atol=1e-9) for k in base if k.startswith("denoiser."))
+    assert all(torch.equal(after[k], base[k]) for k in base
+               if k.startswith("text_encoder.") and ".visual." not in k)
+    args = train_args(shapes_folder, tmp_path / "third", shifted, steps=1, clip_steps=2)
+    result = cli(*args, "--init", str(first / "model.safetensors"))  # attention one level higher: refused
+    assert result.exit_code == 2 and "attention at the same levels" in result.output
+
+
 def test_text_encoder_of_another_image_size_gives_its_text_tower_only(shapes_folder, tmp_path, config_file):
     first = tmp_path / "first"
     assert cli(*train_args(shapes_folder, first, config_file, steps=2, clip_steps=3)).exit_code == 0

@@ -102,15 +102,36 @@ def _resolve_text_encoder(cfg: Config, spec: str | None) -> tuple[Config, Diffus
     return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, arch=arch, pretrained=pretrained)), None
 
 
+def attention_levels(cfg: Config) -> list[int]:
+    """The U-Net levels (0 = full resolution) that hold a transformer block."""
+    return [level for level in range(len(cfg.unet.channel_mult))
+            if cfg.image_size // 2**level in cfg.unet.attention_resolutions]
+
+
+def changes_only_resolution(cfg: Config, source: Config) -> bool:
+    """True when ``cfg`` is ``source`` at another image size with the same layers: the U-Net is
+    convolutional and its transformer blocks take any number of positions, so every weight carries
+    over when the attention sits at the same levels (e.g. [16, 8] at 32 px is [32, 16] at 64 px)."""
+    mine, theirs = config_to_dict(cfg), config_to_dict(source)
+    differing = sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
+    if differing not in (["image_size", "unet"], ["image_size"]):
+        return False
+    unet = {k: v for k, v in mine["unet"].items() if k != "attention_resolutions"}
+    return unet == {k: v for k, v in theirs["unet"].items() if k != "attention_resolutions"} \
+        and attention_levels(cfg) == attention_levels(source)
+
+
 def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
     """The --init checkpoint; its model must have the config's shape (image size, text, U-Net,
-    denoiser), while the [train] section stays the run's own."""
+    denoiser), or be the same model at another image size (``changes_only_resolution``), while the
+    [train] section stays the run's own."""
     source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
     mine, theirs = config_to_dict(cfg), config_to_dict(source.config)
     differing = sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
-    if differing:
+    if differing and not changes_only_resolution(cfg, source.config):
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
-                         f"(different {', '.join(differing)}); train with its config")
+                         f"(different {', '.join(differing)}); train with its config, or the same "
+                         "U-Net at another image size with attention at the same levels")
     return source
 
 
@@ -184,7 +205,13 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
     torch.manual_seed(cfg.train.seed)
     # weights from --text-encoder, --init or the state replace any pretrained download
     model = build_model(cfg, load_pretrained_text=source is None and resume is None).to(device)
-    if source is not None and opts.init is not None:
+    if source is not None and opts.init is not None and source.config.image_size != cfg.image_size:
+        say = opts.say if dist.is_main else lambda _: None
+        model.denoiser.load_state_dict(source.denoiser.state_dict())  # same layers: _load_init checked
+        _load_text_tower(model, source, say)
+        say(f"--init: the model was trained at {source.config.image_size} px; its U-Net continues at "
+            f"{cfg.image_size} px")
+    elif source is not None and opts.init is not None:
         model.load_state_dict(source.state_dict())  # shapes agree: _load_init compared configs
     elif source is not None:
         _load_text_tower(model, source, opts.say if dist.is_main else lambda _: None)

@@ -117,7 +117,8 @@ def _read_state(folder: Path, json_path: Path) -> TrainingState | str:
         return f"unreadable ({type(exc).__name__})"
     if info.get("version") != STATE_VERSION:
         return f"written by another state version ({info.get('version')})"
-    if info.get("info_hash") != _info_hash(info):
+    # states written before diffgen recorded this hash have none: their tensors hash still holds
+    if "info_hash" in info and info["info_hash"] != _info_hash(info):
         return "its JSON was edited or damaged (the recorded hash does not match)"
     if content_hash(tensors) != info.get("tensors_hash"):
         return "its tensors do not match the recorded hash"
