@@ -336,6 +336,23 @@ def test_an_edited_state_json_is_named_and_the_previous_state_is_used(shapes_fol
     assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) < 1e-5
 
 
+def test_a_state_from_before_the_json_hash_still_resumes(shapes_folder, tmp_path, config_file):
+    reference = tmp_path / "reference"
+    assert cli(*train_args(shapes_folder, reference, config_file, steps=12, clip_steps=2)).exit_code == 0
+    out = tmp_path / "older"
+    assert cli(*train_args(shapes_folder, out, config_file, steps=8, clip_steps=2)).exit_code == 0
+    for path in (out / "state").glob("*.json"):  # as diffgen wrote states before it hashed their JSON
+        info = json.loads(path.read_text())
+        del info["info_hash"]
+        path.write_text(json.dumps(info))
+    loud = [a for a in train_args(shapes_folder, out, config_file, steps=12, clip_steps=2) if a != "-q"]
+    resumed = cli(*loud, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "skipped the training state" not in resumed.output
+    ref, got = _weights(reference / "model.safetensors"), _weights(out / "model.safetensors")
+    assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) < 1e-5
+
+
 def test_without_ema_warmup_a_fine_tune_keeps_the_checkpoints_average(shapes_folder, tmp_path, config_file):
     first = tmp_path / "first"
     assert cli(*train_args(shapes_folder, first, config_file, steps=4, clip_steps=2)).exit_code == 0
