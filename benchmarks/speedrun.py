@@ -87,9 +87,13 @@ def train(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]:
                         device=args.device, progress=False, weights_dtype=args.weights_dtype,
                         time_limit=args.minutes * 60, init=args.init, text_encoder=args.text_encoder,
                         resume=(out / "state").is_dir() and args.resume, say=lambda m: print(m, flush=True))
+    # a resumed run starts at its newest state: this stretch's rate counts only its own steps
+    steps_before = max((int(p.stem.rsplit("-", 1)[1]) for p in (out / "state").glob("state-diffusion-*.json")),
+                       default=0) if opts.resume else 0
     started = time.perf_counter()
     summary = run_training(opts)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["steps_before"] = steps_before
     return summary
 
 
@@ -101,7 +105,8 @@ def row_from(name: str, args: argparse.Namespace, summary: dict[str, Any] | None
             "config": str(args.config) if summary else None, "overrides": args.set,
             "init": str(args.init) if args.init else None,
             "data": args.data_recipe, "images_seen": images,
-            "images_per_s": round(images / summary["wall_seconds"], 2) if summary else None,
+            "images_per_s": round((summary["steps"] - summary.get("steps_before", 0)) * summary["global_batch_size"]
+                                  / summary["wall_seconds"], 2) if summary else None,
             "command": args.command, "scores": scores}
 
 
