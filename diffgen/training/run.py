@@ -135,7 +135,8 @@ def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
     return source
 
 
-def _load_text_tower(model: DiffusionModel, source: DiffusionModel, say: Callable[[str], None]) -> None:
+def _load_text_tower(model: DiffusionModel, source: DiffusionModel, say: Callable[[str], None],
+                     flag: str = "--text-encoder") -> None:
     """Copy --text-encoder's CLIP into ``model``. A checkpoint made for another image size has an
     image tower of other shapes: then only the text tower is copied (the U-Net never sees the image
     tower; it serves `diffgen eval`, which then has no trained image features), and the user is told."""
@@ -143,12 +144,12 @@ def _load_text_tower(model: DiffusionModel, source: DiffusionModel, say: Callabl
     mine = model.text_encoder.state_dict()
     differing = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
     if any(".visual." not in f".{k}" for k in differing):
-        raise InputError("--text-encoder: that checkpoint's text tower has other shapes")
+        raise InputError(f"{flag}: that checkpoint's text tower has other shapes")
     if differing:  # the whole image tower stays fresh, not a mix of copied and fresh layers
         theirs = {k: v for k, v in theirs.items() if ".visual." not in f".{k}"}
     model.text_encoder.load_state_dict(theirs, strict=not differing)
     if differing:
-        say(f"--text-encoder: the checkpoint was made for another image size; its text tower is used, "
+        say(f"{flag}: the checkpoint was made for another image size; its text tower is used, "
             f"the CLIP image tower ({len(differing)} tensors of other shapes) stays untrained")
 
 
@@ -208,7 +209,7 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
     if source is not None and opts.init is not None and source.config.image_size != cfg.image_size:
         say = opts.say if dist.is_main else lambda _: None
         model.denoiser.load_state_dict(source.denoiser.state_dict())  # same layers: _load_init checked
-        _load_text_tower(model, source, say)
+        _load_text_tower(model, source, say, "--init")
         say(f"--init: the model was trained at {source.config.image_size} px; its U-Net continues at "
             f"{cfg.image_size} px")
     elif source is not None and opts.init is not None:
