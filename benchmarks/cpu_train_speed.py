@@ -56,6 +56,10 @@ def variants(base: Config) -> list[Variant]:
         Variant("pixel32 fp32", 32, dataclasses.replace(u, channel_mult=(1, 2, 4))),
         Variant("pixel32 fp32, attention 32/16/8", 32, pixel32),
         Variant("pixel32 bf16 autocast", 32, dataclasses.replace(u, channel_mult=(1, 2, 4)), bf16=True),
+        # the shipped U-Net's own layers at 32 px (attention at the same levels): what a resolution
+        # curriculum would train before going on at 64 px with `diffgen train --init`
+        Variant("pixel32 bf16, shipped layers (attention 8/4)", 32,
+                dataclasses.replace(u, attention_resolutions=(8, 4)), bf16=True),
         Variant("pixel32 bf16 + channels-last", 32, dataclasses.replace(u, channel_mult=(1, 2, 4)), bf16=True,
                 channels_last=True),
         Variant("latent 16x16x4 fp32 (64/128/128)", 16, latent16),
