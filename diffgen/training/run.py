@@ -108,17 +108,22 @@ def attention_levels(cfg: Config) -> list[int]:
             if cfg.image_size // 2**level in cfg.unet.attention_resolutions]
 
 
+def model_differences(cfg: Config, source: Config) -> list[str]:
+    """The config sections (and top-level keys) other than [train] in which the two models differ."""
+    mine, theirs = config_to_dict(cfg), config_to_dict(source)
+    return sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
+
+
 def changes_only_resolution(cfg: Config, source: Config) -> bool:
     """True when ``cfg`` is ``source`` at another image size with the same layers: the U-Net is
     convolutional and its transformer blocks take any number of positions, so every weight carries
     over when the attention sits at the same levels (e.g. [16, 8] at 32 px is [32, 16] at 64 px)."""
-    mine, theirs = config_to_dict(cfg), config_to_dict(source)
-    differing = sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
-    if differing not in (["image_size", "unet"], ["image_size"]):
+    if model_differences(cfg, source) not in (["image_size", "unet"], ["image_size"]):
         return False
-    unet = {k: v for k, v in mine["unet"].items() if k != "attention_resolutions"}
-    return unet == {k: v for k, v in theirs["unet"].items() if k != "attention_resolutions"} \
-        and attention_levels(cfg) == attention_levels(source)
+    def layers(c: Config) -> dict:
+        return {k: v for k, v in config_to_dict(c)["unet"].items() if k != "attention_resolutions"}
+
+    return layers(cfg) == layers(source) and attention_levels(cfg) == attention_levels(source)
 
 
 def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
@@ -126,8 +131,7 @@ def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
     denoiser), or be the same model at another image size (``changes_only_resolution``), while the
     [train] section stays the run's own."""
     source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
-    mine, theirs = config_to_dict(cfg), config_to_dict(source.config)
-    differing = sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
+    differing = model_differences(cfg, source.config)
     if differing and not changes_only_resolution(cfg, source.config):
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
                          f"(different {', '.join(differing)}); train with its config, or the same "
