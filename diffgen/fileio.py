@@ -34,16 +34,20 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path, before: float | None = None) -> list[Path]:
     """Delete temporary files that an earlier run killed mid-write (SIGKILL, power loss) left in
-    ``folder``; only diffgen's own naming pattern is touched. Call it while holding the folder
-    (the lock of ``folder_lock``, or a run folder no other run uses)."""
+    ``folder``; only diffgen's own naming pattern is touched, and with ``before`` (a time.time())
+    only files last written before it: under torchrun the other processes of this run may already
+    be writing. Call it while holding the folder (``folder_lock``, or a run folder no other run uses)."""
     removed = []
     if folder.is_dir():
         for path in folder.iterdir():
             if _TEMPORARY.match(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
+                with contextlib.suppress(FileNotFoundError):  # renamed by its writer meanwhile
+                    if before is not None and path.stat().st_mtime >= before:
+                        continue
+                    path.unlink()
+                    removed.append(path)
     return removed
 
 

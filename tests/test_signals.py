@@ -91,6 +91,39 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(tiny_checkpoint
     assert Path(out / "00000-0-a-cat.png").exists()
 
 
+def test_a_temporary_newer_than_the_run_is_left_to_its_writer(tmp_path):
+    """Under torchrun the first process cleans the folder while the others may already be writing."""
+    import os
+    import time
+
+    from diffgen.fileio import remove_stale_temporaries
+
+    old, fresh = tmp_path / ".00000-0-a.png.aaaaaaaa.tmp", tmp_path / ".00001-1-a.png.bbbbbbbb.tmp"
+    old.write_bytes(b"left by a killed run")
+    fresh.write_bytes(b"being written")
+    started = time.time()
+    os.utime(old, (started - 60, started - 60))
+    os.utime(fresh, (started + 1, started + 1))
+    assert remove_stale_temporaries(tmp_path, before=started) == [old]
+    assert fresh.exists() and not old.exists()
+
+
+def test_an_output_folder_made_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    import os
+
+    from diffgen.cli.common import check_output_dir
+
+    out = tmp_path / "a" / "out"
+
+    def racing_mkdir(self, *args, **kwargs):  # another rank creates the folder first
+        os.makedirs(self)
+        raise FileExistsError(str(self))
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    check_output_dir(out)
+    assert out.is_dir()
+
+
 def peak_rss_mb(args: list[str], tmp: Path, images: int) -> float:
     """Peak resident memory (VmHWM, Linux) of a `diffgen sample` process once it has written
     ``images`` images, in MB; the process is then stopped."""

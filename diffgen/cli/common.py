@@ -90,10 +90,12 @@ def check_output_dir(out: Path) -> None:
     if existing != out:
         try:
             out.mkdir(parents=True)
+        except FileExistsError:
+            return  # another process made it meanwhile (torchrun's other ranks): theirs to keep
         except OSError as exc:
+            remove_empty_up_to(out, existing)  # the parents it made before failing
             raise InputError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
-        finally:
-            remove_empty_up_to(out, existing)
+        remove_empty_up_to(out, existing)
 
 
 def remove_empty_up_to(path: Path, stop: Path) -> None:

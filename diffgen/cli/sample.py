@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -83,7 +84,10 @@ def sample(
     with user_errors(debug):
         check_run(num_images, batch_size, seed)
         settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
-        check_output_dir(out)
+        started = time.time()
+        rank, world, local_rank = _torchrun_shard()
+        if rank == 0:  # under torchrun the first process checks and holds the folder for all
+            check_output_dir(out)
         from diffgen.sampling.edits import EditSource
         from diffgen.sampling.generate import write_grid
         from diffgen.sampling.plan import plan_sample
@@ -107,7 +111,6 @@ def sample(
         from diffgen.threads import apply_threads
 
         apply_threads(threads)
-        rank, world, local_rank = _torchrun_shard()
         if world > 1 and (grid or xy or replay is not None):
             raise InputError("--grid, --xy and --replay run in one process, not under torchrun")
         if world > 1 and device in ("auto", "cuda") and _cuda_available():
@@ -125,10 +128,9 @@ def sample(
         if grid and plan.count > MAX_GRID_IMAGES:
             raise InputError(f"--grid draws at most {MAX_GRID_IMAGES:,} images; this run makes {plan.count:,}")
         tasks = _warn_truncated(model, plan.tasks(), say)
-        # under torchrun the processes are one run: the first holds the folder for all of them
         with folder_lock(out, "diffgen sample") if rank == 0 else contextlib.nullcontext():
-            if rank == 0:
-                for stale in remove_stale_temporaries(out):
+            if rank == 0:  # the other processes may be writing already: only files older than this run
+                for stale in remove_stale_temporaries(out, before=started):
                     say(f"removed {stale.name}, left by an interrupted run")
             kept, skipped = [], 0  # results are kept only for the grid: memory stays flat for any -n
             placement = placement_of(plan.replay) if plan.replay is not None else None
