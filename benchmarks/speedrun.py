@@ -100,7 +100,7 @@ def train(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]:
 def row_from(name: str, args: argparse.Namespace, summary: dict[str, Any] | None, scores: dict[str, Any]
              ) -> dict[str, Any]:
     images = summary["steps"] * summary["global_batch_size"] if summary else None
-    return {"name": name, "cpu": cpu_name(), "device": args.device,
+    return {"name": name, "cpu": cpu_name(), "device": args.device, "trained_on": args.trained_on,
             "threads": args.threads, "minutes": args.minutes if summary else None,
             "config": str(args.config) if summary else None, "overrides": args.set,
             "init": str(args.init) if args.init else None,
@@ -130,6 +130,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         g = {k: s[k]["generated"] for k in ("singles", "pairs_seen", "pairs_heldout", "showcase_words")}
         words = g["showcase_words"]["by_prompt"]
         cpu_min = f"{spent[r['name']]:.0f}" if r["minutes"] else "-"
+        if r.get("trained_on"):  # minutes of a lent accelerator, not CPU-minutes
+            cpu_min = f"{r['minutes']:.1f} min on {r['trained_on']}"
         images = f"{r['images_seen']:,}" if r["images_seen"] else "-"
         rate = f"{rate_now:.1f}" if rate_now else "-"
         both = (g["pairs_seen"]["sprite_all"] + g["pairs_heldout"]["sprite_all"]) / 2
@@ -166,6 +168,9 @@ def main() -> None:
     parser.add_argument("--score-run", action="store_true",
                         help="score the run folder NAME as it is (its summary.json gives steps and batch; "
                              "--minutes is taken as its budget): for a run finished by `diffgen train --resume`")
+    parser.add_argument("--trained-on", default=None,
+                        help="with --score-run: the accelerator the run trained on (e.g. 'H200'); "
+                             "--minutes are then its minutes, not CPU-minutes")
     parser.add_argument("--eval-steps", type=int, default=10, help="sampler steps for the scorecard")
     parser.add_argument("--eval-seeds", type=int, default=1, help="images per single concept")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
