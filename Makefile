@@ -52,6 +52,9 @@ pictures: install
 	$(VENV)/bin/diffgen sample -f docs/readme_grid_prompts.txt -n 1 --seed 0 --grid -q -o runs/pictures/readme
 	$(VENV)/bin/diffgen sample "panda on a bike" -n 8 --seed 0 --grid -q -o runs/pictures/panda
 	$(VENV)/bin/diffgen sample -f docs/single_object_prompts.txt -n 2 --seed 0 --grid -q -o runs/pictures/single
+	$(VENV)/bin/diffgen sample "a dog riding a bicycle" "a cat on a bike" "a panda on a car" -n 8 --seed 0 --grid -q -o runs/pictures/words
+	$(VENV)/bin/diffgen sample -f docs/seen_pairs.txt -n 1 --seed 0 --grid -q -o runs/pictures/seen-pairs
+	$(VENV)/bin/diffgen sample -f docs/heldout_pairs.txt -n 1 --seed 0 --grid -q -o runs/pictures/heldout-pairs
 	$(VENV)/bin/diffgen sample "a panda on a car" --init-image docs/images/panda-input.png --xy strength=0.3,0.5,0.7,0.9 --seed 0 -q -o runs/pictures/img2img
 	$(VENV)/bin/diffgen sample "a panda on a car" --init-image docs/images/panda-input.png --mask docs/images/mask-lower-half.png --strength 1 --xy seed=0,1,2,3 --seed 0 -q -o runs/pictures/inpaint
 	$(VENV)/bin/diffgen sample "a red car" --xy guidance=1,3,6 --xy steps=5,10,20 --seed 0 -q -o runs/pictures/xy
@@ -63,6 +66,9 @@ pictures: install
 	cp runs/pictures/readme/grid-00000-0.png docs/images/default-grid.png
 	cp runs/pictures/panda/grid-00000-0.png checkpoints/panda-on-a-bike-8-seeds.png
 	cp runs/pictures/single/grid-00000-0.png checkpoints/single-objects.png
+	cp runs/pictures/words/grid-00000-0.png checkpoints/showcase-words-8-seeds.png
+	cp runs/pictures/seen-pairs/grid-00000-0.png checkpoints/seen-pairs.png
+	cp runs/pictures/heldout-pairs/grid-00000-0.png checkpoints/heldout-pairs.png
 
 # Regenerates docs/BENCHMARKS.md on this machine (EVAL_DATA=folder adds the quality section).
 bench: install

@@ -25,7 +25,11 @@ def test_the_default_model_is_the_shipped_file_and_under_50_mb(shipped):
 
 def test_the_default_model_loads_with_the_config_it_was_trained_with(shipped):
     tensors, config, metadata = read_checkpoint(shipped)
-    assert config == load_config(ROOT / "configs" / "gpu64.toml")
+    # made by gpu64 from scratch, then continued with gpu64-continue: the same model, another batch
+    assert config == load_config(ROOT / "configs" / "gpu64-continue.toml")
+    scratch = load_config(ROOT / "configs" / "gpu64.toml")
+    assert (config.image_size, config.text, config.unet, config.denoiser) == (
+        scratch.image_size, scratch.text, scratch.unet, scratch.denoiser)
     assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
     model = load_model(shipped)
     assert all(p.dtype == torch.float32 for p in model.parameters())

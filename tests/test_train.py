@@ -250,6 +250,11 @@ def test_init_starts_from_a_checkpoint_and_skips_the_clip_stage(shapes_folder, t
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert "clip_retrieval" not in summary and summary["init"]["path"].endswith("model.safetensors")
+    # continued with --resume, the run still names its starting checkpoint and trains no CLIP stage
+    resumed = cli(*train_args(shapes_folder, tuned, config_file, steps=5, clip_steps=2), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert again["init"] == summary["init"] and "clip_retrieval" not in again and again["clip_steps"] == 0
 
     def rows(run):
         return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -77,7 +77,8 @@ def _train(run: Run) -> dict[str, Any]:
             f"{run.cfg.train.batch_size * run.cfg.train.grad_accum * dist.world_size} on {dist.world_size} "
             f"process(es), {device}")
     resume, summary = run.resume, {}
-    trains_clip = not run.cfg.text.arch and not opts.text_encoder and opts.init is None
+    # a run started with --init (resumed or not) took its text tower from the checkpoint
+    trains_clip = not run.cfg.text.arch and not opts.text_encoder and run.init is None
     if trains_clip:
         if resume is None or resume.stage == "clip":
             train_clip(run, resume)

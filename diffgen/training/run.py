@@ -65,7 +65,7 @@ class Run:
     log: RunLog  # metrics.jsonl and the loss curve
     started: float  # time.perf_counter() when the run began (for --time-limit)
     resume: TrainingState | None
-    init_hash: str | None = None  # the --init checkpoint's content hash
+    init: dict[str, str] | None = None  # the --init checkpoint (path, content hash), kept across --resume
     skipped_files: int = 0  # data files named and skipped by the scan
     # set by SIGTERM: the step loop saves the state after the current step and ends the run
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -231,8 +231,10 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
                 opts.say(f"removed {stale}, left by an interrupted run")
         atomic_write(opts.out / "config.toml", lambda tmp: Path(tmp).write_text(config_to_toml(cfg)))
     log = RunLog(opts.out, dist.is_main, (resume.stage, resume.step) if resume else None)
-    init_hash = source.content_hash if opts.init is not None and source is not None else None
-    return Run(opts, data, train_idx, held_idx, model, device, dist, log, started, resume, init_hash,
+    init = resume.info.get("init") if resume is not None else None
+    if opts.init is not None and source is not None:
+        init = {"path": str(opts.init), "content_hash": source.content_hash}
+    return Run(opts, data, train_idx, held_idx, model, device, dist, log, started, resume, init,
                len(report.skipped))
 
 
@@ -242,7 +244,8 @@ def save_run_state(run: Run, stage: str, step: int, tensors: dict[str, torch.Ten
     if run.dist.is_main:
         opt_tensors, groups = optimizer_to_tensors(optimizer, "optim")
         info = {"config": config_to_dict(run.cfg), "optimizer_groups": groups,
-                "data_position": plan.position(step), "num_images": len(run.data)}
+                "data_position": plan.position(step), "num_images": len(run.data),
+                **({"init": run.init} if run.init else {})}
         save_state(run.opts.out / "state", TrainingState(stage, step, {**tensors, **opt_tensors, **rng_tensors()},
                                                          info))
     distributed.barrier(run.dist)
@@ -264,7 +267,7 @@ def finish_run(run: Run, summary: dict[str, Any], steps_done: int) -> dict[str, 
         "final_loss": next((r["loss"] for r in reversed(run.log.rows) if r["stage"] == "diffusion"), None),
         "ranks_identical": distributed.weights_agree(run.model.denoiser, dist),
         "device": str(run.device), "seconds_this_process": round(time.perf_counter() - run.started, 2),
-        **({"init": {"path": str(run.opts.init), "content_hash": run.init_hash}} if run.init_hash else {}),
+        **({"init": run.init} if run.init else {}),
     })
     if dist.is_main:
         name = run.opts.name or run.opts.out.resolve().name
