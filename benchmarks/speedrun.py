@@ -173,6 +173,8 @@ def main() -> None:
                              "--minutes are then its minutes, not CPU-minutes")
     parser.add_argument("--eval-steps", type=int, default=10, help="sampler steps for the scorecard")
     parser.add_argument("--eval-seeds", type=int, default=1, help="images per single concept")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance for the scorecard")
+    parser.add_argument("--pairs", type=int, default=24, help="seen and held-out pair prompts each (2 images per pair)")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="data, judge, runs and results.jsonl here (default: runs/speedrun)")
@@ -213,10 +215,10 @@ def main() -> None:
     from diffgen.devices import pick_device
 
     model = load_model(checkpoint, pick_device(args.device))
-    card = Scorecard(sprites, items, judge, model.config.image_size)
+    card = Scorecard(sprites, items, judge, model.config.image_size, pairs=args.pairs)
     card.sections["singles"] = [a for a in card.sections["singles"] for _ in range(args.eval_seeds)]
     started = time.perf_counter()
-    scores = score_model(card, model, steps=args.eval_steps)
+    scores = score_model(card, model, steps=args.eval_steps, guidance=args.guidance)
     scores["judge"] = judge_info
     scores["eval_seconds"] = round(time.perf_counter() - started, 1)
     row = row_from(args.name, args, summary, scores)
