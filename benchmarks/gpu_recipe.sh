@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The default model's recipe on one CUDA GPU, in under 9 minutes: build the composed emoji data,
-# continue the shipped model on it (batch 512, bf16, the checkpoint's EMA kept) until MINUTES,
+# continue the shipped model on it (`--config gpu64-continue`: batch 512, bf16, the checkpoint's
+# EMA kept) until MINUTES,
 # and write the model (in parts of 15 MB: a lent machine returns files of up to 16 MiB), its
 # summary, metrics and log under OUT. Scoring runs afterwards on any machine, so GPU minutes go
 # to training:
@@ -24,11 +25,9 @@ mkdir -p "$OUT"
   date -u +"start %H:%M:%S"
   $PY -m diffgen data emoji "$WORK/data" --count "$COUNT" --size 64 --seed 0 --recipe composed
   date -u +"data built %H:%M:%S"
-  # keep the shipped EMA (its warm-up would restart the average from the first new steps) and
-  # write the training state only at the end
-  $PY -m diffgen config show gpu64 | sed -e 's/^ema_warmup = true/ema_warmup = false/' \
-    -e 's/^checkpoint_every = .*/checkpoint_every = 100000/' > "$WORK/recipe.toml"
-  $PY -m diffgen train "$WORK/data" -o "$WORK/run" --config "$WORK/recipe.toml" --device "$DEVICE" \
+  # gpu64-continue: the shipped model's layers, batch 512, its EMA kept, the state written at the end
+  $PY -m diffgen config show gpu64-continue > "$WORK/recipe.toml"
+  $PY -m diffgen train "$WORK/data" -o "$WORK/run" --config gpu64-continue --device "$DEVICE" \
     --init checkpoints/default.safetensors --batch-size "$BATCH" --time-limit "$MINUTES" --weights-dtype float16
   date -u +"trained %H:%M:%S"
 } 2>&1 | tee "$OUT/log.txt"
