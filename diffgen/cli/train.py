@@ -77,7 +77,8 @@ def train(
         from diffgen.training import TrainOptions, run_training
 
         out = out or Path("runs") / data.resolve().name
-        check_output_dir(out)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the main process checks and holds it
+            check_output_dir(out)
         log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         summary = run_training(TrainOptions(
             data, out, cfg, resume, text_encoder, device, progress=not quiet, say=log,
