@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=10, help="sampler steps for the scorecard")
     parser.add_argument("--eval-seeds", type=int, default=1, help="images per single concept")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance for the scorecard")
-    parser.add_argument("--pairs", type=int, default=24, help="seen and held-out pair prompts each (2 images per pair)")
+    parser.add_argument("--pairs", type=int, default=24, help="seen and held-out pairs each (one image per pair)")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="data, judge, runs and results.jsonl here (default: runs/speedrun)")
