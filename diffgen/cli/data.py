@@ -44,7 +44,8 @@ def data_emoji(
         help="NotoColorEmoji.ttf (default: the usual install paths).", show_default=False)] = None,
     recipe: Annotated[str, typer.Option(
         help="Scene mix: 'standard' (the shipped model's data) or 'composed' (more single objects, "
-             "'riding' with every animal and vehicle, varied pair layouts).")] = "standard",
+             "'riding' with every animal and vehicle, varied pair layouts) or 'pairs' (drawn like "
+             "'composed', 60% two-object scenes).")] = "standard",
     debug: DebugOption = False,
 ) -> None:
     """Build a captioned folder of emoji scenes (Noto Color Emoji artwork, Apache-2.0)."""

@@ -73,10 +73,14 @@ class DataRecipe:
 # "standard": the data of the shipped model. "composed": the showcase is a rare scene drawn like
 # every other pair (so "riding" and "on a bike" are learned with many subjects and vehicles), half
 # the scenes are single objects, pairs vary in scale and place, held-out pairs in both orders.
+# "pairs": drawn like "composed", with two-object relations 60% of the scenes (30% there) and single
+# objects 25% (50% there): for continuing a model that draws objects alone but not two at once.
 DATA_RECIPES = {
     "standard": DataRecipe(),
     "composed": DataRecipe(showcase_until=0.005, single_until=0.5, riding_until=0.6, pair_until=0.9,
                            varied_layout=True, hold_both_orders=True),
+    "pairs": DataRecipe(showcase_until=0.005, single_until=0.25, riding_until=0.35, pair_until=0.95,
+                        varied_layout=True, hold_both_orders=True),
 }
 PAIR_SCALES = (0.8, 1.1)
 PAIR_SHIFT = 0.08
