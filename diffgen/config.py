@@ -89,6 +89,10 @@ class TrainConfig:
     # starting from a trained checkpoint (--init): its weights already are an average worth keeping.
     ema_warmup: bool = True
     caption_dropout: float = 0.1
+    # Train CLIP's text tower together with the U-Net in the diffusion stage, at this fraction of
+    # the U-Net's learning rate (0: frozen). The contrastive stage leaves a text tower that hardly
+    # tells "A to the left of B" from "B to the left of A"; the denoising loss asks it to.
+    text_lr_scale: float = 0.0
     clip_steps: int = 500
     clip_batch_size: int = 128
     clip_lr: float = 5e-4
@@ -209,6 +213,8 @@ def _validate(cfg: Config) -> None:
     tr = cfg.train
     _require(0.0 <= tr.caption_dropout < 1.0, "config key 'train.caption_dropout' must be in [0, 1)")
     _require(0.0 <= tr.ema_decay < 1.0, "config key 'train.ema_decay' must be in [0, 1)")
+    _require(math.isfinite(tr.text_lr_scale) and tr.text_lr_scale >= 0,
+             "config key 'train.text_lr_scale' must be 0 or more")
     for key in ("batch_size", "grad_accum", "clip_batch_size", "steps", "sample_every",
                 "checkpoint_every"):
         _require(getattr(tr, key) > 0, f"config key 'train.{key}' must be positive")

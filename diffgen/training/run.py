@@ -265,7 +265,7 @@ def finish_run(run: Run, summary: dict[str, Any], steps_done: int) -> dict[str, 
         "world_size": dist.world_size,
         "global_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size,
         "final_loss": next((r["loss"] for r in reversed(run.log.rows) if r["stage"] == "diffusion"), None),
-        "ranks_identical": distributed.weights_agree(run.model.denoiser, dist),
+        "ranks_identical": distributed.weights_agree(run.model, dist),
         "device": str(run.device), "seconds_this_process": round(time.perf_counter() - run.started, 2),
         **({"init": run.init} if run.init else {}),
     })

@@ -2,7 +2,8 @@
 
 Stage 1 trains a small CLIP on the folder's image-caption pairs (open_clip's model and contrastive
 loss, Radford et al. 2021); stage 2 trains the U-Net with the EDM loss (Karras et al. 2022) against
-the frozen text encoder, with EMA weights and caption dropout for classifier-free guidance. Both
+the text encoder (frozen, or trained with it: training/text_tuning.py), with EMA weights and
+caption dropout for classifier-free guidance. Both
 are a ``Stage``: how to compute one micro-batch's loss, what to do after each optimizer step, what
 to save. ``run_stage`` is the one loop: learning rate, gradient accumulation (DDP syncs on the last
 micro-batch only), clipping, the optimizer step, metrics, states at ``checkpoint_every`` and at the
@@ -11,6 +12,7 @@ end, and the time limit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from diffgen.training.batches import NoiseGenerator, cosine_lr, image_batch, lr_
 from diffgen.training.metrics import StageMeter
 from diffgen.training.run import Run, save_run_state
 from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
+from diffgen.training.text_tuning import TextTuning
 
 
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -72,8 +75,8 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
     with meter.progress:
         for step in range(start, stage.steps):
             lr = stage.lr(step)
-            for group in stage.optimizer.param_groups:
-                group["lr"] = lr
+            for group in stage.optimizer.param_groups:  # a group may run at a fraction of the schedule
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             total = torch.zeros((), device=run.device)
             for micro in range(t.grad_accum):
                 idx = plan.batch(step, micro, run.dist.rank)
@@ -154,25 +157,31 @@ def train_clip(run: Run, resume: TrainingState | None) -> None:
 
 
 def train_diffusion(run: Run, resume: TrainingState | None) -> int:
-    """Stage 2: the U-Net with the EDM loss; frozen text encoder; EMA; caption dropout for CFG.
+    """Stage 2: the U-Net with the EDM loss; EMA; caption dropout for CFG. The text encoder is
+    frozen, or trained too at ``train.text_lr_scale`` (training/text_tuning.py).
     Returns the number of steps done (fewer than configured when the time limit stopped it)."""
     t, d = run.cfg.train, run.cfg.denoiser
     text = run.model.text_encoder.eval().requires_grad_(False)
+    tuning = TextTuning(text, t.text_lr_scale, run.device, run.dist.enabled) if t.text_lr_scale > 0 else None
     unet = run.model.denoiser.net.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    groups = [{"params": list(unet.parameters())}] + ([tuning.param_group()] if tuning else [])
     # fused: one kernel for the whole update instead of a few per parameter tensor
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay,
                                   fused=True if run.device.type == "cuda" else None)
     start = 0
     if resume is not None:  # the model weights were restored when the run was prepared
         ema.load_state_dict(without_prefix(resume.tensors, "ema"))
+        if tuning:
+            tuning.load(resume.tensors)
         optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
         restore_rng(resume.tensors)
         start = resume.step
     net = DistributedDataParallel(unet) if run.dist.enabled else unet
     denoiser = Denoiser.from_config(net, run.cfg)
-    cache = PromptCache(text)
-    cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
+    cache = tuning or PromptCache(text)
+    if tuning is None:
+        cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
     autocast = devices.autocast(run.device, t.precision)
     noise_generator = NoiseGenerator(run.device)
     ema_params, params = list(ema.parameters()), list(unet.parameters())
@@ -187,19 +196,26 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         decay = min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
+        if tuning:
+            tuning.update_ema(decay)
 
     def tensors() -> dict[str, torch.Tensor]:
-        return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), "ema")}
+        return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), "ema"),
+                **(tuning.tensors() if tuning else {})}
 
     def grid(step: int, last: bool) -> None:
         if run.dist.is_main and (step % t.sample_every == 0 or last):
-            sample_grid(run, ema, step)
+            with tuning.averaged() if tuning else contextlib.nullcontext():
+                sample_grid(run, ema, step)
 
     steps_done = run_stage(run, Stage("diffusion", t.steps, t.batch_size, net, optimizer,
                                       lambda step: lr_at(step, t.lr, t.warmup_steps), loss, tensors,
                                       after_step=update_ema, before_save=grid, time_limited=True,
-                                      sample_every=t.sample_every, params=params), start)
+                                      sample_every=t.sample_every,
+                                      params=params + (list(tuning.params.values()) if tuning else [])), start)
     run.model.denoiser.net.load_state_dict(ema.state_dict())  # ship the EMA weights
+    if tuning:
+        tuning.ship()
     return steps_done
 
 
