@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The default model's recipe on one CUDA GPU, in under 9 minutes: build the composed emoji data,
-# continue the shipped model on it (`--config gpu64-continue`: batch 512, bf16, the checkpoint's
-# EMA kept) until MINUTES,
+# The default model's recipe on one CUDA GPU, in under 9 minutes: build the emoji data (RECIPE,
+# default composed), continue the shipped model on it (CONFIG, default `gpu64-continue`: batch 512,
+# bf16, the checkpoint's EMA kept) until MINUTES,
 # and write the model (in parts of 15 MB: a lent machine returns files of up to 16 MiB), its
 # summary, metrics and log under OUT. Scoring runs afterwards on any machine, so GPU minutes go
 # to training:
@@ -18,16 +18,18 @@ DEVICE=${DEVICE:-cuda}
 MINUTES=${MINUTES:-7.3}
 COUNT=${COUNT:-30000}
 BATCH=${BATCH:-512}
+RECIPE=${RECIPE:-composed}
+CONFIG=${CONFIG:-gpu64-continue}
 PY=${PY:-python3}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT"
 {
   date -u +"start %H:%M:%S"
-  $PY -m diffgen data emoji "$WORK/data" --count "$COUNT" --size 64 --seed 0 --recipe composed
+  $PY -m diffgen data emoji "$WORK/data" --count "$COUNT" --size 64 --seed 0 --recipe "$RECIPE"
   date -u +"data built %H:%M:%S"
   # gpu64-continue: the shipped model's layers, batch 512, its EMA kept, the state written at the end
-  $PY -m diffgen config show gpu64-continue > "$WORK/recipe.toml"
-  $PY -m diffgen train "$WORK/data" -o "$WORK/run" --config gpu64-continue --device "$DEVICE" \
+  $PY -m diffgen config show "$CONFIG" > "$WORK/recipe.toml"
+  $PY -m diffgen train "$WORK/data" -o "$WORK/run" --config "$CONFIG" --device "$DEVICE" \
     --init checkpoints/default.safetensors --batch-size "$BATCH" --time-limit "$MINUTES" --weights-dtype float16
   date -u +"trained %H:%M:%S"
 } 2>&1 | tee "$OUT/log.txt"

@@ -226,7 +226,7 @@ def default_checkpoint() -> Path:
 
 def _load_training_state(path: Path) -> DiffusionModel:
     """A diffusion-stage training state as a model: its config from the state JSON, the text encoder
-    from the state, the U-Net's EMA weights (what the run would ship at that step)."""
+    from the state, the EMA weights (what the run would ship at that step)."""
     from diffgen.training.state import TrainingState, _read_state
 
     state = _read_state(path.parent, path.with_suffix(".json")) if path.with_suffix(".json").is_file() else \
@@ -240,6 +240,9 @@ def _load_training_state(path: Path) -> DiffusionModel:
     model = build_model(config, load_pretrained_text=False)
     weights = {k[len("model."):]: v for k, v in state.tensors.items() if k.startswith("model.")}
     weights.update({f"denoiser.net.{k[len('ema.'):]}": v for k, v in state.tensors.items() if k.startswith("ema.")})
+    # a run that trains the text tower too keeps its average beside the U-Net's (training/text_tuning.py)
+    weights.update({f"text_encoder.{k[len('ema_text.'):]}": v for k, v in state.tensors.items()
+                    if k.startswith("ema_text.")})
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

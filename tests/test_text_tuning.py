@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from diffgen.checkpoint import load_model
 from diffgen.config import config_from_dict, config_to_dict, load_config
 from diffgen.engine.clip_text import is_image_tower_key
 from diffgen.errors import ConfigError
@@ -36,6 +37,11 @@ def first_model(shapes_folder, tmp_path):
     return first / "model.safetensors"
 
 
+def state_path(run):
+    """The run's newest diffusion state (tensors file)."""
+    return sorted((run / "state").glob("state-diffusion-*.safetensors"))[-1]
+
+
 def _text_keys(weights):
     return [k for k in weights if k.startswith("text_encoder.") and not is_image_tower_key(k)]
 
@@ -56,12 +62,14 @@ def test_the_text_tower_trains_and_ships_its_average(shapes_folder, tmp_path, tu
     raw = {k: state.tensors[f"model.{k}"] for k in text_keys}
     ema = {k: state.tensors[f"ema_text.{k[len('text_encoder.'):]}"] for k in text_keys}
     assert all(torch.equal(tuned[k], ema[k]) for k in text_keys)
+    # the state samples like the checkpoint: with the tower's average, not its raw weights
+    from_state = load_model(state_path(out), image_tower=True).state_dict()
+    assert all(torch.equal(from_state[k], ema[k]) for k in text_keys)
     to_raw = max((raw[k] - base[k]).abs().max().item() for k in text_keys)
     to_ema = max((ema[k] - base[k]).abs().max().item() for k in text_keys)
     assert 0 < to_ema < 0.1 * to_raw
     # the optimizer's second group runs at the scaled rate
-    groups = json.loads((out / "state" / sorted(p.name for p in (out / "state").glob("*.json"))[-1])
-                        .read_text())["optimizer_groups"]
+    groups = json.loads(state_path(out).with_suffix(".json").read_text())["optimizer_groups"]
     assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 1.0] and len(groups[1]["params"]) == len(text_keys)
 
 
