@@ -88,3 +88,23 @@ def test_real_glyph_build(tmp_path):
     report = scan_folder(tmp_path / "a", check_tokens=False)
     assert len(report.items) == 40 and report.skipped == []
     assert json.loads((tmp_path / "a" / "heldout.json").read_text())["prompts"]
+
+
+@pytest.mark.parametrize("recipe, singles, two_objects", [("composed", 0.5, 0.405), ("pairs", 0.25, 0.705)])
+def test_data_recipes_give_their_mix_of_scenes(recipe, singles, two_objects):
+    from diffgen.emoji.scenes import DATA_RECIPES, NUMBERS
+
+    maker = SceneComposer(sprites(), ITEMS, 32, set(), DATA_RECIPES[recipe])
+    rng, n = random.Random(3), 2000
+    kinds = {"single": 0, "two": 0, "count": 0}
+    for _ in range(n):
+        first = maker.scene(rng)[1][0]
+        if first.split()[0] in NUMBERS.values():
+            kinds["count"] += 1
+        elif any(w in first for w in (" on ", " above ", " next to ", " left of ")):
+            kinds["two"] += 1
+        else:
+            kinds["single"] += 1
+    # one standard error at 2,000 draws is at most 0.011
+    assert abs(kinds["single"] / n - singles) < 0.04
+    assert abs(kinds["two"] / n - two_objects) < 0.04
