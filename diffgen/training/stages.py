@@ -3,11 +3,10 @@
 Stage 1 trains a small CLIP on the folder's image-caption pairs (open_clip's model and contrastive
 loss, Radford et al. 2021); stage 2 trains the U-Net with the EDM loss (Karras et al. 2022) against
 the text encoder (frozen, or trained with it: training/text_tuning.py), with EMA weights and
-caption dropout for classifier-free guidance. Both
-are a ``Stage``: how to compute one micro-batch's loss, what to do after each optimizer step, what
-to save. ``run_stage`` is the one loop: learning rate, gradient accumulation (DDP syncs on the last
-micro-batch only), clipping, the optimizer step, metrics, states at ``checkpoint_every`` and at the
-end, and the time limit.
+caption dropout for classifier-free guidance. Both are a ``Stage``: how to compute one
+micro-batch's loss, what to do after each optimizer step, what to save. ``run_stage`` is the one
+loop: learning rate, gradient accumulation (DDP syncs on the last micro-batch only), clipping, the
+optimizer step, metrics, states at ``checkpoint_every`` and at the end, and the time limit.
 """
 
 from __future__ import annotations
@@ -179,15 +178,17 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         start = resume.step
     net = DistributedDataParallel(unet) if run.dist.enabled else unet
     denoiser = Denoiser.from_config(net, run.cfg)
-    cache = tuning or PromptCache(text)
-    if tuning is None:
-        cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
+    if tuning is None:  # a frozen encoder: each distinct caption encoded once, up front
+        encode = PromptCache(text)
+        encode.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
+    else:  # a trained one: encoded in every step, with gradients
+        encode = tuning
     autocast = devices.autocast(run.device, t.precision)
     noise_generator = NoiseGenerator(run.device)
     ema_params, params = list(ema.parameters()), list(unet.parameters())
 
     def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor:
-        cond = cache(pick_captions(run.data, idx, gen, t.caption_dropout))
+        cond = encode(pick_captions(run.data, idx, gen, t.caption_dropout))
         with autocast:
             return edm_loss(denoiser, image_batch(run.data, idx, run.device), cond, d.p_mean, d.p_std,
                             generator=noise_generator(gen)).mean()
