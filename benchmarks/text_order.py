@@ -1,7 +1,8 @@
 """Does a model's text encoder tell "A to the left of B" from "B to the left of A"?
 
-For the scorecard's pair prompts (seen and held out, "to the left of" and "above"), the cosine
-similarity between the encodings of a prompt and of the same prompt with its objects swapped:
+For pair prompts in the scorecard's two relations ("to the left of", "above"), over the first
+--pairs held-out pairs and --pairs random concept pairs, the cosine similarity between the
+encodings of a prompt and of the same prompt with its objects swapped:
 the pooled embedding, and the state of each token in one prompt against the same token (the k-th
 occurrence of the same word) in the other. Near 1.0 the encoder gives the same bag of states in
 another order: the U-Net's cross-attention, which sees no token positions of its own, is left to
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -52,7 +54,7 @@ def _occurrences(ids: torch.Tensor, count: int) -> dict[tuple[int, int], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="+")
-    parser.add_argument("--pairs", type=int, default=96, help="seen and held-out pairs each")
+    parser.add_argument("--pairs", type=int, default=96, help="held-out and random pairs each")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -63,8 +65,6 @@ def main() -> None:
     items = concepts()
     by_name = {c.name: c for c in items}
     held = sorted(heldout_pairs(items))
-    import random
-
     rng = random.Random(0)
     pairs = held[: args.pairs] + [(a.name, b.name) for a, b in (rng.sample(items, 2) for _ in range(args.pairs))]
     prompts = []

@@ -240,9 +240,11 @@ def _load_training_state(path: Path) -> DiffusionModel:
     model = build_model(config, load_pretrained_text=False)
     weights = {k[len("model."):]: v for k, v in state.tensors.items() if k.startswith("model.")}
     weights.update({f"denoiser.net.{k[len('ema.'):]}": v for k, v in state.tensors.items() if k.startswith("ema.")})
-    # a run that trains the text tower too keeps its average beside the U-Net's (training/text_tuning.py)
-    weights.update({f"text_encoder.{k[len('ema_text.'):]}": v for k, v in state.tensors.items()
-                    if k.startswith("ema_text.")})
+    # a run that trains the text tower too keeps its average beside the U-Net's
+    from diffgen.training.text_tuning import EMA_PREFIX
+
+    weights.update({f"text_encoder.{k[len(EMA_PREFIX) + 1:]}": v for k, v in state.tensors.items()
+                    if k.startswith(f"{EMA_PREFIX}.")})
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
