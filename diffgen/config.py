@@ -59,6 +59,9 @@ class UNetConfig:
     head_dim: int = 32
     transformer_depth: int = 1
     dropout: float = 0.0
+    # Fourier features of each position added inside every transformer block (zero-initialised):
+    # attention alone cannot tell the left of the image from the right
+    position_embedding: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,12 @@ transformer blocks (self-attention, cross-attention to the text tokens, feed-for
 configured resolutions, and skip connections from each down block to its mirror up block. The
 pooled text embedding is added to the noise-level embedding. Preconditioning (c_in, c_out, c_skip)
 is not here: it lives in denoiser.py.
+
+Attention treats the image as a set of positions; only the convolutions' zero padding tells a
+position where it is. With ``position_embedding`` each transformer block adds a learned projection
+of fixed Fourier features of the pixel's place (x and y in [0, 1], so any image size works), so
+that "A to the left of B" can send the first noun's tokens to the left half. The projection starts
+at zero: a model without it loads unchanged and starts as the same function.
 """
 
 from __future__ import annotations
@@ -96,13 +102,31 @@ class Attention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(b, n, dim))
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm self-attention, cross-attention to text tokens and a GELU feed-forward."""
+POSITION_FREQUENCIES = 4  # pi * 2**k for k < 4: from one half-cycle across the image to 8
 
-    def __init__(self, channels: int, context_dim: int, head_dim: int, depth: int):
+
+def position_features(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """Sine and cosine of each pixel centre's x and y in [0, 1] at POSITION_FREQUENCIES
+    frequencies: (height * width, 4 * POSITION_FREQUENCIES), rows in raster order."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    freqs = math.pi * 2.0 ** torch.arange(POSITION_FREQUENCIES, device=device, dtype=torch.float32)
+    angles = torch.cat([x.reshape(-1, 1) * freqs, y.reshape(-1, 1) * freqs], dim=1)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention to text tokens and a GELU feed-forward; optionally
+    a zero-initialised projection of the positions' Fourier features added to the input."""
+
+    def __init__(self, channels: int, context_dim: int, head_dim: int, depth: int,
+                 position_embedding: bool = False):
         super().__init__()
         self.norm = group_norm(channels)
         self.proj_in = nn.Linear(channels, channels)
+        self.pos_proj = (zero_init(nn.Linear(4 * POSITION_FREQUENCIES, channels, bias=False))
+                         if position_embedding else None)
         self.layers = nn.ModuleList()
         for _ in range(depth):
             self.layers.append(nn.ModuleDict({
@@ -120,6 +144,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         h = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, H*W, C)
+        if self.pos_proj is not None:
+            h = h + self.pos_proj(position_features(hgt, wid, x.device).to(h.dtype))
         for layer in self.layers:
             h = h + layer["self_attn"](layer["norm_self"](h))
             h = h + layer["cross_attn"](layer["norm_cross"](h), context)
@@ -156,7 +182,8 @@ class UNet(nn.Module):
         def layer(cin: int, cout: int, resolution: int) -> UNetLayer:
             attn = None
             if resolution in cfg.attention_resolutions:
-                attn = TransformerBlock(cout, context_dim, cfg.head_dim, cfg.transformer_depth)
+                attn = TransformerBlock(cout, context_dim, cfg.head_dim, cfg.transformer_depth,
+                                        cfg.position_embedding)
             return UNetLayer(ResBlock(cin, cout, emb_dim, cfg.dropout), attn)
 
         num_levels = len(cfg.channel_mult)
@@ -180,7 +207,8 @@ class UNet(nn.Module):
         # The middle is residual -> transformer -> residual, at the lowest resolution.
         self.mid = nn.ModuleList([
             UNetLayer(ResBlock(ch, ch, emb_dim, cfg.dropout),
-                      TransformerBlock(ch, context_dim, cfg.head_dim, cfg.transformer_depth)),
+                      TransformerBlock(ch, context_dim, cfg.head_dim, cfg.transformer_depth,
+                                       cfg.position_embedding)),
             UNetLayer(ResBlock(ch, ch, emb_dim, cfg.dropout), None),
         ])
 

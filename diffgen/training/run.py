@@ -120,23 +120,59 @@ def changes_only_resolution(cfg: Config, source: Config) -> bool:
     over when the attention sits at the same levels (e.g. [16, 8] at 32 px is [32, 16] at 64 px)."""
     if model_differences(cfg, source) not in (["image_size", "unet"], ["image_size"]):
         return False
+    return _same_layers(cfg, source)
+
+
+def adds_position_embedding(cfg: Config, source: Config) -> bool:
+    """True when ``cfg`` is ``source`` (or ``source`` at another image size, as in
+    ``changes_only_resolution``) with the U-Net's position embedding turned on: every weight
+    carries over and the new projections start at zero, so the model starts as ``source``."""
+    if not cfg.unet.position_embedding or source.unet.position_embedding:
+        return False
+    if model_differences(cfg, source) not in (["image_size", "unet"], ["unet"]):
+        return False
+    return _same_layers(cfg, source)
+
+
+def _same_layers(cfg: Config, source: Config) -> bool:
     def layers(c: Config) -> dict:
-        return {k: v for k, v in config_to_dict(c)["unet"].items() if k != "attention_resolutions"}
+        return {k: v for k, v in config_to_dict(c)["unet"].items()
+                if k not in ("attention_resolutions", "position_embedding")}
 
     return layers(cfg) == layers(source) and attention_levels(cfg) == attention_levels(source)
 
 
 def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
     """The --init checkpoint; its model must have the config's shape (image size, text, U-Net,
-    denoiser), or be the same model at another image size (``changes_only_resolution``), while the
-    [train] section stays the run's own."""
+    denoiser), or be the same model at another image size (``changes_only_resolution``) or
+    without the position embedding (``adds_position_embedding``), while the [train] section stays
+    the run's own."""
     source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
     differing = model_differences(cfg, source.config)
-    if differing and not changes_only_resolution(cfg, source.config):
+    if differing and not (changes_only_resolution(cfg, source.config)
+                          or adds_position_embedding(cfg, source.config)):
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
                          f"(different {', '.join(differing)}); train with its config, or the same "
-                         "U-Net at another image size with attention at the same levels")
+                         "U-Net at another image size with attention at the same levels, or with "
+                         "unet.position_embedding turned on")
     return source
+
+
+def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Callable[[str], None]) -> None:
+    """Copy the --init model's weights (``_load_init`` checked they fit). At another image size only
+    the denoiser and the text tower carry over; a position embedding the source lacks starts at zero."""
+    other_size = source.config.image_size != model.config.image_size
+    target = model.denoiser if other_size else model
+    missing, unexpected = target.load_state_dict(
+        (source.denoiser if other_size else source).state_dict(), strict=False)
+    if unexpected or any(".pos_proj." not in f".{k}" for k in missing):
+        raise RuntimeError(f"--init: weights that do not fit: {unexpected or missing}")  # _load_init prevents it
+    if other_size:
+        _load_text_tower(model, source, say, "--init")
+        say(f"--init: the model was trained at {source.config.image_size} px; its U-Net continues at "
+            f"{model.config.image_size} px")
+    if missing:
+        say(f"--init: the U-Net's position embedding ({len(missing)} projections) starts at zero")
 
 
 def _load_text_tower(model: DiffusionModel, source: DiffusionModel, say: Callable[[str], None],
@@ -210,14 +246,8 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
     torch.manual_seed(cfg.train.seed)
     # weights from --text-encoder, --init or the state replace any pretrained download
     model = build_model(cfg, load_pretrained_text=source is None and resume is None).to(device)
-    if source is not None and opts.init is not None and source.config.image_size != cfg.image_size:
-        say = opts.say if dist.is_main else lambda _: None
-        model.denoiser.load_state_dict(source.denoiser.state_dict())  # same layers: _load_init checked
-        _load_text_tower(model, source, say, "--init")
-        say(f"--init: the model was trained at {source.config.image_size} px; its U-Net continues at "
-            f"{cfg.image_size} px")
-    elif source is not None and opts.init is not None:
-        model.load_state_dict(source.state_dict())  # shapes agree: _load_init compared configs
+    if source is not None and opts.init is not None:
+        _load_init_weights(model, source, opts.say if dist.is_main else lambda _: None)
     elif source is not None:
         _load_text_tower(model, source, opts.say if dist.is_main else lambda _: None)
     if resume is not None and resume.stage == "diffusion":
