@@ -73,6 +73,17 @@ def test_the_text_tower_trains_and_ships_its_average(shapes_folder, tmp_path, tu
     assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 1.0] and len(groups[1]["params"]) == len(text_keys)
 
 
+def test_the_text_tower_learns_at_its_fraction_of_the_rate(shapes_folder, tmp_path, first_model):
+    config_file = tmp_path / "quarter.toml"
+    config_file.write_text(train_config(train={"text_lr_scale": 0.25, "ema_warmup": False}))
+    out = tmp_path / "quarter"
+    result = cli(*train_args(shapes_folder, out, config_file, steps=3), "--init", str(first_model))
+    assert result.exit_code == 0, result.output
+    unet_group, text_group = json.loads(state_path(out).with_suffix(".json").read_text())["optimizer_groups"]
+    assert text_group["lr_scale"] == 0.25 and unet_group["lr"] > 0
+    assert text_group["lr"] == pytest.approx(0.25 * unet_group["lr"], rel=1e-9)
+
+
 def test_a_resumed_text_tuning_run_matches_an_uninterrupted_one(shapes_folder, tmp_path, tuned_config,
                                                                   first_model):
     straight, split = tmp_path / "straight", tmp_path / "split"

@@ -307,6 +307,26 @@ def test_init_at_another_image_size_continues_the_same_layers(shapes_folder, tmp
     assert result.exit_code == 2 and "attention at the same levels" in result.output
 
 
+def test_init_adds_a_position_embedding_that_starts_at_zero(shapes_folder, tmp_path, config_file):
+    first = tmp_path / "first"
+    assert cli(*train_args(shapes_folder, first, config_file, steps=3, clip_steps=2)).exit_code == 0
+    placed = tmp_path / "placed.toml"
+    placed.write_text(train_config(unet={"position_embedding": True}, train={"lr": 1e-12, "ema_decay": 0.0}))
+    second = tmp_path / "second"
+    loud = [a for a in train_args(shapes_folder, second, placed, steps=1, clip_steps=2) if a != "-q"]
+    result = cli(*loud, "--init", str(first / "model.safetensors"))
+    assert result.exit_code == 0, result.output
+    assert "position embedding" in result.output and "starts at zero" in result.output
+    base, after = (_weights(run / "model.safetensors") for run in (first, second))
+    added = [k for k in after if ".pos_proj." in k]
+    assert added and all(k not in base and after[k].abs().max() < 1e-9 for k in added)
+    assert all(torch.allclose(after[k], base[k], rtol=0, atol=1e-9) for k in base)
+    # the other way round, a position embedding would be thrown away: refused
+    result = cli(*train_args(shapes_folder, tmp_path / "third", config_file, steps=1, clip_steps=2),
+                 "--init", str(second / "model.safetensors"))
+    assert result.exit_code == 2 and "position_embedding" in result.output
+
+
 def test_text_encoder_of_another_image_size_gives_its_text_tower_only(shapes_folder, tmp_path, config_file):
     first = tmp_path / "first"
     assert cli(*train_args(shapes_folder, first, config_file, steps=2, clip_steps=3)).exit_code == 0

@@ -1,12 +1,14 @@
-"""The U-Net is wired as designed: shapes, text reaches the output, no dead parameters."""
+"""The U-Net is wired as designed: shapes, text reaches the output, no dead parameters, positions."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import dataclasses
+
 from diffgen.config import Config
-from diffgen.engine.unet import UNet
+from diffgen.engine.unet import POSITION_FREQUENCIES, TransformerBlock, UNet, position_features
 
 from .conftest import randomize_zero_params
 
@@ -63,3 +65,43 @@ def test_every_parameter_receives_a_gradient(net):
 def test_zero_initialised_output_starts_at_zero(tiny_config):
     unet = UNet(tiny_config.unet, tiny_config.image_size, context_dim=12, pooled_dim=6)
     assert torch.count_nonzero(unet(*inputs())) == 0
+
+
+def with_positions(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, position_embedding=True))
+
+
+def test_position_features_give_each_pixel_its_place():
+    feats = position_features(4, 6, torch.device("cpu"))
+    assert feats.shape == (24, 4 * POSITION_FREQUENCIES)
+    grid = feats.view(4, 6, -1)
+    cos_x = grid[..., 2 * POSITION_FREQUENCIES]  # cos(pi x): +1 at the left edge, -1 at the right
+    assert torch.all(cos_x[:, :3] > 0) and torch.all(cos_x[:, 3:] < 0)
+    assert torch.allclose(cos_x, cos_x[:1].expand(4, 6))  # x alone: the same down every column
+    assert torch.allclose(cos_x[0], torch.cos(torch.pi * (torch.arange(6) + 0.5) / 6))
+    assert len({tuple(row.tolist()) for row in feats}) == 24  # no two pixels alike
+
+
+def test_without_positions_a_transformer_block_mirrors_with_its_input():
+    """Attention, layer norms and the feed-forward act per position: a mirrored input gives the
+    mirrored output, so nothing in the block can tell left from right. The position embedding can."""
+    torch.manual_seed(0)
+    x, context = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 12)
+    for positions in (False, True):
+        block = TransformerBlock(16, 12, head_dim=8, depth=1, position_embedding=positions)
+        randomize_zero_params(block)
+        mirrored = torch.allclose(block(x.flip(-1), context), block(x, context).flip(-1), atol=1e-5)
+        assert mirrored is not positions
+
+
+def test_a_position_embedding_loads_a_model_without_it_and_starts_as_that_model(tiny_config):
+    torch.manual_seed(0)
+    plain = UNet(tiny_config.unet, tiny_config.image_size, context_dim=12, pooled_dim=6)
+    randomize_zero_params(plain)
+    cfg = with_positions(tiny_config)
+    placed = UNet(cfg.unet, cfg.image_size, context_dim=12, pooled_dim=6)
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(".pos_proj." in k for k in missing)
+    assert torch.equal(placed(*inputs()), plain(*inputs()))
+    placed(*inputs()).square().mean().backward()
+    assert all(placed.get_submodule(k.rsplit(".", 1)[0]).weight.grad.abs().sum() > 0 for k in missing)
