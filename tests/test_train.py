@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from diffgen.checkpoint import load_model
 from diffgen.cli import app
 from diffgen.config import config_from_dict, config_to_dict, config_to_toml, load_config
+from diffgen.engine.denoiser import Conditioning
 from diffgen.training.state import _state_files, load_latest_state
 
 from .conftest import ROOT
@@ -307,21 +309,31 @@ def test_init_at_another_image_size_continues_the_same_layers(shapes_folder, tmp
     assert result.exit_code == 2 and "attention at the same levels" in result.output
 
 
-def test_init_adds_a_position_embedding_that_starts_at_zero(shapes_folder, tmp_path, config_file):
+@pytest.mark.parametrize("growth", [{"position_embedding": True},
+                                    {"attention_resolutions": (8, 4), "position_embedding": True}])
+def test_init_grows_a_model_that_starts_as_the_checkpoint(shapes_folder, tmp_path, config_file, growth):
+    """Added layers (the position embedding, transformer blocks at another level) start as the
+    identity: the grown model denoises exactly as the checkpoint it starts from."""
     first = tmp_path / "first"
     assert cli(*train_args(shapes_folder, first, config_file, steps=3, clip_steps=2)).exit_code == 0
-    placed = tmp_path / "placed.toml"
-    placed.write_text(train_config(unet={"position_embedding": True}, train={"lr": 1e-12, "ema_decay": 0.0}))
+    grown = tmp_path / "grown.toml"
+    grown.write_text(train_config(unet=growth, train={"lr": 1e-12, "ema_decay": 0.0}))
     second = tmp_path / "second"
-    loud = [a for a in train_args(shapes_folder, second, placed, steps=1, clip_steps=2) if a != "-q"]
+    loud = [a for a in train_args(shapes_folder, second, grown, steps=1, clip_steps=2) if a != "-q"]
     result = cli(*loud, "--init", str(first / "model.safetensors"))
     assert result.exit_code == 0, result.output
-    assert "position embedding" in result.output and "starts at zero" in result.output
+    assert "the position embedding" in result.output and "starting as the identity" in result.output
+    assert ("transformer blocks at 8 px" in result.output) == ("attention_resolutions" in growth)
     base, after = (_weights(run / "model.safetensors") for run in (first, second))
-    added = [k for k in after if ".pos_proj." in k]
-    assert added and all(k not in base and after[k].abs().max() < 1e-9 for k in added)
+    assert any(".pos_proj." in k for k in after) and all(k in after for k in base)
     assert all(torch.allclose(after[k], base[k], rtol=0, atol=1e-9) for k in base)
-    # the other way round, a position embedding would be thrown away: refused
+    models = [load_model(run / "model.safetensors") for run in (first, second)]
+    gen = torch.Generator().manual_seed(0)
+    x, tokens = torch.randn(2, 3, 8, 8, generator=gen), torch.randn(2, 77, 32, generator=gen)
+    cond = Conditioning(tokens, torch.randn(2, 32, generator=gen))
+    old, new = (m.denoiser(x, torch.tensor([0.5, 3.0]), cond) for m in models)
+    assert torch.allclose(new, old, rtol=0, atol=1e-6)
+    # the other way round, layers would be thrown away: refused
     result = cli(*train_args(shapes_folder, tmp_path / "third", config_file, steps=1, clip_steps=2),
                  "--init", str(second / "model.safetensors"))
     assert result.exit_code == 2 and "position_embedding" in result.output

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-
-import dataclasses
 
 from diffgen.config import Config
 from diffgen.engine.unet import POSITION_FREQUENCIES, TransformerBlock, UNet, position_features

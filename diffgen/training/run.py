@@ -114,65 +114,58 @@ def model_differences(cfg: Config, source: Config) -> list[str]:
     return sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
 
 
-def changes_only_resolution(cfg: Config, source: Config) -> bool:
-    """True when ``cfg`` is ``source`` at another image size with the same layers: the U-Net is
-    convolutional and its transformer blocks take any number of positions, so every weight carries
-    over when the attention sits at the same levels (e.g. [16, 8] at 32 px is [32, 16] at 64 px)."""
-    if model_differences(cfg, source) not in (["image_size", "unet"], ["image_size"]):
+def grows_from(cfg: Config, source: Config) -> bool:
+    """True when every weight of ``source``'s model has its place in ``cfg``'s and whatever ``cfg``
+    adds starts as the identity, so that a run from ``source`` starts as ``source``'s function.
+    ``cfg`` may differ in the image size (the U-Net is convolutional and its transformer blocks take
+    any number of positions: the attention levels must match, e.g. [16, 8] at 32 px is [32, 16] at
+    64 px), add transformer blocks at more levels (their output projection starts at zero) and turn
+    on ``unet.position_embedding`` (its projections start at zero); all else must be the same."""
+    if any(k not in ("image_size", "unet") for k in model_differences(cfg, source)):
         return False
-    return _same_layers(cfg, source)
 
-
-def adds_position_embedding(cfg: Config, source: Config) -> bool:
-    """True when ``cfg`` is ``source`` (or ``source`` at another image size, as in
-    ``changes_only_resolution``) with the U-Net's position embedding turned on: every weight
-    carries over and the new projections start at zero, so the model starts as ``source``."""
-    if not cfg.unet.position_embedding or source.unet.position_embedding:
-        return False
-    if model_differences(cfg, source) not in (["image_size", "unet"], ["unet"]):
-        return False
-    return _same_layers(cfg, source)
-
-
-def _same_layers(cfg: Config, source: Config) -> bool:
     def layers(c: Config) -> dict:
         return {k: v for k, v in config_to_dict(c)["unet"].items()
                 if k not in ("attention_resolutions", "position_embedding")}
 
-    return layers(cfg) == layers(source) and attention_levels(cfg) == attention_levels(source)
+    return (layers(cfg) == layers(source) and set(attention_levels(source)) <= set(attention_levels(cfg))
+            and cfg.unet.position_embedding >= source.unet.position_embedding)
 
 
 def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
     """The --init checkpoint; its model must have the config's shape (image size, text, U-Net,
-    denoiser), or be the same model at another image size (``changes_only_resolution``) or
-    without the position embedding (``adds_position_embedding``), while the [train] section stays
+    denoiser), or be one that the config grows (``grows_from``), while the [train] section stays
     the run's own."""
     source = load_model(spec)  # a missing or bad file is a CheckpointError naming it
     differing = model_differences(cfg, source.config)
-    if differing and not (changes_only_resolution(cfg, source.config)
-                          or adds_position_embedding(cfg, source.config)):
+    if differing and not grows_from(cfg, source.config):
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
-                         f"(different {', '.join(differing)}); train with its config, or the same "
-                         "U-Net at another image size with attention at the same levels, or with "
-                         "unet.position_embedding turned on")
+                         f"(different {', '.join(differing)}); train with its config, or one that only "
+                         "changes the image size (with attention at the same levels), adds attention "
+                         "levels or turns on unet.position_embedding")
     return source
 
 
 def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Callable[[str], None]) -> None:
-    """Copy the --init model's weights (``_load_init`` checked they fit). At another image size only
-    the denoiser and the text tower carry over; a position embedding the source lacks starts at zero."""
+    """Copy the --init model's weights (``_load_init`` checked that ``model`` grows it). At another
+    image size only the denoiser and the text tower carry over; layers the source lacks keep their
+    initialisation, which makes them the identity."""
     other_size = source.config.image_size != model.config.image_size
     target = model.denoiser if other_size else model
     missing, unexpected = target.load_state_dict(
         (source.denoiser if other_size else source).state_dict(), strict=False)
-    if unexpected or any(".pos_proj." not in f".{k}" for k in missing):
+    if unexpected or any(".pos_proj." not in f".{k}" and ".attn." not in f".{k}" for k in missing):
         raise RuntimeError(f"--init: weights that do not fit: {unexpected or missing}")  # _load_init prevents it
     if other_size:
         _load_text_tower(model, source, say, "--init")
         say(f"--init: the model was trained at {source.config.image_size} px; its U-Net continues at "
             f"{model.config.image_size} px")
-    if missing:
-        say(f"--init: the U-Net's position embedding ({len(missing)} projections) starts at zero")
+    added = [f"transformer blocks at {model.config.image_size // 2**level} px"
+             for level in sorted(set(attention_levels(model.config)) - set(attention_levels(source.config)))]
+    if model.config.unet.position_embedding and not source.config.unet.position_embedding:
+        added.append("the position embedding")
+    if added:
+        say(f"--init: {' and '.join(added)} added ({len(missing)} tensors), starting as the identity")
 
 
 def _load_text_tower(model: DiffusionModel, source: DiffusionModel, say: Callable[[str], None],
