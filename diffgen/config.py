@@ -62,6 +62,9 @@ class UNetConfig:
     # Fourier features of each position added inside every transformer block (zero-initialised):
     # attention alone cannot tell the left of the image from the right
     position_embedding: bool = False
+    # bidirectional transformer layers over the text tokens before cross-attention (zero-initialised):
+    # CLIP's causal mask keeps a word from seeing the words after it ("a dog to the left of ...")
+    text_mixer_layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ def _validate(cfg: Config) -> None:
     _require(u.base_channels % 2 == 0, "config key 'unet.base_channels' must be even")
     _require(all((u.base_channels * m) % u.head_dim == 0 for m in u.channel_mult),
              "config key 'unet.head_dim' must divide the width of every U-Net level")
+    _require(u.text_mixer_layers >= 0, "config key 'unet.text_mixer_layers' must be 0 or more")
     _require(0.0 <= u.dropout < 1.0, "config key 'unet.dropout' must be in [0, 1)")
     levels = [cfg.image_size // 2**i for i in range(len(u.channel_mult))]
     for res in u.attention_resolutions:

@@ -310,10 +310,11 @@ def test_init_at_another_image_size_continues_the_same_layers(shapes_folder, tmp
 
 
 @pytest.mark.parametrize("growth", [{"position_embedding": True},
-                                    {"attention_resolutions": (8, 4), "position_embedding": True}])
+                                    {"attention_resolutions": (8, 4), "position_embedding": True},
+                                    {"text_mixer_layers": 1}])
 def test_init_grows_a_model_that_starts_as_the_checkpoint(shapes_folder, tmp_path, config_file, growth):
-    """Added layers (the position embedding, transformer blocks at another level) start as the
-    identity: the grown model denoises exactly as the checkpoint it starts from."""
+    """Added layers (the position embedding, transformer blocks at another level, the text mixer)
+    start as the identity: the grown model denoises exactly as the checkpoint it starts from."""
     first = tmp_path / "first"
     assert cli(*train_args(shapes_folder, first, config_file, steps=3, clip_steps=2)).exit_code == 0
     grown = tmp_path / "grown.toml"
@@ -322,10 +323,12 @@ def test_init_grows_a_model_that_starts_as_the_checkpoint(shapes_folder, tmp_pat
     loud = [a for a in train_args(shapes_folder, second, grown, steps=1, clip_steps=2) if a != "-q"]
     result = cli(*loud, "--init", str(first / "model.safetensors"))
     assert result.exit_code == 0, result.output
-    assert "the position embedding" in result.output and "starting as the identity" in result.output
+    assert "starting as the identity" in result.output
+    assert ("the position embedding" in result.output) == ("position_embedding" in growth)
     assert ("transformer blocks at 8 px" in result.output) == ("attention_resolutions" in growth)
+    assert ("1 text mixer layer" in result.output) == ("text_mixer_layers" in growth)
     base, after = (_weights(run / "model.safetensors") for run in (first, second))
-    assert any(".pos_proj." in k for k in after) and all(k in after for k in base)
+    assert len(after) > len(base) and all(k in after for k in base)
     assert all(torch.allclose(after[k], base[k], rtol=0, atol=1e-9) for k in base)
     models = [load_model(run / "model.safetensors") for run in (first, second)]
     gen = torch.Generator().manual_seed(0)
@@ -336,7 +339,7 @@ def test_init_grows_a_model_that_starts_as_the_checkpoint(shapes_folder, tmp_pat
     # the other way round, layers would be thrown away: refused
     result = cli(*train_args(shapes_folder, tmp_path / "third", config_file, steps=1, clip_steps=2),
                  "--init", str(second / "model.safetensors"))
-    assert result.exit_code == 2 and "position_embedding" in result.output
+    assert result.exit_code == 2 and "unet.text_mixer_layers" in result.output
 
 
 def test_text_encoder_of_another_image_size_gives_its_text_tower_only(shapes_folder, tmp_path, config_file):

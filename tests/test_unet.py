@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffgen.config import Config
-from diffgen.engine.unet import POSITION_FREQUENCIES, TransformerBlock, UNet, position_features
+from diffgen.engine.unet import POSITION_FREQUENCIES, TextMixer, TransformerBlock, UNet, position_features
 
 from .conftest import randomize_zero_params
 
@@ -94,14 +94,31 @@ def test_without_positions_a_transformer_block_mirrors_with_its_input():
         assert mirrored is not positions
 
 
-def test_a_position_embedding_loads_a_model_without_it_and_starts_as_that_model(tiny_config):
+@pytest.mark.parametrize("growth, part", [({"position_embedding": True}, ".pos_proj."),
+                                          ({"text_mixer_layers": 2}, ".text_mixer.")])
+def test_added_layers_load_a_model_without_them_and_start_as_that_model(tiny_config, growth, part):
     torch.manual_seed(0)
     plain = UNet(tiny_config.unet, tiny_config.image_size, context_dim=12, pooled_dim=6)
     randomize_zero_params(plain)
-    cfg = with_positions(tiny_config)
-    placed = UNet(cfg.unet, cfg.image_size, context_dim=12, pooled_dim=6)
-    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
-    assert unexpected == [] and missing and all(".pos_proj." in k for k in missing)
-    assert torch.equal(placed(*inputs()), plain(*inputs()))
-    placed(*inputs()).square().mean().backward()
-    assert all(placed.get_submodule(k.rsplit(".", 1)[0]).weight.grad.abs().sum() > 0 for k in missing)
+    cfg = dataclasses.replace(tiny_config, unet=dataclasses.replace(tiny_config.unet, **growth))
+    grown = UNet(cfg.unet, cfg.image_size, context_dim=12, pooled_dim=6)
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(part in f".{k}" for k in missing)
+    assert torch.equal(grown(*inputs()), plain(*inputs()))
+    grown(*inputs()).square().mean().backward()
+    # the zero-initialised output layers are where the gradient first arrives: none is stuck at zero
+    params = dict(grown.named_parameters())
+    outputs = [k for k in missing if k.endswith(("pos_proj.weight", "to_out.weight", "ff.2.weight"))]
+    assert outputs and all(params[k].grad.abs().sum() > 0 for k in outputs)
+
+
+def test_the_text_mixer_lets_a_word_see_the_words_after_it():
+    """CLIP's tokens are causal; after the mixer the first token depends on the last one."""
+    torch.manual_seed(0)
+    mixer = TextMixer(12, head_dim=4, num_layers=1)
+    tokens = torch.randn(2, 5, 12)
+    assert torch.equal(mixer(tokens), tokens)  # zero-initialised: the identity
+    randomize_zero_params(mixer)
+    changed = tokens.clone()
+    changed[:, -1] = torch.randn(2, 12)
+    assert not torch.allclose(mixer(changed)[:, 0], mixer(tokens)[:, 0], atol=1e-4)

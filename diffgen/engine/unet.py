@@ -12,6 +12,12 @@ position where it is. With ``position_embedding`` each transformer block adds a 
 of fixed Fourier features of the pixel's place (x and y in [0, 1], so any image size works), so
 that "A to the left of B" can send the first noun's tokens to the left half. The projection starts
 at zero: a model without it loads unchanged and starts as the same function.
+
+CLIP's text transformer is causal: a word's state depends only on the words before it, so in "a dog
+to the left of a cat" the state of "dog" cannot know where it goes; only the later "cat" can know
+it is on the right. With ``text_mixer_layers`` the tokens pass through that many bidirectional
+transformer layers (``TextMixer``) before any cross-attention reads them. Their residual branches
+start at zero, so a model without them loads unchanged too.
 """
 
 from __future__ import annotations
@@ -154,6 +160,28 @@ class TransformerBlock(nn.Module):
         return x + h
 
 
+class TextMixer(nn.Module):
+    """Pre-norm bidirectional self-attention and feed-forward layers over the text tokens, every
+    residual branch's output layer zero-initialised: (B, L, D) -> (B, L, D), the identity at init."""
+
+    def __init__(self, dim: int, head_dim: int, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for _ in range(num_layers):
+            attn = Attention(dim, head_dim)
+            zero_init(attn.to_out)
+            ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), zero_init(nn.Linear(4 * dim, dim)))
+            self.layers.append(nn.ModuleDict({
+                "norm_attn": nn.LayerNorm(dim), "attn": attn, "norm_ff": nn.LayerNorm(dim), "ff": ff,
+            }))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            tokens = tokens + layer["attn"](layer["norm_attn"](tokens))
+            tokens = tokens + layer["ff"](layer["norm_ff"](tokens))
+        return tokens
+
+
 class UNetLayer(nn.Module):
     """One residual block, optionally followed by a transformer block."""
 
@@ -178,6 +206,8 @@ class UNet(nn.Module):
         self.emb_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.pooled_proj = nn.Linear(pooled_dim, emb_dim)
         self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
+        self.text_mixer = (TextMixer(context_dim, cfg.head_dim, cfg.text_mixer_layers)
+                           if cfg.text_mixer_layers else None)
 
         def layer(cin: int, cout: int, resolution: int) -> UNetLayer:
             attn = None
@@ -232,6 +262,8 @@ class UNet(nn.Module):
     ) -> torch.Tensor:
         """x (B,C,H,W), c_noise (B,), tokens (B,L,D), pooled (B,E) -> (B,C,H,W)."""
         emb = self.emb_mlp(self.noise_embed(c_noise).to(x.dtype)) + self.pooled_proj(pooled)
+        if self.text_mixer is not None:
+            tokens = self.text_mixer(tokens)
         h = self.conv_in(x)
         skips = [h]
         for level, blocks in enumerate(self.down):

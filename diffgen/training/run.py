@@ -119,17 +119,19 @@ def grows_from(cfg: Config, source: Config) -> bool:
     adds starts as the identity, so that a run from ``source`` starts as ``source``'s function.
     ``cfg`` may differ in the image size (the U-Net is convolutional and its transformer blocks take
     any number of positions: the attention levels must match, e.g. [16, 8] at 32 px is [32, 16] at
-    64 px), add transformer blocks at more levels (their output projection starts at zero) and turn
-    on ``unet.position_embedding`` (its projections start at zero); all else must be the same."""
+    64 px), add transformer blocks at more levels (their output projection starts at zero), turn
+    on ``unet.position_embedding`` and add ``unet.text_mixer_layers`` (their output projections start
+    at zero); all else must be the same."""
     if any(k not in ("image_size", "unet") for k in model_differences(cfg, source)):
         return False
 
     def layers(c: Config) -> dict:
         return {k: v for k, v in config_to_dict(c)["unet"].items()
-                if k not in ("attention_resolutions", "position_embedding")}
+                if k not in ("attention_resolutions", "position_embedding", "text_mixer_layers")}
 
     return (layers(cfg) == layers(source) and set(attention_levels(source)) <= set(attention_levels(cfg))
-            and cfg.unet.position_embedding >= source.unet.position_embedding)
+            and cfg.unet.position_embedding >= source.unet.position_embedding
+            and cfg.unet.text_mixer_layers >= source.unet.text_mixer_layers)
 
 
 def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
@@ -142,7 +144,7 @@ def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
                          f"(different {', '.join(differing)}); train with its config, or one that only "
                          "changes the image size (with attention at the same levels), adds attention "
-                         "levels or turns on unet.position_embedding")
+                         "levels, turns on unet.position_embedding or adds unet.text_mixer_layers")
     return source
 
 
@@ -154,7 +156,8 @@ def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Calla
     target = model.denoiser if other_size else model
     missing, unexpected = target.load_state_dict(
         (source.denoiser if other_size else source).state_dict(), strict=False)
-    if unexpected or any(".pos_proj." not in f".{k}" and ".attn." not in f".{k}" for k in missing):
+    grown = (".pos_proj.", ".attn.", ".text_mixer.")
+    if unexpected or any(all(part not in f".{k}" for part in grown) for k in missing):
         raise RuntimeError(f"--init: weights that do not fit: {unexpected or missing}")  # _load_init prevents it
     if other_size:
         _load_text_tower(model, source, say, "--init")
@@ -164,6 +167,9 @@ def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Calla
              for level in sorted(set(attention_levels(model.config)) - set(attention_levels(source.config)))]
     if model.config.unet.position_embedding and not source.config.unet.position_embedding:
         added.append("the position embedding")
+    new_mixers = model.config.unet.text_mixer_layers - source.config.unet.text_mixer_layers
+    if new_mixers:
+        added.append(f"{new_mixers} text mixer layer{'s' if new_mixers > 1 else ''}")
     if added:
         say(f"--init: {' and '.join(added)} added ({len(missing)} tensors), starting as the identity")
 
