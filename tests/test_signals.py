@@ -28,12 +28,21 @@ def wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
         time.sleep(0.02)
 
 
+def png_count(folder: Path) -> int:
+    """PNGs in ``folder``, 0 while it does not exist: `sample` makes its output folder once to
+    check that it can, removes it, and makes it again when the first image is written."""
+    try:
+        return len(list(folder.glob("*.png")))
+    except FileNotFoundError:  # removed between glob's is_dir check and its scandir
+        return 0
+
+
 def test_sigterm_ends_sample_with_one_line_and_no_temporaries(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "diffgen", "sample", "a cat", "-n", "5000", "--seed", "0", "-c",
                              str(tiny_checkpoint), "-o", str(out), "-q"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: len(list(out.glob("*.png"))) >= 2, proc)
+    wait_for(lambda: png_count(out) >= 2, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143
@@ -67,7 +76,7 @@ def test_a_second_writer_into_the_same_folder_is_refused(tiny_checkpoint, tmp_pa
                               str(tiny_checkpoint), "-o", str(out), "-q"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: bool(list(out.glob("*.png"))), first)
+        wait_for(lambda: png_count(out) > 0, first)
         for args in (["a dog", "-n", "1", "--seed", "7"], ["a cat", "-n", "5000", "--seed", "0"]):  # other / same
             second = CliRunner().invoke(app, ["sample", *args, "-c", str(tiny_checkpoint), "-o", str(out), "-q"])
             assert second.exit_code == 2 and "is in use by another diffgen sample (pid" in second.output
@@ -131,7 +140,7 @@ def peak_rss_mb(args: list[str], tmp: Path, images: int) -> float:
     proc = subprocess.Popen([sys.executable, "-m", "diffgen", "sample", *args, "-o", str(out), "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: len(list(out.glob("*.png"))) >= images, proc, seconds=300)
+        wait_for(lambda: png_count(out) >= images, proc, seconds=300)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
     finally:
