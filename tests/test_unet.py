@@ -67,10 +67,6 @@ def test_zero_initialised_output_starts_at_zero(tiny_config):
     assert torch.count_nonzero(unet(*inputs())) == 0
 
 
-def with_positions(cfg: Config) -> Config:
-    return dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, position_embedding=True))
-
-
 def test_position_features_give_each_pixel_its_place():
     feats = position_features(4, 6, torch.device("cpu"))
     assert feats.shape == (24, 4 * POSITION_FREQUENCIES)
