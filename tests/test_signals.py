@@ -5,16 +5,19 @@ removed by the next run in that folder."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from diffgen.cli import app
+from diffgen.fileio import atomic_write
 from diffgen.training.state import load_latest_state
 
 from .test_train import TRAIN_CONFIG, train_args
@@ -48,6 +51,31 @@ def test_sigterm_ends_sample_with_one_line_and_no_temporaries(tiny_checkpoint, t
     assert proc.returncode == 143
     assert stderr.strip().splitlines() == ["terminated"]
     assert not list(out.glob(".*.tmp"))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_signal_during_an_atomic_write_waits_for_the_file(tmp_path):
+    """SIGTERM that arrives mid-write (here: from the writer itself) takes effect after the rename:
+    the file is whole, no temporary is left, and the handler's exception still ends the caller."""
+    def raise_stop(signum, frame):
+        raise Stop
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text("half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        Path(tmp).write_text("whole")
+
+    previous = signal.signal(signal.SIGTERM, raise_stop)
+    try:
+        with pytest.raises(Stop):
+            atomic_write(tmp_path / "a.txt", write)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (tmp_path / "a.txt").read_text() == "whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
 def test_sigterm_saves_the_training_state_and_resume_is_exact(shapes_folder, tmp_path):
