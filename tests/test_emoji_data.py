@@ -90,7 +90,8 @@ def test_real_glyph_build(tmp_path):
     assert json.loads((tmp_path / "a" / "heldout.json").read_text())["prompts"]
 
 
-@pytest.mark.parametrize("recipe, singles, two_objects", [("composed", 0.5, 0.405), ("pairs", 0.25, 0.705)])
+@pytest.mark.parametrize("recipe, singles, two_objects",
+                         [("composed", 0.5, 0.405), ("pairs", 0.25, 0.705), ("ordered", 0.25, 0.705)])
 def test_data_recipes_give_their_mix_of_scenes(recipe, singles, two_objects):
     from diffgen.emoji.scenes import DATA_RECIPES, NUMBERS
 
@@ -108,3 +109,19 @@ def test_data_recipes_give_their_mix_of_scenes(recipe, singles, two_objects):
     # one standard error at 2,000 draws is at most 0.011
     assert abs(kinds["single"] / n - singles) < 0.04
     assert abs(kinds["two"] / n - two_objects) < 0.04
+
+
+def test_the_ordered_recipe_names_its_objects_in_the_order_they_are_drawn():
+    """Every two-object scene of 'ordered' is 'to the left of' or 'above' (or a rider on its vehicle);
+    'next to' scenes, whose order is random, never occur."""
+    from diffgen.emoji.scenes import DATA_RECIPES
+
+    maker = SceneComposer(sprites(), ITEMS, 32, set(), DATA_RECIPES["ordered"])
+    rng = random.Random(5)
+    relations = {"left of": 0, "above": 0, "on": 0}
+    for _ in range(600):
+        captions = maker.scene(rng)[1]
+        assert not any(" next to " in c or " beside " in c for c in captions)
+        for relation in relations:
+            relations[relation] += f" {relation} " in captions[0]
+    assert relations["left of"] > 100 and relations["above"] > 100 and relations["on"] > 20

@@ -45,7 +45,8 @@ def data_emoji(
     recipe: Annotated[str, typer.Option(
         help="Scene mix: 'standard' (the shipped model's data) or 'composed' (more single objects, "
              "'riding' with every animal and vehicle, varied pair layouts) or 'pairs' (drawn like "
-             "'composed', 60% two-object scenes).")] = "standard",
+             "'composed', 60% two-object scenes) or 'ordered' (as 'pairs', every two-object scene "
+             "'to the left of' or 'above').")] = "standard",
     debug: DebugOption = False,
 ) -> None:
     """Build a captioned folder of emoji scenes (Noto Color Emoji artwork, Apache-2.0)."""

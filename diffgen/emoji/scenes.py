@@ -68,6 +68,8 @@ class DataRecipe:
     varied_layout: bool = False
     # A held-out pair is never shown in either order (the standard recipe holds out the ordered pair).
     hold_both_orders: bool = False
+    # The relations a two-object scene draws from, uniformly.
+    relations: tuple[str, ...] = RELATIONS
 
 
 # "standard": the data of the shipped model. "composed": the showcase is a rare scene drawn like
@@ -75,12 +77,17 @@ class DataRecipe:
 # the scenes are single objects, pairs vary in scale and place, held-out pairs in both orders.
 # "pairs": drawn like "composed", with two-object relations 60% of the scenes (30% there) and single
 # objects 25% (50% there): for continuing a model that draws objects alone but not two at once.
+# "ordered": "pairs" with every two-object scene "to the left of" or "above": "next to" and "beside"
+# place the objects in either order and "on" repeats the riding scenes, so neither teaches which
+# word goes where.
 DATA_RECIPES = {
     "standard": DataRecipe(),
     "composed": DataRecipe(showcase_until=0.005, single_until=0.5, riding_until=0.6, pair_until=0.9,
                            varied_layout=True, hold_both_orders=True),
     "pairs": DataRecipe(showcase_until=0.005, single_until=0.25, riding_until=0.35, pair_until=0.95,
                         varied_layout=True, hold_both_orders=True),
+    "ordered": DataRecipe(showcase_until=0.005, single_until=0.25, riding_until=0.35, pair_until=0.95,
+                          varied_layout=True, hold_both_orders=True, relations=("left of", "above")),
 }
 PAIR_SCALES = (0.8, 1.1)
 PAIR_SHIFT = 0.08
@@ -272,7 +279,7 @@ class SceneComposer:
             if (a.name, b.name) not in self.held_out:
                 break
         if relation is None:
-            relation = "on" if fixed is not None else rng.choice(RELATIONS)
+            relation = "on" if fixed is not None else rng.choice(self.recipe.relations)
         a, b = fixed if fixed is not None else (a, b)
         pa, pb = a.phrase(rng), b.phrase(rng)
         if relation == "on":  # a smaller A standing on top of B
