@@ -287,6 +287,22 @@ def test_init_with_another_model_config_is_an_input_error(shapes_folder, tmp_pat
         assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
 
 
+def test_a_model_differs_in_what_it_computes_not_in_how_it_was_trained():
+    """--init and --resume compare models: the training noise distribution is not part of one."""
+    import dataclasses
+
+    from diffgen.config import Config
+    from diffgen.training.run import model_differences
+
+    base = Config()
+
+    def denoiser(**changes):
+        return dataclasses.replace(base, denoiser=dataclasses.replace(base.denoiser, **changes))
+
+    assert model_differences(denoiser(p_mean=0.4, p_std=1.0), base) == []
+    assert model_differences(denoiser(sigma_data=0.4), base) == ["denoiser"]
+
+
 def test_init_at_another_image_size_continues_the_same_layers(shapes_folder, tmp_path, config_file):
     """The resolution curriculum: train at 8 px, go on at 16 px with attention at the same level."""
     first = tmp_path / "first"

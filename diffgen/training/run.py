@@ -108,9 +108,17 @@ def attention_levels(cfg: Config) -> list[int]:
             if cfg.image_size // 2**level in cfg.unet.attention_resolutions]
 
 
+# [denoiser] keys that only say how training draws its noise levels, not what the model computes.
+TRAINING_ONLY_DENOISER_KEYS = ("p_mean", "p_std")
+
+
 def model_differences(cfg: Config, source: Config) -> list[str]:
-    """The config sections (and top-level keys) other than [train] in which the two models differ."""
+    """The config sections (and top-level keys) other than [train] in which the two models differ;
+    the training noise distribution (denoiser.p_mean, p_std) may differ."""
     mine, theirs = config_to_dict(cfg), config_to_dict(source)
+    for d in (mine, theirs):
+        for key in TRAINING_ONLY_DENOISER_KEYS:
+            d.get("denoiser", {}).pop(key, None)
     return sorted(k for k in mine if k != "train" and mine[k] != theirs.get(k))
 
 
