@@ -99,6 +99,14 @@ class TrainConfig:
     # the U-Net's learning rate (0: frozen). The contrastive stage leaves a text tower that hardly
     # tells "A to the left of B" from "B to the left of A"; the denoising loss asks it to.
     text_lr_scale: float = 0.0
+    # Caption contrast: for images whose data names negative captions (metadata.jsonl
+    # "negative_text", e.g. "B to the left of A" for a picture of A to the left of B), the denoising
+    # loss under the true caption is pushed below the loss under a negative one, at the same noisy
+    # image, by this weight (0: off). The plain denoising loss hardly rewards knowing which object
+    # goes where; this term asks for exactly that. negative_sharpness sets the gap (in loss units,
+    # about 1/sharpness) beyond which an image stops contributing.
+    negative_weight: float = 0.0
+    negative_sharpness: float = 100.0
     clip_steps: int = 500
     clip_batch_size: int = 128
     clip_lr: float = 5e-4
@@ -219,6 +227,10 @@ def _validate(cfg: Config) -> None:
     _require(t.context_length >= 2, "config key 'text.context_length' must be at least 2")
     tr = cfg.train
     _require(0.0 <= tr.caption_dropout < 1.0, "config key 'train.caption_dropout' must be in [0, 1)")
+    _require(math.isfinite(tr.negative_weight) and tr.negative_weight >= 0,
+             "config key 'train.negative_weight' must be 0 or more")
+    _require(math.isfinite(tr.negative_sharpness) and tr.negative_sharpness > 0,
+             "config key 'train.negative_sharpness' must be positive")
     _require(0.0 <= tr.ema_decay < 1.0, "config key 'train.ema_decay' must be in [0, 1)")
     _require(math.isfinite(tr.text_lr_scale) and tr.text_lr_scale >= 0,
              "config key 'train.text_lr_scale' must be 0 or more")

@@ -30,6 +30,9 @@ METADATA_NAME = "metadata.jsonl"
 class CaptionedImage:
     path: Path
     captions: tuple[str, ...]
+    # captions that do not describe the image (metadata.jsonl "negative_text"), e.g. its objects
+    # named in the other places; used by training's caption contrast (train.negative_weight)
+    negatives: tuple[str, ...] = ()
 
 
 @dataclass
@@ -61,6 +64,9 @@ class DataReport:
         num_captions = sum(len(i.captions) for i in self.items)
         distinct = len({c for i in self.items for c in i.captions})
         lines.append(f"{num_captions} captions ({distinct} distinct)")
+        with_negatives = sum(bool(i.negatives) for i in self.items)
+        if with_negatives:
+            lines.append(f"{with_negatives} image(s) with negative captions (for train.negative_weight)")
         for group in self.duplicates:
             lines.append("duplicate images: " + ", ".join(str(p) for p in group))
         for path, count in self.long_captions:
@@ -69,9 +75,11 @@ class DataReport:
         return lines
 
 
-def _read_metadata(folder: Path, report: DataReport) -> dict[Path, list[str]]:
-    """Captions from every metadata.jsonl under ``folder``, keyed by resolved image path."""
+def _read_metadata(folder: Path, report: DataReport) -> tuple[dict[Path, list[str]], dict[Path, list[str]]]:
+    """Captions and negative captions from every metadata.jsonl under ``folder``, keyed by
+    resolved image path."""
     captions: dict[Path, list[str]] = {}
+    negatives: dict[Path, list[str]] = {}
     root = folder.resolve()
     for meta in sorted(folder.rglob(METADATA_NAME)):
         if not meta.resolve().is_relative_to(root):
@@ -100,7 +108,13 @@ def _read_metadata(folder: Path, report: DataReport) -> dict[Path, list[str]]:
                 report.warnings.append(f"{meta}:{number}: {name} is outside {folder}; ignored")
                 continue
             captions.setdefault(path, []).extend(t.strip() for t in texts if isinstance(t, str))
-    return captions
+            negative = row.get("negative_text", [])
+            negative = [negative] if isinstance(negative, str) else negative
+            if not isinstance(negative, list):
+                report.warnings.append(f"{meta}:{number}: negative_text is not a string or a list; ignored")
+                continue
+            negatives.setdefault(path, []).extend(t.strip() for t in negative if isinstance(t, str) and t.strip())
+    return captions, negatives
 
 
 def check_image(path: Path) -> tuple[int, int] | str:
@@ -129,7 +143,7 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
     if not folder.is_dir():
         raise InputError(f"data path is not a folder: {folder}")
     report = DataReport(folder)
-    metadata = _read_metadata(folder, report)
+    metadata, metadata_negatives = _read_metadata(folder, report)
     hashes: dict[str, list[Path]] = {}
     root = folder.resolve()
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
@@ -161,7 +175,8 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
             report.skipped.append((path, checked))
             continue
         report.sizes.append(checked)
-        report.items.append(CaptionedImage(path, tuple(captions)))
+        negatives = () if txt.is_file() else tuple(metadata_negatives.get(path.resolve(), ()))
+        report.items.append(CaptionedImage(path, tuple(captions), negatives))
         hashes.setdefault(hashlib.sha1(path.read_bytes()).hexdigest(), []).append(path)
     report.duplicates = [group for group in hashes.values() if len(group) > 1]
     if check_tokens and report.items:
@@ -202,6 +217,11 @@ class TrainingSet:
     images: torch.Tensor  # (N, 3, S, S) uint8
     captions: list[tuple[str, ...]]
     paths: list[Path]
+    negatives: list[tuple[str, ...]] | None = None  # per image, where the data names any
+
+    def negatives_of(self, index: int) -> tuple[str, ...]:
+        """The negative captions of image ``index`` (none for most data)."""
+        return self.negatives[index] if self.negatives else ()
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -214,7 +234,9 @@ def load_training_set(items: list[CaptionedImage], size: int) -> TrainingSet:
 
     arrays = [np.asarray(load_image(item.path, size), dtype=np.uint8) for item in items]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return TrainingSet(images, [item.captions for item in items], [item.path for item in items])
+    negatives = [item.negatives for item in items]
+    return TrainingSet(images, [item.captions for item in items], [item.path for item in items],
+                       negatives if any(negatives) else None)
 
 
 def split_holdout(num_items: int, seed: int, fraction: float = 0.1, cap: int = 500) -> tuple[list[int], list[int]]:

@@ -41,16 +41,29 @@ def composer(held=frozenset()) -> SceneComposer:
 def test_scenes_are_deterministic_and_captioned():
     a = [composer().scene(random.Random(5)) for _ in range(3)]
     b = [composer().scene(random.Random(5)) for _ in range(3)]
-    for (img_a, cap_a), (img_b, cap_b) in zip(a, b):
+    for (img_a, cap_a, neg_a), (img_b, cap_b, neg_b) in zip(a, b):
         assert img_a.size == (32, 32) and img_a.mode == "RGB"
-        assert img_a.tobytes() == img_b.tobytes() and cap_a == cap_b and cap_a
+        assert img_a.tobytes() == img_b.tobytes() and cap_a == cap_b and cap_a and neg_a == neg_b
+
+
+@pytest.mark.parametrize("relation", ["left of", "above", "on"])
+def test_a_pair_scenes_negatives_are_the_captions_of_its_mirror_image(relation):
+    """The negative captions of "A left of B" are the captions of "B left of A": the same words
+    with the objects in each other's places. "next to" fixes no order and has none."""
+    by_name = {c.name: c for c in ITEMS}
+    apple, house = by_name["apple"], by_name["house"]  # no synonyms: phrasing is fixed
+    scene = composer().pair_scene(random.Random(2), apple, house, relation)
+    mirror = composer().pair_scene(random.Random(2), house, apple, relation)
+    assert scene.negatives and set(scene.negatives) == set(mirror.captions[:2])
+    assert not set(scene.negatives) & set(scene.captions)
+    assert composer().pair_scene(random.Random(2), apple, house, "next to").negatives == []
 
 
 def test_held_out_pairs_never_appear_together():
     held = {("dog", "apple"), ("apple", "dog")}
     comp, rng = composer(held), random.Random(0)
     for _ in range(600):
-        _, captions = comp.scene(rng)
+        captions = comp.scene(rng).captions
         assert not any("dog" in c and "apple" in c for c in captions)
 
 

@@ -15,6 +15,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -98,6 +99,15 @@ ATTRIBUTION = ("Emoji artwork: Noto Color Emoji, (c) Google, Apache License 2.0 
 def article(word: str) -> str:
     """'a' or 'an' by the sound of the first letter (an umbrella, a unicorn)."""
     return "an" if word[:1] in tuple("aeiou") and not word.startswith(("uni", "use", "eu")) else "a"
+
+
+class Scene(NamedTuple):
+    """A composed image, its captions (several phrasings of the same content) and negative captions
+    (the same words with the objects in each other's places: what the image is not)."""
+
+    image: Image.Image
+    captions: list[str]
+    negatives: list[str]
 
 
 @dataclass(frozen=True)
@@ -199,24 +209,25 @@ class SceneComposer:
         sprite = self._sprite(name, extent)
         canvas.alpha_composite(sprite, (round(cx - sprite.width / 2), round(cy - sprite.height / 2)))
 
-    def scene(self, rng: random.Random) -> tuple[Image.Image, list[str]]:
-        """One image and its captions (several phrasings of the same content)."""
+    def scene(self, rng: random.Random) -> Scene:
+        """One image, its captions and negative captions."""
         bg_name = rng.choice(list(BACKGROUNDS))
         canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[bg_name] + (255,))
         kind, recipe = rng.random(), self.recipe
+        negatives: list[str] = []
         if kind < recipe.showcase_until and self.showcase is not None:
-            captions = self._pair(canvas, rng, self.showcase)
+            captions, negatives = self._pair(canvas, rng, self.showcase)
         elif kind < recipe.single_until:
             captions = self._single(canvas, rng)
         elif kind < recipe.riding_until and self.animals and self.vehicles:
-            captions = self._pair(canvas, rng, self._rider_and_vehicle(rng), "on")
+            captions, negatives = self._pair(canvas, rng, self._rider_and_vehicle(rng), "on")
         elif kind < recipe.pair_until:
-            captions = self._pair(canvas, rng)
+            captions, negatives = self._pair(canvas, rng)
         else:
             captions = self._count(canvas, rng)
         if rng.random() < 0.5:
             captions.append(f"{captions[0]} on {article(bg_name)} {bg_name} background")
-        return canvas.convert("RGB"), captions
+        return Scene(canvas.convert("RGB"), captions, negatives)
 
     def single_scene(self, rng: random.Random, concept: Concept) -> tuple[Image.Image, list[str]]:
         """A scene of ``concept`` alone on a random background, at a random size and place."""
@@ -238,12 +249,11 @@ class SceneComposer:
             captions.append(f"{article(size_word)} {size_word} {concept.phrase(rng, with_article=False)}")
         return captions
 
-    def pair_scene(self, rng: random.Random, a: Concept, b: Concept, relation: str
-                   ) -> tuple[Image.Image, list[str]]:
+    def pair_scene(self, rng: random.Random, a: Concept, b: Concept, relation: str) -> Scene:
         """A scene of ``a`` and ``b`` in ``relation`` (one of RELATIONS) on a random background."""
         canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[rng.choice(list(BACKGROUNDS))] + (255,))
-        captions = self._pair(canvas, rng, (a, b), relation)
-        return canvas.convert("RGB"), captions
+        captions, negatives = self._pair(canvas, rng, (a, b), relation)
+        return Scene(canvas.convert("RGB"), captions, negatives)
 
     def _rider_and_vehicle(self, rng: random.Random) -> tuple[Concept, Concept]:
         while True:
@@ -272,7 +282,10 @@ class SceneComposer:
         return tuple(scaled)
 
     def _pair(self, canvas: Image.Image, rng: random.Random,
-              fixed: tuple[Concept, Concept] | None = None, relation: str | None = None) -> list[str]:
+              fixed: tuple[Concept, Concept] | None = None, relation: str | None = None
+              ) -> tuple[list[str], list[str]]:
+        """Draw two objects in a relation; their captions and, where the relation fixes the order,
+        negative captions that name the two in each other's places."""
         s = self.size
         while fixed is None:
             a, b = rng.sample(self.items, 2)
@@ -287,6 +300,7 @@ class SceneComposer:
             self._paste(canvas, b.name, round(eb * s), xb * s, yb * s)
             self._paste(canvas, a.name, round(ea * s), xa * s, ya * s)
             captions = [f"{pa} on {pb}", f"{pa} on top of {pb}"]
+            negatives = [f"{pb} on {pa}", f"{pb} on top of {pa}"]
             if b.kind == "vehicle" and a.kind == "animal":
                 captions.append(f"{pa} riding {pb}")
         elif relation == "above":
@@ -294,6 +308,7 @@ class SceneComposer:
             self._paste(canvas, a.name, round(ea * s), xa * s, ya * s)
             self._paste(canvas, b.name, round(eb * s), xb * s, yb * s)
             captions = [f"{pa} above {pb}", f"{pb} below {pa}"]
+            negatives = [f"{pb} above {pa}", f"{pa} below {pb}"]
         else:  # side by side: "left of" fixes the order, "next to" does not
             left_first = relation == "left of" or rng.random() < 0.5
             first, second = (a, b) if left_first else (b, a)
@@ -302,9 +317,10 @@ class SceneComposer:
             self._paste(canvas, second.name, round(e2 * s), x2 * s, y2 * s)
             if relation == "left of":
                 captions = [f"{pa} to the left of {pb}", f"{pb} to the right of {pa}"]
+                negatives = [f"{pb} to the left of {pa}", f"{pa} to the right of {pb}"]
             else:
-                captions = [f"{pa} next to {pb}", f"{pa} beside {pb}"]
-        return captions
+                captions, negatives = [f"{pa} next to {pb}", f"{pa} beside {pb}"], []
+        return captions, negatives
 
     def _count(self, canvas: Image.Image, rng: random.Random) -> list[str]:
         s = self.size
@@ -338,10 +354,13 @@ def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
     (out / "metadata.jsonl").unlink(missing_ok=True)
     rows = []
     for i in range(count):
-        image, captions = composer.scene(rng)
+        image, captions, negatives = composer.scene(rng)
         name = f"images/{i:06d}.png"
         image.save(out / name, compress_level=1)
-        rows.append(json.dumps({"file_name": name, "text": captions}))
+        row = {"file_name": name, "text": captions}
+        if negatives:  # what the picture is not: for training's caption contrast
+            row["negative_text"] = negatives
+        rows.append(json.dumps(row))
     by_name = {c.name: c for c in items}
     held_prompts = sorted(f"{by_name[a].phrase(random.Random(0))} {rel} {by_name[b].phrase(random.Random(1))}"
                           for a, b in sorted(held) for rel in ("next to", "above"))

@@ -108,6 +108,24 @@ def sample_training_sigmas(
     return (p_mean + p_std * normal).exp()
 
 
+def noised(
+    x0: torch.Tensor, p_mean: float, p_std: float, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training draw: (x0 + sigma n, sigma) with ln(sigma) ~ N(p_mean, p_std^2), sigma shape (B,)."""
+    sigma = sample_training_sigmas(x0.shape[0], p_mean, p_std, generator, x0.device)
+    gen_device = generator.device if generator is not None else x0.device
+    noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
+    return x0 + sigma[:, None, None, None] * noise, sigma
+
+
+def denoising_loss(denoiser: Denoiser, noisy: torch.Tensor, sigma: torch.Tensor, x0: torch.Tensor,
+                   cond: Conditioning) -> torch.Tensor:
+    """lambda(sigma) * mean |D(noisy, sigma) - x0|^2 per sample, shape (B,)."""
+    x0_hat = denoiser(noisy, sigma, cond)
+    s = sigma[:, None, None, None]
+    return (loss_weight(s, denoiser.sigma_data) * (x0_hat.float() - x0.float()) ** 2).mean(dim=(1, 2, 3))
+
+
 def edm_loss(
     denoiser: Denoiser, x0: torch.Tensor, cond: Conditioning, p_mean: float = -1.2,
     p_std: float = 1.2, generator: torch.Generator | None = None,
@@ -117,12 +135,16 @@ def edm_loss(
     The weight is 1 / c_out^2, so this is the plain mean-squared error of the raw network F against
     its effective target (EDM eq. 8), whose variance is 1 at every sigma.
     """
-    sigma = sample_training_sigmas(x0.shape[0], p_mean, p_std, generator, x0.device)
-    gen_device = generator.device if generator is not None else x0.device
-    noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
-    s = sigma[:, None, None, None]
-    x0_hat = denoiser(x0 + s * noise, sigma, cond)
-    return (loss_weight(s, denoiser.sigma_data) * (x0_hat.float() - x0.float()) ** 2).mean(dim=(1, 2, 3))
+    noisy, sigma = noised(x0, p_mean, p_std, generator)
+    return denoising_loss(denoiser, noisy, sigma, x0, cond)
+
+
+def contrast_loss(true_loss: torch.Tensor, negative_loss: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """softplus(-k (L_neg - L_true)) / k per sample: the logistic loss of telling the true caption
+    from a negative one by which denoises the image better (a diffusion model read as a classifier,
+    Li et al. 2023). Its gradient is sigmoid(-k gap) * (grad L_true - grad L_neg): half of that
+    while the model cannot tell them apart, fading once the gap is well beyond 1/k."""
+    return torch.nn.functional.softplus(-sharpness * (negative_loss - true_loss)) / sharpness
 
 
 def loss_weight(sigma: torch.Tensor | float, sigma_data: float) -> torch.Tensor | float:

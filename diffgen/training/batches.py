@@ -86,6 +86,21 @@ def pick_captions(data: TrainingSet, indices: list[int], gen: torch.Generator,
     return captions
 
 
+def pick_negatives(data: TrainingSet, indices: list[int], captions: list[str], sigma: torch.Tensor,
+                   sigma_min: float, gen: torch.Generator) -> tuple[list[int], list[str]]:
+    """The batch rows that take part in the caption contrast and one negative caption for each,
+    drawn at random: rows whose image has negatives, whose caption was not dropped, and whose
+    noise level is at least ``sigma_min`` (below it the noisy picture already shows where each
+    object is, and no caption can change that)."""
+    rows, negatives = [], []
+    for row, (i, caption) in enumerate(zip(indices, captions)):
+        options = data.negatives_of(i)
+        if options and caption and float(sigma[row]) >= sigma_min:
+            rows.append(row)
+            negatives.append(options[int(torch.randint(len(options), (1,), generator=gen))])
+    return rows, negatives
+
+
 def image_batch(data: TrainingSet, indices: list[int], device: torch.device) -> torch.Tensor:
     """uint8 images -> float in [-1, 1] on ``device``."""
     return data.images[indices].to(device, non_blocking=True).float() / 127.5 - 1

@@ -22,11 +22,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffgen import devices
-from diffgen.engine.denoiser import Denoiser, edm_loss
+from diffgen.engine.denoiser import Denoiser, contrast_loss, denoising_loss, noised
 from diffgen.engine.model import DiffusionModel, PromptCache
 from diffgen.errors import Terminated
 from diffgen.training import distributed
-from diffgen.training.batches import NoiseGenerator, cosine_lr, image_batch, lr_at, pick_captions, step_generator
+from diffgen.training.batches import (
+    NoiseGenerator,
+    cosine_lr,
+    image_batch,
+    lr_at,
+    pick_captions,
+    pick_negatives,
+    step_generator,
+)
 from diffgen.training.metrics import StageMeter
 from diffgen.training.run import Run, save_run_state
 from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
@@ -180,7 +188,8 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     denoiser = Denoiser.from_config(net, run.cfg)
     if tuning is None:  # a frozen encoder: each distinct caption encoded once, up front
         encode = PromptCache(text)
-        encode.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""}))
+        negatives = {n for i in run.train_idx for n in run.data.negatives_of(i)} if t.negative_weight else set()
+        encode.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""} | negatives))
     else:  # a trained one: encoded in every step, with gradients
         encode = tuning
     autocast = devices.autocast(run.device, t.precision)
@@ -188,10 +197,23 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     ema_params, params = list(ema.parameters()), list(unet.parameters())
 
     def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor:
-        cond = encode(pick_captions(run.data, idx, gen, t.caption_dropout))
+        captions = pick_captions(run.data, idx, gen, t.caption_dropout)
+        x0 = image_batch(run.data, idx, run.device)
+        noisy, sigma = noised(x0, d.p_mean, d.p_std, noise_generator(gen))
+        rows, negatives = (pick_negatives(run.data, idx, captions, sigma, d.sigma_data, gen)
+                           if t.negative_weight else ([], []))
+        # the contrast's rows ride in the same forward pass, under their negative captions
+        cond = encode(captions + negatives)
+        if rows:
+            noisy, sigma, x0 = (torch.cat([v, v[rows]]) for v in (noisy, sigma, x0))
         with autocast:
-            return edm_loss(denoiser, image_batch(run.data, idx, run.device), cond, d.p_mean, d.p_std,
-                            generator=noise_generator(gen)).mean()
+            losses = denoising_loss(denoiser, noisy, sigma, x0, cond)
+        n = len(idx)
+        total = losses[:n].mean()
+        if rows:
+            total = total + t.negative_weight * contrast_loss(
+                losses[rows], losses[n:], t.negative_sharpness).sum() / n
+        return total
 
     def update_ema(step: int) -> None:
         decay = min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
