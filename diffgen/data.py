@@ -175,7 +175,8 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
             report.skipped.append((path, checked))
             continue
         report.sizes.append(checked)
-        negatives = () if txt.is_file() else tuple(metadata_negatives.get(path.resolve(), ()))
+        negatives = () if txt.is_file() else tuple(
+            n for n in metadata_negatives.get(path.resolve(), ()) if n not in captions)  # never its own
         report.items.append(CaptionedImage(path, tuple(captions), negatives))
         hashes.setdefault(hashlib.sha1(path.read_bytes()).hexdigest(), []).append(path)
     report.duplicates = [group for group in hashes.values() if len(group) > 1]

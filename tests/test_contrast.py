@@ -39,7 +39,7 @@ def test_metadata_negative_text_is_read_and_a_bad_one_is_named(tmp_path):
     with_negatives(folder)
     lines = (folder / "metadata.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
-    rows[1]["negative_text"] = ["a", " ", "b"]
+    rows[1]["negative_text"] = ["a", " ", "b", rows[1]["text"][0]]  # its own caption is dropped
     rows[2]["negative_text"] = 7
     del rows[3]["negative_text"]
     (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -130,3 +130,13 @@ def test_a_run_with_the_contrast_trains_and_resumes_exactly(tmp_path):
     assert cli(*train_args(folder, other, plain, steps=8, clip_steps=2)).exit_code == 0
     c = _weights(other / "model.safetensors")
     assert max((a[k].float() - c[k].float()).abs().max().item() for k in a if k.startswith("denoiser.")) > 1e-4
+
+
+def test_the_contrast_on_data_without_negatives_is_one_line_exit_2(tmp_path):
+    folder = make_shapes_folder(tmp_path / "shapes")
+    config = tmp_path / "contrast.toml"
+    config.write_text(train_config(train={"negative_weight": 1.0}))
+    result = cli(*train_args(folder, tmp_path / "run", config, steps=2, clip_steps=1))
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "negative captions" in errors[0]

@@ -67,6 +67,20 @@ def test_held_out_pairs_never_appear_together():
         assert not any("dog" in c and "apple" in c for c in captions)
 
 
+def test_a_held_out_ordered_pair_is_not_shown_even_as_a_negative():
+    """The standard recipe holds out "dog ... apple" but shows "apple ... dog": that scene's
+    mirror captions would be the held-out prompts, so it has no negatives."""
+    comp, rng = composer({("dog", "apple")}), random.Random(0)
+    scenes = [comp.scene(rng) for _ in range(1500)]
+    held_prompts = [f"a dog {words} an apple" for words in ("to the left of", "above", "next to", "on")]
+    assert not any(c.startswith(p) for s in scenes for c in s.captions + s.negatives for p in held_prompts)
+    shown = [s for s in scenes if any(c.startswith("an apple") and "dog" in c for c in s.captions)]
+    assert shown and all(s.negatives == [] for s in shown)
+    with_background = [s for s in scenes if s.negatives and s.captions[-1].endswith(" background")]
+    assert with_background and all(s.negatives[-1].endswith(s.captions[-1].split(" on ")[-1])
+                                   for s in with_background)
+
+
 def test_caption_grammar():
     assert [article(w) for w in ("apple", "unicorn", "umbrella", "panda", "orange")] == \
         ["an", "a", "an", "a", "an"]

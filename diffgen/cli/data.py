@@ -46,7 +46,7 @@ def data_emoji(
         help="Scene mix: 'standard' (the shipped model's data) or 'composed' (more single objects, "
              "'riding' with every animal and vehicle, varied pair layouts) or 'pairs' (drawn like "
              "'composed', 60% two-object scenes) or 'ordered' (as 'pairs', every two-object scene "
-             "'to the left of' or 'above').")] = "standard",
+             "besides the riding ones 'to the left of' or 'above').")] = "standard",
     debug: DebugOption = False,
 ) -> None:
     """Build a captioned folder of emoji scenes (Noto Color Emoji artwork, Apache-2.0)."""

@@ -72,15 +72,20 @@ class DataRecipe:
     # The relations a two-object scene draws from, uniformly.
     relations: tuple[str, ...] = RELATIONS
 
+    def __post_init__(self) -> None:
+        unknown = set(self.relations) - set(RELATIONS)
+        if not self.relations or unknown:
+            raise ValueError(f"relations must be some of {RELATIONS}, not {sorted(unknown)}")
+
 
 # "standard": the data of the shipped model. "composed": the showcase is a rare scene drawn like
 # every other pair (so "riding" and "on a bike" are learned with many subjects and vehicles), half
 # the scenes are single objects, pairs vary in scale and place, held-out pairs in both orders.
 # "pairs": drawn like "composed", with two-object relations 60% of the scenes (30% there) and single
 # objects 25% (50% there): for continuing a model that draws objects alone but not two at once.
-# "ordered": "pairs" with every two-object scene "to the left of" or "above": "next to" and "beside"
-# place the objects in either order and "on" repeats the riding scenes, so neither teaches which
-# word goes where.
+# "ordered": "pairs" with every two-object scene besides the riding ones (and the showcase) "to
+# the left of" or "above": "next to" and "beside" place the objects in either order, so they do not
+# teach which word goes where, and "on" repeats the riding scenes.
 DATA_RECIPES = {
     "standard": DataRecipe(),
     "composed": DataRecipe(showcase_until=0.005, single_until=0.5, riding_until=0.6, pair_until=0.9,
@@ -227,6 +232,8 @@ class SceneComposer:
             captions = self._count(canvas, rng)
         if rng.random() < 0.5:
             captions.append(f"{captions[0]} on {article(bg_name)} {bg_name} background")
+            if negatives:  # the negatives say as much about the background as the captions do
+                negatives.append(f"{negatives[0]} on {article(bg_name)} {bg_name} background")
         return Scene(canvas.convert("RGB"), captions, negatives)
 
     def single_scene(self, rng: random.Random, concept: Concept) -> tuple[Image.Image, list[str]]:
@@ -320,6 +327,8 @@ class SceneComposer:
                 negatives = [f"{pb} to the left of {pa}", f"{pa} to the right of {pb}"]
             else:
                 captions, negatives = [f"{pa} next to {pb}", f"{pa} beside {pb}"], []
+        if (b.name, a.name) in self.held_out:  # a held-out prompt is never shown, not even as a negative
+            negatives = []
         return captions, negatives
 
     def _count(self, canvas: Image.Image, rng: random.Random) -> list[str]:

@@ -93,9 +93,10 @@ def pick_negatives(data: TrainingSet, indices: list[int], captions: list[str], s
     noise level is at least ``sigma_min`` (below it the noisy picture already shows where each
     object is, and no caption can change that)."""
     rows, negatives = [], []
+    levels = sigma.tolist()  # one device sync, not one per row
     for row, (i, caption) in enumerate(zip(indices, captions)):
         options = data.negatives_of(i)
-        if options and caption and float(sigma[row]) >= sigma_min:
+        if options and caption and levels[row] >= sigma_min:
             rows.append(row)
             negatives.append(options[int(torch.randint(len(options), (1,), generator=gen))])
     return rows, negatives

@@ -152,7 +152,8 @@ def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
                          f"(different {', '.join(differing)}); train with its config, or one that only "
                          "changes the image size (with attention at the same levels), adds attention "
-                         "levels, turns on unet.position_embedding or adds unet.text_mixer_layers")
+                         "levels, turns on unet.position_embedding or adds unet.text_mixer_layers "
+                         "(the training noise distribution, denoiser.p_mean and p_std, may differ)")
     return source
 
 
@@ -248,8 +249,14 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         data.images = data.images.to(device)
         torch.backends.cuda.matmul.allow_tf32 = True  # the CLIP stage runs in float32
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
+        # the shapes repeat (with train.negative_weight the batch grows by 0..batch_size contrast
+        # rows, a few dozen shapes): pick the fastest conv kernels once per shape
+        torch.backends.cudnn.benchmark = True
     train_idx, held_idx = split_holdout(len(data), cfg.train.seed)
+    if cfg.train.negative_weight and not any(data.negatives_of(i) for i in train_idx):
+        raise InputError(f"train.negative_weight is {cfg.train.negative_weight:g} but no training image "
+                         "has negative captions (metadata.jsonl \"negative_text\"; `diffgen data emoji` "
+                         "writes them since this version: rebuild older folders); set it to 0 or add them")
     torch.manual_seed(cfg.train.seed)
     # weights from --text-encoder, --init or the state replace any pretrained download
     model = build_model(cfg, load_pretrained_text=source is None and resume is None).to(device)
