@@ -42,7 +42,9 @@ def ensure_data(recipe: str, count: int, seed: int) -> Path:
     from diffgen.emoji.scenes import build_emoji_dataset
 
     folder = RUNS / f"data-{recipe}-{count}-s{seed}"
-    if not (folder / "metadata.jsonl").is_file():
+    meta = folder / "metadata.jsonl"
+    # folders built before negative captions existed are rebuilt: the same images, with negatives
+    if not meta.is_file() or '"negative_text"' not in meta.read_text():
         started = time.perf_counter()
         build_emoji_dataset(folder, count, size=64, seed=seed, recipe=recipe)
         print(f"built {count} scenes ({recipe}) in {time.perf_counter() - started:.0f} s: {folder}")
