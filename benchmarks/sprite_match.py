@@ -57,7 +57,7 @@ def main() -> None:
     generated: dict[str, list[Match]] = {c.name: [] for c in items}
     for c in items:
         for _ in range(args.seeds):
-            image, _ = composer.single_scene(rng, c)
+            image = composer.single_scene(rng, c).image
             real[c.name].append(matcher.match(image, c.name))
     tasks = [ImageTask(index=k, prompt=c.with_article(), seed=k, steps=args.steps, guidance=args.guidance)
              for k, c in enumerate(c for c in items for _ in range(args.seeds))]

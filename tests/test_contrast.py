@@ -123,12 +123,18 @@ def test_a_run_with_the_contrast_trains_and_resumes_exactly(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     a, b = _weights(straight / "model.safetensors"), _weights(halves / "model.safetensors")
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
+    # metrics.jsonl logs the two terms apart: loss = denoising + weight x contrast
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["stage"] == "diffusion"]
+    assert len(rows) == 8 and any(r["contrast"] > 0 for r in rows)
+    assert all(math.isclose(r["loss"], r["denoising"] + 1.0 * r["contrast"], rel_tol=1e-5) for r in rows)
     # the contrast changed the training: the same run without it ends elsewhere
     plain = tmp_path / "plain.toml"
     plain.write_text(train_config(denoiser={"p_mean": 0.0}))
     other = tmp_path / "other"
     assert cli(*train_args(folder, other, plain, steps=8, clip_steps=2)).exit_code == 0
     c = _weights(other / "model.safetensors")
+    assert not any("contrast" in json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines())
     assert max((a[k].float() - c[k].float()).abs().max().item() for k in a if k.startswith("denoiser.")) > 1e-4
 
 

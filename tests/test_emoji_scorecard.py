@@ -39,7 +39,7 @@ def test_judge_learns_shapes_of_one_colour(judge_and_info, tmp_path):
     assert info["test_top1"] >= 0.8  # six shapes of one colour: only shape tells them apart
     save_judge(judge, info, tmp_path / "judge.safetensors")
     again, info_again = load_judge(tmp_path / "judge.safetensors")
-    image = SceneComposer(sprites(), ITEMS, 64, set()).single_scene(random.Random(3), ITEMS[2])[0]
+    image = SceneComposer(sprites(), ITEMS, 64, set()).single_scene(random.Random(3), ITEMS[2]).image
     assert again.ranks(pil_batch([image]), ["triangle"]) == judge.ranks(pil_batch([image]), ["triangle"])
     assert info_again == info
 

@@ -237,8 +237,11 @@ def test_pending_losses_are_read_back_in_batches():
         assert not pending.due()
     pending.add(3, 0.3, torch.tensor(3.0))
     assert pending.due()
-    assert pending.flush(lambda v: v * 2) == [(1, 0.1, 2.0), (2, 0.2, 4.0), (3, 0.3, 6.0)]
+    assert pending.flush(lambda v: v * 2) == [(1, 0.1, 2.0, {}), (2, 0.2, 4.0, {}), (3, 0.3, 6.0, {})]
     assert pending.flush(lambda v: v) == [] and not pending.due()
+    # named parts of a loss come back with it, through the same reduction
+    pending.add(4, 0.4, torch.tensor(5.0), {"denoising": torch.tensor(4.0), "contrast": torch.tensor(0.5)})
+    assert pending.flush(lambda v: v * 2) == [(4, 0.4, 10.0, {"denoising": 8.0, "contrast": 1.0})]
 
 
 def test_init_starts_from_a_checkpoint_and_skips_the_clip_stage(shapes_folder, tmp_path, config_file):

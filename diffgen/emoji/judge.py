@@ -77,7 +77,7 @@ def render_singles(composer: SceneComposer, items: list[Concept], per_concept: i
     images, labels = [], []
     for _ in range(per_concept):
         for label, concept in enumerate(items):
-            image, _ = composer.single_scene(rng, concept)
+            image = composer.single_scene(rng, concept).image
             images.append(np.asarray(image, dtype=np.uint8))
             labels.append(label)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)

@@ -236,11 +236,12 @@ class SceneComposer:
                 negatives.append(f"{negatives[0]} on {article(bg_name)} {bg_name} background")
         return Scene(canvas.convert("RGB"), captions, negatives)
 
-    def single_scene(self, rng: random.Random, concept: Concept) -> tuple[Image.Image, list[str]]:
-        """A scene of ``concept`` alone on a random background, at a random size and place."""
+    def single_scene(self, rng: random.Random, concept: Concept) -> Scene:
+        """A scene of ``concept`` alone on a random background, at a random size and place (a single
+        object has no negative captions: nothing in it can be put in the wrong place)."""
         canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[rng.choice(list(BACKGROUNDS))] + (255,))
         captions = self._single(canvas, rng, concept)
-        return canvas.convert("RGB"), captions
+        return Scene(canvas.convert("RGB"), captions, [])
 
     def _single(self, canvas: Image.Image, rng: random.Random, concept: Concept | None = None) -> list[str]:
         s = self.size

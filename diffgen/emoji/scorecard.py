@@ -129,7 +129,7 @@ class Scorecard:
         for ask in self.sections[section]:
             first = self.by_name[ask.objects[0].concept]
             if ask.relation is None:
-                images.append(self.composer.single_scene(rng, first)[0])
+                images.append(self.composer.single_scene(rng, first).image)
             else:
                 second = self.by_name[ask.objects[1].concept]
                 images.append(self.composer.pair_scene(rng, first, second, ask.relation)[0])

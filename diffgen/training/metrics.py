@@ -23,24 +23,31 @@ class PendingLosses:
 
     Reading a GPU loss each step stalls the host until the step finishes, so the next step cannot
     be queued while this one runs; batching the reads keeps the GPU fed. On the CPU ``every`` is 1.
+    A step may carry named parts of its loss (e.g. the caption contrast), read back with it.
     """
 
     def __init__(self, every: int):
         self.every = every
-        self.rows: list[tuple[int, float, torch.Tensor]] = []
+        self.rows: list[tuple[int, float, tuple[str, ...], torch.Tensor]] = []
 
-    def add(self, step: int, lr: float, loss: torch.Tensor) -> None:
-        self.rows.append((step, lr, loss.detach().reshape(())))
+    def add(self, step: int, lr: float, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> None:
+        parts = parts or {}
+        values = torch.stack([loss.detach().reshape(()), *(v.detach().reshape(()) for v in parts.values())])
+        self.rows.append((step, lr, tuple(parts), values))
 
     def due(self) -> bool:
         return len(self.rows) >= self.every
 
-    def flush(self, mean_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[int, float, float]]:
-        """(step, lr, loss averaged over ranks) for every pending step, with one host sync."""
+    def flush(self, mean_over_ranks: Callable[[torch.Tensor], torch.Tensor]
+              ) -> list[tuple[int, float, float, dict[str, float]]]:
+        """(step, lr, loss, {part: value}) averaged over ranks for every pending step, with one host sync."""
         if not self.rows:
             return []
-        values = mean_over_ranks(torch.stack([loss for _, _, loss in self.rows])).tolist()
-        out = [(step, lr, value) for (step, lr, _), value in zip(self.rows, values)]
+        width = max(len(values) for *_, values in self.rows)  # steps of one stage share their parts
+        padded = torch.stack([torch.nn.functional.pad(values, (0, width - len(values))) for *_, values in self.rows])
+        table = mean_over_ranks(padded).tolist()
+        out = [(step, lr, row[0], dict(zip(names, row[1:])))
+               for (step, lr, names, _), row in zip(self.rows, table)]
         self.rows = []
         return out
 
@@ -125,9 +132,10 @@ class StageMeter:
                                  disable=not (show_progress and dist.is_main))
         self.bar = self.progress.add_task(stage, total=total, completed=start, loss="-", rate="-")
 
-    def add(self, step: int, lr: float, loss: torch.Tensor, force: bool = False) -> None:
-        """Record step ``step``'s loss; write out the pending steps when due or ``force``."""
-        self.pending.add(step, lr, loss)
+    def add(self, step: int, lr: float, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None,
+            force: bool = False) -> None:
+        """Record step ``step``'s loss (and its named parts); write out the pending steps when due or ``force``."""
+        self.pending.add(step, lr, loss, parts)
         if force or self.pending.due():
             self.flush()
 
@@ -136,9 +144,9 @@ class StageMeter:
         if not rows:
             return
         rate = self.speed.add(self.images_per_step * len(rows))
-        for step, lr, loss in rows:
+        for step, lr, loss, parts in rows:
             self.smoothed = loss if self.smoothed is None else 0.98 * self.smoothed + 0.02 * loss
-            self.log.write({"stage": self.stage, "step": step, "loss": loss, "lr": lr, "images_per_s": rate})
+            self.log.write({"stage": self.stage, "step": step, "loss": loss, **parts, "lr": lr, "images_per_s": rate})
         self.progress.update(self.bar, advance=len(rows), loss=f"{self.smoothed:.4f}", rate=f"{rate:.1f}")
 
     def out_of_time(self) -> bool:

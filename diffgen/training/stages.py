@@ -61,7 +61,8 @@ class Stage:
     net: torch.nn.Module  # what runs forward and backward (DDP-wrapped under torchrun)
     optimizer: torch.optim.Optimizer
     lr: Callable[[int], float]
-    loss: Callable[[list[int], torch.Generator], torch.Tensor]  # mean loss of one micro-batch
+    # mean loss of one micro-batch, or (that loss, its named parts, logged beside it in metrics.jsonl)
+    loss: Callable[[list[int], torch.Generator], torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]]
     tensors: Callable[[], dict[str, torch.Tensor]]  # the weights a state holds (the optimizer is added)
     after_step: Callable[[int], None] = lambda step: None
     # called with (step, last) at sample_every steps, at states and at the end, before the state is saved
@@ -85,13 +86,18 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
             for group in stage.optimizer.param_groups:  # a group may run at a fraction of the schedule
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             total = torch.zeros((), device=run.device)
+            parts: dict[str, torch.Tensor] = {}
             for micro in range(t.grad_accum):
                 idx = plan.batch(step, micro, run.dist.rank)
                 gen = step_generator(t.seed, stage.name, step * t.grad_accum + micro, run.dist.rank)
                 with distributed.maybe_no_sync(stage.net, micro < t.grad_accum - 1):
-                    loss = stage.loss(idx, gen) / t.grad_accum
+                    result = stage.loss(idx, gen)
+                    loss, named = result if isinstance(result, tuple) else (result, {})
+                    loss = loss / t.grad_accum
                     loss.backward()
                 total += loss.detach()
+                for name, value in named.items():
+                    parts[name] = parts.get(name, 0) + value.detach() / t.grad_accum
             torch.nn.utils.clip_grad_norm_(stage.params, t.grad_clip)
             stage.optimizer.step()
             stage.optimizer.zero_grad(set_to_none=True)
@@ -99,7 +105,7 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
             done = step + 1
             save_due = done % t.checkpoint_every == 0
             sample_due = stage.sample_every is not None and done % stage.sample_every == 0
-            meter.add(done, lr, total, force=save_due or sample_due or done == stage.steps)
+            meter.add(done, lr, total, parts, force=save_due or sample_due or done == stage.steps)
             terminated = run.stop.is_set() if not run.dist.enabled else \
                 distributed.any_rank(run.stop.is_set(), run.dist, run.device)
             if terminated:  # SIGTERM: keep this step's work, then end like Ctrl-C
@@ -196,7 +202,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     noise_generator = NoiseGenerator(run.device)
     ema_params, params = list(ema.parameters()), list(unet.parameters())
 
-    def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor:
+    def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         captions = pick_captions(run.data, idx, gen, t.caption_dropout)
         x0 = image_batch(run.data, idx, run.device)
         noisy, sigma = noised(x0, d.p_mean, d.p_std, noise_generator(gen))
@@ -209,11 +215,13 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         with autocast:
             losses = denoising_loss(denoiser, noisy, sigma, x0, cond)
         n = len(idx)
-        total = losses[:n].mean()
-        if rows:
-            total = total + t.negative_weight * contrast_loss(
-                losses[rows], losses[n:], t.negative_sharpness).sum() / n
-        return total
+        denoising = losses[:n].mean()
+        if not t.negative_weight:
+            return denoising
+        # logged apart, so that a contrast run's denoising loss compares with other runs' losses
+        contrast = (contrast_loss(losses[rows], losses[n:], t.negative_sharpness).sum() / n if rows
+                    else denoising.new_zeros(()))
+        return denoising + t.negative_weight * contrast, {"denoising": denoising, "contrast": contrast}
 
     def update_ema(step: int) -> None:
         decay = min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
