@@ -128,6 +128,10 @@ def test_a_run_with_the_contrast_trains_and_resumes_exactly(tmp_path):
     rows = [r for r in rows if r["stage"] == "diffusion"]
     assert len(rows) == 8 and any(r["contrast"] > 0 for r in rows)
     assert all(math.isclose(r["loss"], r["denoising"] + 1.0 * r["contrast"], rel_tol=1e-5) for r in rows)
+    # and the loss curve draws the contrast as a line of its own
+    from diffgen.training.metrics import RunLog
+    curves = RunLog(straight, enabled=True, resume_from=("diffusion", 8)).curves()
+    assert curves["diffusion contrast"] == (list(range(1, 9)), [r["contrast"] for r in rows])
     # the contrast changed the training: the same run without it ends elsewhere
     plain = tmp_path / "plain.toml"
     plain.write_text(train_config(denoiser={"p_mean": 0.0}))
@@ -135,6 +139,7 @@ def test_a_run_with_the_contrast_trains_and_resumes_exactly(tmp_path):
     assert cli(*train_args(folder, other, plain, steps=8, clip_steps=2)).exit_code == 0
     c = _weights(other / "model.safetensors")
     assert not any("contrast" in json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines())
+    assert "diffusion contrast" not in RunLog(other, enabled=True, resume_from=("diffusion", 8)).curves()
     assert max((a[k].float() - c[k].float()).abs().max().item() for k in a if k.startswith("denoiser.")) > 1e-4
 
 

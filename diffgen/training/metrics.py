@@ -80,17 +80,27 @@ class RunLog:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
+    def curves(self) -> dict[str, tuple[list[int], list[float]]]:
+        """Each stage's loss by step, and the named parts a stage logs beside its loss (a caption
+        contrast run's ``contrast``, whose scale the total hides)."""
+        series = {}
+        for stage in ("clip", "diffusion"):
+            rows = [r for r in self.rows if r["stage"] == stage]
+            if rows:
+                series[f"{stage} loss"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+            with_contrast = [r for r in rows if "contrast" in r]
+            if with_contrast:
+                series[f"{stage} contrast"] = ([r["step"] for r in with_contrast],
+                                               [r["contrast"] for r in with_contrast])
+        return series
+
     def loss_curve(self, path: Path) -> None:
         if not self.enabled:
             return
         from diffgen.plots import line_chart
         from diffgen.sampling.images import save_png
 
-        series = {}
-        for stage in ("clip", "diffusion"):
-            rows = [r for r in self.rows if r["stage"] == stage]
-            if rows:
-                series[f"{stage} loss"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+        series = self.curves()
         if series:
             save_png(line_chart(series, "training loss (per step, and smoothed)", smooth=0.98), path)
 
