@@ -43,9 +43,8 @@ class PendingLosses:
         """(step, lr, loss, {part: value}) averaged over ranks for every pending step, with one host sync."""
         if not self.rows:
             return []
-        width = max(len(values) for *_, values in self.rows)  # steps of one stage share their parts
-        padded = torch.stack([torch.nn.functional.pad(values, (0, width - len(values))) for *_, values in self.rows])
-        table = mean_over_ranks(padded).tolist()
+        # one stage's steps all log the same parts, so their values stack into one table
+        table = mean_over_ranks(torch.stack([values for *_, values in self.rows])).tolist()
         out = [(step, lr, row[0], dict(zip(names, row[1:])))
                for (step, lr, names, _), row in zip(self.rows, table)]
         self.rows = []
