@@ -14,6 +14,15 @@ draws the right objects in the wrong places (pair_failures.py's "swapped") score
 and near 0.5 on order. The numbers come from real images and paired noise, so they are far less
 noisy than sampled pictures judged by a matcher, and they cost no sampler steps.
 
+At those noise levels the noisy picture already shows where each object is, so the caption barely
+moves the loss. Where the sampler decides the layout (sigma 8 to 80) the denoiser's estimate is
+close to the mean of the pictures the caption allows, and "layout" asks whether it depends on the
+order of the words the way the pictures do: the cosine between D(x; true) - D(x; swapped) and
+picture(true) - picture(swapped), the two pictures drawn with the same background and layout.
+About 0 for a model blind to the order, positive when the named order moves the objects to their
+places. A perfect model stays below 1, its estimate blurred over the layouts the data varies:
+"layout_ceiling" is the same cosine for the mean of 16 other pictures of each caption.
+
 Run: .venv/bin/python benchmarks/order_loss.py checkpoints/default.safetensors [other.safetensors ...]
 """
 
@@ -26,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-SIGMAS = (0.5, 1.0, 2.0, 4.0)  # where the layout of a 64 px scene is decided (not the finest detail)
+SIGMAS = (0.5, 1.0, 2.0, 4.0)  # coarse structure of a 64 px scene (not the finest detail)
+LAYOUT_SIGMAS = (80.0, 20.0, 8.0)  # where the sampler places the objects
 
 
 @torch.inference_mode()
@@ -75,6 +85,49 @@ def order_scores(model, card, section: str, draws: int, batch: int = 32) -> dict
             "images": len(asks)}
 
 
+@torch.inference_mode()
+def layout_scores(model, card, section: str, batch: int = 32) -> dict[str, float]:
+    """The section's layout cosine at each of LAYOUT_SIGMAS (see the module docstring)."""
+    from diffgen.emoji.scorecard import PAIR_RELATIONS
+    from diffgen.engine.denoiser import Conditioning
+    from diffgen.sampling.images import from_pil
+
+    asks = card.sections[section]
+    captions, true, swapped = [], [], []
+    for k, ask in enumerate(asks):
+        a, b = (card.by_name[o.concept] for o in ask.objects)
+        words = PAIR_RELATIONS[ask.relation]
+        captions.append([f"{x.with_article()} {words} {y.with_article()}" for x, y in ((a, b), (b, a))])
+        for pictures, (x, y) in ((true, (a, b)), (swapped, (b, a))):  # same seed: same background, layout
+            pictures.append(from_pil(card.composer.pair_scene(random.Random(k), x, y, ask.relation).image, card.size))
+    true_t, swapped_t = torch.stack(true), torch.stack(swapped)
+    real_gap = (true_t - swapped_t).flatten(1)
+    mean_gap = torch.zeros_like(real_gap)
+    for draw in range(16):  # other backgrounds and layouts: the picture a caption means, on average
+        for k, ask in enumerate(asks):
+            a, b = (card.by_name[o.concept] for o in ask.objects)
+            rng = random.Random(10_000 * (draw + 1) + k)
+            pair = [from_pil(card.composer.pair_scene(random.Random(rng.random()), x, y, ask.relation).image,
+                             card.size) for x, y in ((a, b), (b, a))]
+            mean_gap[k] += (pair[0] - pair[1]).flatten() / 16
+    conds = [model.encode_prompts([row[j] for row in captions])[0] for j in range(2)]
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for sigma in LAYOUT_SIGMAS:
+        noisy = true_t + sigma * torch.randn(true_t.shape, generator=gen)
+        estimates = []
+        for cond in conds:
+            estimates.append(torch.cat([
+                model.denoiser(noisy[i:i + batch], torch.full((len(noisy[i:i + batch]),), sigma),
+                               Conditioning(cond.tokens[i:i + batch], cond.pooled[i:i + batch]))
+                for i in range(0, len(noisy), batch)]))
+        model_gap = (estimates[0] - estimates[1]).flatten(1)
+        cosine = torch.nn.functional.cosine_similarity(model_gap, real_gap, dim=1)
+        out[f"layout@{sigma:g}"] = round(cosine.mean().item(), 3)
+    out["layout_ceiling"] = round(torch.nn.functional.cosine_similarity(mean_gap, real_gap, dim=1).mean().item(), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="+")
@@ -93,7 +146,7 @@ def main() -> None:
     for path in args.checkpoints:
         model = load_model(path, torch.device("cpu"), image_tower=False)
         card = Scorecard(sprites, items, None, model.config.image_size, pairs=args.pairs)
-        report = {section: order_scores(model, card, section, args.draws)
+        report = {section: {**order_scores(model, card, section, args.draws), **layout_scores(model, card, section)}
                   for section in ("pairs_seen", "pairs_heldout")}
         print(json.dumps({"checkpoint": str(path), **report}))
 

@@ -39,12 +39,14 @@ def cpu_name() -> str:
 
 def ensure_data(recipe: str, count: int, seed: int) -> Path:
     """The emoji data folder of this data recipe, built on first use."""
-    from diffgen.emoji.scenes import build_emoji_dataset
+    from diffgen.emoji.dataset import build_emoji_dataset
 
     folder = RUNS / f"data-{recipe}-{count}-s{seed}"
     meta = folder / "metadata.jsonl"
-    # folders built before negative captions existed are rebuilt: the same images, with negatives
-    if not meta.is_file() or '"negative_text"' not in meta.read_text():
+    # folders built before negative captions and object regions existed are rebuilt: the same
+    # images, with both
+    text = meta.read_text() if meta.is_file() else ""
+    if '"negative_text"' not in text or '"regions"' not in text:
         started = time.perf_counter()
         build_emoji_dataset(folder, count, size=64, seed=seed, recipe=recipe)
         print(f"built {count} scenes ({recipe}) in {time.perf_counter() - started:.0f} s: {folder}")

@@ -107,6 +107,10 @@ class TrainConfig:
     # about 1/sharpness) beyond which an image stops contributing.
     negative_weight: float = 0.0
     negative_sharpness: float = 100.0
+    # Grounding loss (training/grounding.py, after TokenCompose): for images whose data says where
+    # each named object is (metadata.jsonl "regions"), the cross-attention of the object's name is
+    # pulled into its box, by this weight (0: off).
+    grounding_weight: float = 0.0
     clip_steps: int = 500
     clip_batch_size: int = 128
     clip_lr: float = 5e-4
@@ -229,6 +233,8 @@ def _validate(cfg: Config) -> None:
     _require(0.0 <= tr.caption_dropout < 1.0, "config key 'train.caption_dropout' must be in [0, 1)")
     _require(math.isfinite(tr.negative_weight) and tr.negative_weight >= 0,
              "config key 'train.negative_weight' must be 0 or more")
+    _require(math.isfinite(tr.grounding_weight) and tr.grounding_weight >= 0,
+             "config key 'train.grounding_weight' must be 0 or more")
     _require(math.isfinite(tr.negative_sharpness) and tr.negative_sharpness > 0,
              "config key 'train.negative_sharpness' must be positive")
     _require(0.0 <= tr.ema_decay < 1.0, "config key 'train.ema_decay' must be in [0, 1)")

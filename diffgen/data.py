@@ -4,6 +4,11 @@ A folder (searched recursively) holds images (png, jpg/jpeg, webp, bmp) with cap
 same-name ``.txt`` file (one caption per line; one is drawn at random each time the image is used)
 or in a ``metadata.jsonl`` with ``file_name`` and ``text`` (the Hugging Face imagefolder layout).
 Bad files are reported by name and skipped, never silently trained on.
+
+A metadata row may also carry ``negative_text`` (captions the image is not, for the caption
+contrast) and ``regions``: one list per caption of ``[start, end, x0, y0, x1, y1]`` entries, the
+characters of the caption that name an object and the object's box as fractions of the (square)
+image side, for training's grounding loss (``train.grounding_weight``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 METADATA_NAME = "metadata.jsonl"
 
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image side
+Region = tuple[int, int, float, float, float, float]  # a caption's characters start:end, then its Box
+
+
 @dataclass(frozen=True)
 class CaptionedImage:
     path: Path
@@ -33,6 +42,35 @@ class CaptionedImage:
     # captions that do not describe the image (metadata.jsonl "negative_text"), e.g. its objects
     # named in the other places; used by training's caption contrast (train.negative_weight)
     negatives: tuple[str, ...] = ()
+    # caption -> where its named objects are (metadata.jsonl "regions"; see the module docstring)
+    regions: dict[str, tuple[Region, ...]] = field(default_factory=dict)
+
+
+def parse_regions(caption: str, entries: object) -> tuple[Region, ...] | None:
+    """A caption's regions from JSON, or None when they do not fit it (wrong shape, a span outside
+    the caption, an empty or out-of-image box)."""
+    if not isinstance(entries, list):
+        return None
+    out = []
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 6
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry)):
+            return None
+        start, end, x0, y0, x1, y1 = entry
+        if not (int(start) == start and int(end) == end and 0 <= start < end <= len(caption)
+                and 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            return None
+        out.append((int(start), int(end), float(x0), float(y0), float(x1), float(y1)))
+    return tuple(out)
+
+
+@dataclass
+class Metadata:
+    """What the metadata.jsonl files of a folder say, keyed by resolved image path."""
+
+    captions: dict[Path, list[str]] = field(default_factory=dict)
+    negatives: dict[Path, list[str]] = field(default_factory=dict)
+    regions: dict[Path, dict[str, tuple[Region, ...]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +105,9 @@ class DataReport:
         with_negatives = sum(bool(i.negatives) for i in self.items)
         if with_negatives:
             lines.append(f"{with_negatives} image(s) with negative captions (for train.negative_weight)")
+        with_regions = sum(bool(i.regions) for i in self.items)
+        if with_regions:
+            lines.append(f"{with_regions} image(s) with object regions (for train.grounding_weight)")
         for group in self.duplicates:
             lines.append("duplicate images: " + ", ".join(str(p) for p in group))
         for path, count in self.long_captions:
@@ -75,11 +116,10 @@ class DataReport:
         return lines
 
 
-def _read_metadata(folder: Path, report: DataReport) -> tuple[dict[Path, list[str]], dict[Path, list[str]]]:
-    """Captions and negative captions from every metadata.jsonl under ``folder``, keyed by
-    resolved image path."""
-    captions: dict[Path, list[str]] = {}
-    negatives: dict[Path, list[str]] = {}
+def _read_metadata(folder: Path, report: DataReport) -> Metadata:
+    """Captions, negative captions and regions from every metadata.jsonl under ``folder``."""
+    found = Metadata()
+    captions, negatives = found.captions, found.negatives
     root = folder.resolve()
     for meta in sorted(folder.rglob(METADATA_NAME)):
         if not meta.resolve().is_relative_to(root):
@@ -108,13 +148,21 @@ def _read_metadata(folder: Path, report: DataReport) -> tuple[dict[Path, list[st
                 report.warnings.append(f"{meta}:{number}: {name} is outside {folder}; ignored")
                 continue
             captions.setdefault(path, []).extend(t.strip() for t in texts if isinstance(t, str))
+            if "regions" in row:
+                regions = row["regions"]
+                parsed = ([parse_regions(t, r) for t, r in zip(texts, regions)]
+                          if isinstance(regions, list) and len(regions) == len(texts) else [None])
+                if any(p is None for p in parsed) or not all(isinstance(t, str) and t == t.strip() for t in texts):
+                    report.warnings.append(f"{meta}:{number}: regions do not fit the captions; ignored")
+                else:
+                    found.regions.setdefault(path, {}).update(zip(texts, parsed))  # type: ignore[arg-type]
             negative = row.get("negative_text", [])
             negative = [negative] if isinstance(negative, str) else negative
             if not isinstance(negative, list):
                 report.warnings.append(f"{meta}:{number}: negative_text is not a string or a list; ignored")
                 continue
             negatives.setdefault(path, []).extend(t.strip() for t in negative if isinstance(t, str) and t.strip())
-    return captions, negatives
+    return found
 
 
 def check_image(path: Path) -> tuple[int, int] | str:
@@ -143,7 +191,7 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
     if not folder.is_dir():
         raise InputError(f"data path is not a folder: {folder}")
     report = DataReport(folder)
-    metadata, metadata_negatives = _read_metadata(folder, report)
+    meta = _read_metadata(folder, report)
     hashes: dict[str, list[Path]] = {}
     root = folder.resolve()
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
@@ -161,8 +209,8 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
             except UnicodeDecodeError:
                 report.skipped.append((path, f"caption {txt.name} is not UTF-8 text (save it as UTF-8)"))
                 continue
-        elif path.resolve() in metadata:
-            captions = metadata[path.resolve()]
+        elif path.resolve() in meta.captions:
+            captions = meta.captions[path.resolve()]
         else:
             report.skipped.append((path, "no caption (.txt file or metadata.jsonl entry)"))
             continue
@@ -176,8 +224,11 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
             continue
         report.sizes.append(checked)
         negatives = () if txt.is_file() else tuple(
-            n for n in metadata_negatives.get(path.resolve(), ()) if n not in captions)  # never its own
-        report.items.append(CaptionedImage(path, tuple(captions), negatives))
+            n for n in meta.negatives.get(path.resolve(), ()) if n not in captions)  # never its own
+        # boxes are fractions of a square image: a centre crop would move them
+        regions = {} if txt.is_file() or checked[0] != checked[1] else {
+            c: r for c, r in meta.regions.get(path.resolve(), {}).items() if c in captions}
+        report.items.append(CaptionedImage(path, tuple(captions), negatives, regions))
         hashes.setdefault(hashlib.sha1(path.read_bytes()).hexdigest(), []).append(path)
     report.duplicates = [group for group in hashes.values() if len(group) > 1]
     if check_tokens and report.items:
@@ -219,10 +270,15 @@ class TrainingSet:
     captions: list[tuple[str, ...]]
     paths: list[Path]
     negatives: list[tuple[str, ...]] | None = None  # per image, where the data names any
+    regions: list[dict[str, tuple[Region, ...]]] | None = None  # per image, where the data has any
 
     def negatives_of(self, index: int) -> tuple[str, ...]:
         """The negative captions of image ``index`` (none for most data)."""
         return self.negatives[index] if self.negatives else ()
+
+    def regions_of(self, index: int, caption: str) -> tuple[Region, ...]:
+        """Where the objects ``caption`` names are in image ``index`` (none where unknown)."""
+        return self.regions[index].get(caption, ()) if self.regions else ()
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -236,8 +292,9 @@ def load_training_set(items: list[CaptionedImage], size: int) -> TrainingSet:
     arrays = [np.asarray(load_image(item.path, size), dtype=np.uint8) for item in items]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     negatives = [item.negatives for item in items]
+    regions = [item.regions for item in items]
     return TrainingSet(images, [item.captions for item in items], [item.path for item in items],
-                       negatives if any(negatives) else None)
+                       negatives if any(negatives) else None, regions if any(regions) else None)
 
 
 def split_holdout(num_items: int, seed: int, fraction: float = 0.1, cap: int = 500) -> tuple[list[int], list[int]]:

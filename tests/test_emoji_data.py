@@ -10,12 +10,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from diffgen.data import scan_folder
+from diffgen.emoji.dataset import build_emoji_dataset
 from diffgen.emoji.scenes import (
     FONT_CANDIDATES,
     Concept,
     SceneComposer,
     article,
-    build_emoji_dataset,
     concepts,
     heldout_pairs,
 )
@@ -41,9 +41,10 @@ def composer(held=frozenset()) -> SceneComposer:
 def test_scenes_are_deterministic_and_captioned():
     a = [composer().scene(random.Random(5)) for _ in range(3)]
     b = [composer().scene(random.Random(5)) for _ in range(3)]
-    for (img_a, cap_a, neg_a), (img_b, cap_b, neg_b) in zip(a, b):
+    for (img_a, cap_a, neg_a, reg_a), (img_b, cap_b, neg_b, reg_b) in zip(a, b):
         assert img_a.size == (32, 32) and img_a.mode == "RGB"
         assert img_a.tobytes() == img_b.tobytes() and cap_a == cap_b and cap_a and neg_a == neg_b
+        assert reg_a == reg_b and len(reg_a) == len(cap_a)
 
 
 @pytest.mark.parametrize("relation", ["left of", "above", "on"])

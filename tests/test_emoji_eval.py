@@ -37,7 +37,7 @@ def test_real_scenes_match_their_own_sprite(name):
     composer, rng = SceneComposer(sprites(), ITEMS, 64, set()), random.Random(1)
     matcher, ious = SpriteMatcher(sprites(), 64), []
     for _ in range(6):
-        image, captions, _ = composer.single_scene(rng, next(c for c in ITEMS if c.name == name))
+        image, captions, _, _ = composer.single_scene(rng, next(c for c in ITEMS if c.name == name))
         assert name in captions[0]
         match = matcher.match(image, name)
         assert match.rank == 1 and match.best == name

@@ -54,7 +54,7 @@ def data_emoji(
 
     with user_errors(debug):
         check_output_dir(out)
-        from diffgen.emoji.scenes import build_emoji_dataset
+        from diffgen.emoji.dataset import build_emoji_dataset
 
         start = time.perf_counter()
         summary = build_emoji_dataset(out, count, size, seed, font, recipe)

@@ -11,7 +11,6 @@ Everything is deterministic given the seed.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
 
+from diffgen.data import Box, Region
 from diffgen.emoji.concepts import CONCEPT_TABLE, SYNONYMS
 from diffgen.errors import DiffgenError, InputError
 
@@ -97,8 +97,6 @@ DATA_RECIPES = {
 }
 PAIR_SCALES = (0.8, 1.1)
 PAIR_SHIFT = 0.08
-ATTRIBUTION = ("Emoji artwork: Noto Color Emoji, (c) Google, Apache License 2.0 "
-               "(https://github.com/googlefonts/noto-emoji). Names: CLDR via the `emoji` package (BSD).\n")
 
 
 def article(word: str) -> str:
@@ -107,12 +105,33 @@ def article(word: str) -> str:
 
 
 class Scene(NamedTuple):
-    """A composed image, its captions (several phrasings of the same content) and negative captions
-    (the same words with the objects in each other's places: what the image is not)."""
+    """A composed image, its captions (several phrasings of the same content), negative captions
+    (the same words with the objects in each other's places: what the image is not) and, per
+    caption, the regions of the objects it names (for training's grounding loss)."""
 
     image: Image.Image
     captions: list[str]
     negatives: list[str]
+    # (start, end) of each name in the caption, its article left out, and the sprite's box; a
+    # name drawn more than once ("three apples") has one region per copy
+    regions: list[list[Region]]
+
+
+def spelled(*parts: str | tuple[str, Box | list[Box]]) -> tuple[str, list[Region]]:
+    """A caption from plain words and (phrase, box or boxes) parts, with the region of each
+    phrase's name: ``spelled(("a dog", box), " above ", ("a cat", box2))``."""
+    text, regions = "", []
+    for part in parts:
+        if isinstance(part, str):
+            text += part
+            continue
+        phrase, boxes = part
+        words = phrase.split(" ", 1)
+        skip = len(words[0]) + 1 if len(words) == 2 and words[0] in ("a", "an") else 0
+        for box in boxes if isinstance(boxes, list) else [boxes]:
+            regions.append((len(text) + skip, len(text) + len(phrase), *box))
+        text += phrase
+    return text, regions
 
 
 @dataclass(frozen=True)
@@ -210,12 +229,17 @@ class SceneComposer:
                                               max(1, round(sprite.height * scale))), Image.Resampling.LANCZOS)
         return self._cache[key]
 
-    def _paste(self, canvas: Image.Image, name: str, extent: int, cx: float, cy: float) -> None:
+    def _paste(self, canvas: Image.Image, name: str, extent: int, cx: float, cy: float) -> Box:
+        """Draw the sprite centred at (cx, cy); its box as fractions of the side."""
         sprite = self._sprite(name, extent)
-        canvas.alpha_composite(sprite, (round(cx - sprite.width / 2), round(cy - sprite.height / 2)))
+        left, top = round(cx - sprite.width / 2), round(cy - sprite.height / 2)
+        canvas.alpha_composite(sprite, (left, top))
+        s = self.size
+        box = (left / s, top / s, (left + sprite.width) / s, (top + sprite.height) / s)
+        return tuple(round(min(max(v, 0.0), 1.0), 4) for v in box)  # type: ignore[return-value]
 
     def scene(self, rng: random.Random) -> Scene:
-        """One image, its captions and negative captions."""
+        """One image, its captions, negative captions and regions."""
         bg_name = rng.choice(list(BACKGROUNDS))
         canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[bg_name] + (255,))
         kind, recipe = rng.random(), self.recipe
@@ -230,38 +254,44 @@ class SceneComposer:
             captions, negatives = self._pair(canvas, rng)
         else:
             captions = self._count(canvas, rng)
-        if rng.random() < 0.5:
-            captions.append(f"{captions[0]} on {article(bg_name)} {bg_name} background")
+        if rng.random() < 0.5:  # the first caption's objects keep their places in the longer one
+            text, regions = captions[0]
+            captions.append((f"{text} on {article(bg_name)} {bg_name} background", regions))
             if negatives:  # the negatives say as much about the background as the captions do
                 negatives.append(f"{negatives[0]} on {article(bg_name)} {bg_name} background")
-        return Scene(canvas.convert("RGB"), captions, negatives)
+        return self._finish(canvas, captions, negatives)
+
+    @staticmethod
+    def _finish(canvas: Image.Image, captions: list[tuple[str, list[Region]]], negatives: list[str]) -> Scene:
+        return Scene(canvas.convert("RGB"), [c for c, _ in captions], negatives, [r for _, r in captions])
 
     def single_scene(self, rng: random.Random, concept: Concept) -> Scene:
         """A scene of ``concept`` alone on a random background, at a random size and place (a single
         object has no negative captions: nothing in it can be put in the wrong place)."""
         canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[rng.choice(list(BACKGROUNDS))] + (255,))
-        captions = self._single(canvas, rng, concept)
-        return Scene(canvas.convert("RGB"), captions, [])
+        return self._finish(canvas, self._single(canvas, rng, concept), [])
 
-    def _single(self, canvas: Image.Image, rng: random.Random, concept: Concept | None = None) -> list[str]:
+    def _single(self, canvas: Image.Image, rng: random.Random, concept: Concept | None = None
+                ) -> list[tuple[str, list[Region]]]:
         s = self.size
         concept = rng.choice(self.items) if concept is None else concept
         size_word, frac = rng.choice(SINGLE_SIZES)
         extent = round(frac * s)
         half = extent / 2
         cx, cy = rng.uniform(half, s - half), rng.uniform(half, s - half)
-        self._paste(canvas, concept.name, extent, cx, cy)
+        box = self._paste(canvas, concept.name, extent, cx, cy)
         plain = concept.phrase(rng)
-        captions = [plain, concept.phrase(rng, with_article=False)]
+        captions = [spelled((plain, box)), spelled((concept.phrase(rng, with_article=False), box))]
         if size_word:
-            captions.append(f"{article(size_word)} {size_word} {concept.phrase(rng, with_article=False)}")
+            captions.append(spelled(f"{article(size_word)} {size_word} ",
+                                    (concept.phrase(rng, with_article=False), box)))
         return captions
 
     def pair_scene(self, rng: random.Random, a: Concept, b: Concept, relation: str) -> Scene:
         """A scene of ``a`` and ``b`` in ``relation`` (one of RELATIONS) on a random background."""
         canvas = Image.new("RGBA", (self.size, self.size), BACKGROUNDS[rng.choice(list(BACKGROUNDS))] + (255,))
         captions, negatives = self._pair(canvas, rng, (a, b), relation)
-        return Scene(canvas.convert("RGB"), captions, negatives)
+        return self._finish(canvas, captions, negatives)
 
     def _rider_and_vehicle(self, rng: random.Random) -> tuple[Concept, Concept]:
         while True:
@@ -291,7 +321,7 @@ class SceneComposer:
 
     def _pair(self, canvas: Image.Image, rng: random.Random,
               fixed: tuple[Concept, Concept] | None = None, relation: str | None = None
-              ) -> tuple[list[str], list[str]]:
+              ) -> tuple[list[tuple[str, list[Region]]], list[str]]:
         """Draw two objects in a relation; their captions and, where the relation fixes the order,
         negative captions that name the two in each other's places."""
         s = self.size
@@ -305,80 +335,41 @@ class SceneComposer:
         pa, pb = a.phrase(rng), b.phrase(rng)
         if relation == "on":  # a smaller A standing on top of B
             (ea, xa, ya), (eb, xb, yb) = self._layout(rng, relation)
-            self._paste(canvas, b.name, round(eb * s), xb * s, yb * s)
-            self._paste(canvas, a.name, round(ea * s), xa * s, ya * s)
-            captions = [f"{pa} on {pb}", f"{pa} on top of {pb}"]
+            box_b = self._paste(canvas, b.name, round(eb * s), xb * s, yb * s)
+            box_a = self._paste(canvas, a.name, round(ea * s), xa * s, ya * s)
+            words = ["on", "on top of"] + (["riding"] if b.kind == "vehicle" and a.kind == "animal" else [])
+            captions = [spelled((pa, box_a), f" {w} ", (pb, box_b)) for w in words]
             negatives = [f"{pb} on {pa}", f"{pb} on top of {pa}"]
-            if b.kind == "vehicle" and a.kind == "animal":
-                captions.append(f"{pa} riding {pb}")
         elif relation == "above":
             (ea, xa, ya), (eb, xb, yb) = self._layout(rng, relation)
-            self._paste(canvas, a.name, round(ea * s), xa * s, ya * s)
-            self._paste(canvas, b.name, round(eb * s), xb * s, yb * s)
-            captions = [f"{pa} above {pb}", f"{pb} below {pa}"]
+            box_a = self._paste(canvas, a.name, round(ea * s), xa * s, ya * s)
+            box_b = self._paste(canvas, b.name, round(eb * s), xb * s, yb * s)
+            captions = [spelled((pa, box_a), " above ", (pb, box_b)), spelled((pb, box_b), " below ", (pa, box_a))]
             negatives = [f"{pb} above {pa}", f"{pa} below {pb}"]
         else:  # side by side: "left of" fixes the order, "next to" does not
             left_first = relation == "left of" or rng.random() < 0.5
             first, second = (a, b) if left_first else (b, a)
             (e1, x1, y1), (e2, x2, y2) = self._layout(rng, relation)
-            self._paste(canvas, first.name, round(e1 * s), x1 * s, y1 * s)
-            self._paste(canvas, second.name, round(e2 * s), x2 * s, y2 * s)
+            box_first = self._paste(canvas, first.name, round(e1 * s), x1 * s, y1 * s)
+            box_second = self._paste(canvas, second.name, round(e2 * s), x2 * s, y2 * s)
+            box_a, box_b = (box_first, box_second) if left_first else (box_second, box_first)
             if relation == "left of":
-                captions = [f"{pa} to the left of {pb}", f"{pb} to the right of {pa}"]
+                captions = [spelled((pa, box_a), " to the left of ", (pb, box_b)),
+                            spelled((pb, box_b), " to the right of ", (pa, box_a))]
                 negatives = [f"{pb} to the left of {pa}", f"{pa} to the right of {pb}"]
             else:
-                captions, negatives = [f"{pa} next to {pb}", f"{pa} beside {pb}"], []
+                captions = [spelled((pa, box_a), f" {w} ", (pb, box_b)) for w in ("next to", "beside")]
+                negatives = []
         if (b.name, a.name) in self.held_out:  # a held-out prompt is never shown, not even as a negative
             negatives = []
         return captions, negatives
 
-    def _count(self, canvas: Image.Image, rng: random.Random) -> list[str]:
+    def _count(self, canvas: Image.Image, rng: random.Random) -> list[tuple[str, list[Region]]]:
         s = self.size
         concept = rng.choice([c for c in self.items if c.plural != c.name])
         n = rng.choice(tuple(NUMBERS))
         extent = round(s * (0.42 if n > 2 else 0.45))
         spots = [(0.27, 0.5), (0.73, 0.5)] if n == 2 else [(0.27, 0.3), (0.73, 0.3), (0.5, 0.74)] \
             if n == 3 else [(0.27, 0.27), (0.73, 0.27), (0.27, 0.73), (0.73, 0.73)]
-        for fx, fy in spots:
-            self._paste(canvas, concept.name, extent, fx * s, fy * s)
-        return [f"{NUMBERS[n]} {concept.plural}", f"{n} {concept.plural}"]
-
-
-def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
-                        font: str | Path | None = None, recipe: str = "standard") -> dict:
-    """Write ``count`` scenes to ``out`` (images/ + metadata.jsonl + heldout.json); return a summary."""
-    from diffgen.fileio import atomic_write
-
-    if count < 1 or size < 16:
-        raise InputError("--count must be at least 1 and --size at least 16")
-    if recipe not in DATA_RECIPES:
-        raise InputError(f"unknown data recipe '{recipe}' (choose from: {', '.join(DATA_RECIPES)})")
-    items = concepts()
-    sprites = render_sprites(find_font(font), items)
-    held = heldout_pairs(items)
-    composer = SceneComposer(sprites, items, size, held, DATA_RECIPES[recipe])
-    rng = random.Random(seed)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    # Until the new metadata.jsonl is written the folder is not a dataset: an interrupted rebuild
-    # must not pair old captions with new images.
-    (out / "metadata.jsonl").unlink(missing_ok=True)
-    rows = []
-    for i in range(count):
-        image, captions, negatives = composer.scene(rng)
-        name = f"images/{i:06d}.png"
-        image.save(out / name, compress_level=1)
-        row = {"file_name": name, "text": captions}
-        if negatives:  # what the picture is not: for training's caption contrast
-            row["negative_text"] = negatives
-        rows.append(json.dumps(row))
-    by_name = {c.name: c for c in items}
-    held_prompts = sorted(f"{by_name[a].phrase(random.Random(0))} {rel} {by_name[b].phrase(random.Random(1))}"
-                          for a, b in sorted(held) for rel in ("next to", "above"))
-    atomic_write(out / "heldout.json", lambda tmp: Path(tmp).write_text(json.dumps(
-        {"pairs": sorted(held), "both_orders": DATA_RECIPES[recipe].hold_both_orders,
-         "prompts": held_prompts}, indent=1)))
-    atomic_write(out / "ATTRIBUTION.txt", lambda tmp: Path(tmp).write_text(ATTRIBUTION))
-    # metadata last: a folder with metadata.jsonl is a complete dataset
-    atomic_write(out / "metadata.jsonl", lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))
-    return {"images": count, "size": size, "seed": seed, "recipe": recipe, "concepts": len(items),
-            "held_out_pairs": len(held), "folder": str(out)}
+        boxes = [self._paste(canvas, concept.name, extent, fx * s, fy * s) for fx, fy in spots]
+        return [spelled(f"{number} ", (concept.plural, boxes)) for number in (NUMBERS[n], str(n))]

@@ -83,10 +83,16 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention through F.scaled_dot_product_attention; keys from ``context`` if given."""
+    """Multi-head attention through F.scaled_dot_product_attention; keys from ``context`` if given.
+
+    With ``keep_probs`` set (training's grounding loss, training/grounding.py) the weights are
+    computed explicitly and the last call's (B, heads, N, M) are kept in ``probs``.
+    """
 
     def __init__(self, dim: int, head_dim: int, context_dim: int | None = None):
         super().__init__()
+        self.keep_probs = False
+        self.probs: torch.Tensor | None = None
         self.num_heads = max(1, dim // head_dim)
         kv_dim = context_dim if context_dim is not None else dim
         self.to_q = nn.Linear(dim, dim, bias=False)
@@ -104,7 +110,11 @@ class Attention(nn.Module):
             return t.view(b, -1, heads, dim // heads).transpose(1, 2)
 
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.keep_probs:
+            self.probs = (q @ k.transpose(-2, -1) * (dim // heads) ** -0.5).softmax(dim=-1)
+            out = self.probs @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, dim))
 
 
@@ -256,6 +266,10 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(ch)
         self.conv_out = zero_init(nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
+
+    def cross_attentions(self) -> list[Attention]:
+        """Every transformer block's cross-attention to the text, in forward order."""
+        return [m["cross_attn"] for m in self.modules() if isinstance(m, nn.ModuleDict) and "cross_attn" in m]
 
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor

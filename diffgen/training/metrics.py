@@ -80,17 +80,17 @@ class RunLog:
             handle.write(json.dumps(row) + "\n")
 
     def curves(self) -> dict[str, tuple[list[int], list[float]]]:
-        """Each stage's loss by step, and the named parts a stage logs beside its loss (a caption
-        contrast run's ``contrast``, whose scale the total hides)."""
+        """Each stage's loss by step, and the extra terms a stage logs beside its loss (the caption
+        contrast's ``contrast``, the grounding loss's ``grounding``), whose scale the total hides."""
         series = {}
         for stage in ("clip", "diffusion"):
             rows = [r for r in self.rows if r["stage"] == stage]
             if rows:
                 series[f"{stage} loss"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
-            with_contrast = [r for r in rows if "contrast" in r]
-            if with_contrast:
-                series[f"{stage} contrast"] = ([r["step"] for r in with_contrast],
-                                               [r["contrast"] for r in with_contrast])
+            for term in ("contrast", "grounding"):
+                with_term = [r for r in rows if term in r]
+                if with_term:
+                    series[f"{stage} {term}"] = ([r["step"] for r in with_term], [r[term] for r in with_term])
         return series
 
     def loss_curve(self, path: Path) -> None:

@@ -257,6 +257,10 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         raise InputError(f"train.negative_weight is {cfg.train.negative_weight:g} but no training image "
                          "has negative captions (metadata.jsonl \"negative_text\"; `diffgen data emoji` "
                          "writes them since this version: rebuild older folders); set it to 0 or add them")
+    if cfg.train.grounding_weight and not any(data.regions and data.regions[i] for i in train_idx):
+        raise InputError(f"train.grounding_weight is {cfg.train.grounding_weight:g} but no training image "
+                         "has object regions (metadata.jsonl \"regions\"; `diffgen data emoji` writes "
+                         "them since this version: rebuild older folders); set it to 0 or add them")
     torch.manual_seed(cfg.train.seed)
     # weights from --text-encoder, --init or the state replace any pretrained download
     model = build_model(cfg, load_pretrained_text=source is None and resume is None).to(device)

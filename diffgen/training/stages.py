@@ -35,6 +35,7 @@ from diffgen.training.batches import (
     pick_negatives,
     step_generator,
 )
+from diffgen.training.grounding import GroundingTargets, TokenSpans, grounding_loss, kept_attention
 from diffgen.training.metrics import StageMeter
 from diffgen.training.run import Run, save_run_state
 from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
@@ -201,6 +202,8 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     autocast = devices.autocast(run.device, t.precision)
     noise_generator = NoiseGenerator(run.device)
     ema_params, params = list(ema.parameters()), list(unet.parameters())
+    spans = TokenSpans(text.tokenizer, text.context_length) if t.grounding_weight else None
+    cross_attention = unet.cross_attentions()
 
     def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         captions = pick_captions(run.data, idx, gen, t.caption_dropout)
@@ -212,16 +215,23 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         cond = encode(captions + negatives)
         if rows:
             noisy, sigma, x0 = (torch.cat([v, v[rows]]) for v in (noisy, sigma, x0))
-        with autocast:
+        with autocast, kept_attention(cross_attention, spans is not None) as attention:
             losses = denoising_loss(denoiser, noisy, sigma, x0, cond)
         n = len(idx)
         denoising = losses[:n].mean()
-        if not t.negative_weight:
+        # the extra terms are logged apart, so that the denoising loss compares across runs
+        parts: dict[str, torch.Tensor] = {}
+        if t.negative_weight:
+            parts["contrast"] = (contrast_loss(losses[rows], losses[n:], t.negative_sharpness).sum() / n
+                                 if rows else denoising.new_zeros(()))
+        if spans is not None:
+            targets = GroundingTargets.of(run.data, idx, captions, spans, run.device)
+            parts["grounding"] = grounding_loss(attention, targets)
+        if not parts:
             return denoising
-        # logged apart, so that a contrast run's denoising loss compares with other runs' losses
-        contrast = (contrast_loss(losses[rows], losses[n:], t.negative_sharpness).sum() / n if rows
-                    else denoising.new_zeros(()))
-        return denoising + t.negative_weight * contrast, {"denoising": denoising, "contrast": contrast}
+        total = denoising + t.negative_weight * parts.get("contrast", 0.0) \
+            + t.grounding_weight * parts.get("grounding", 0.0)
+        return total, {"denoising": denoising, **parts}
 
     def update_ema(step: int) -> None:
         decay = min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
