@@ -23,6 +23,12 @@ About 0 for a model blind to the order, positive when the named order moves the 
 places. A perfect model stays below 1, its estimate blurred over the layouts the data varies:
 "layout_ceiling" is the same cosine for the mean of 16 other pictures of each caption.
 
+"attention" looks one step earlier, at the U-Net's cross-attention (training/grounding.py): at
+each of LAYOUT_SIGMAS, the share of images where the two names' attention, averaged over the
+cross-attention blocks, comes more from inside their own objects' boxes than from inside each
+other's (chance 0.5). A model can route the words to their places in attention before its
+pictures follow.
+
 Run: .venv/bin/python benchmarks/order_loss.py checkpoints/default.safetensors [other.safetensors ...]
 """
 
@@ -128,6 +134,44 @@ def layout_scores(model, card, section: str, batch: int = 32) -> dict[str, float
     return out
 
 
+@torch.inference_mode()
+def attention_scores(model, card, section: str, batch: int = 32) -> dict[str, float]:
+    """The section's attention order at each of LAYOUT_SIGMAS (see the module docstring)."""
+    from diffgen.data import TrainingSet
+    from diffgen.sampling.images import from_pil
+    from diffgen.training.grounding import GroundingTargets, TokenSpans, inside_shares, kept_attention
+
+    scenes = []
+    for k, ask in enumerate(card.sections[section]):
+        a, b = (card.by_name[o.concept] for o in ask.objects)
+        scenes.append(card.composer.pair_scene(random.Random(k), a, b, ask.relation))
+    captions = [scene.captions[0] for scene in scenes]  # "A <relation> B" with the scene's own words
+    data = TrainingSet(torch.stack([from_pil(s.image, card.size) for s in scenes]), [(c,) for c in captions],
+                       [], None, [{c: tuple(s.regions[0])} for c, s in zip(captions, scenes)])
+    text, unet = model.text_encoder, model.denoiser.net
+    spans = TokenSpans(text.tokenizer, text.context_length)
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for sigma in LAYOUT_SIGMAS:
+        right = []
+        for start in range(0, len(scenes), batch):
+            idx = list(range(start, min(start + batch, len(scenes))))
+            targets = GroundingTargets.of(data, idx, captions[start:start + batch], spans, torch.device("cpu"))
+            if targets.rows.tolist() != [row for row in range(len(idx)) for _ in (0, 1)]:
+                raise RuntimeError("every pair caption should name its two objects once each")
+            swapped = GroundingTargets(targets.rows, targets.tokens,
+                                       [targets.boxes[k ^ 1] for k in range(len(targets.boxes))])
+            x0 = data.images[idx]
+            cond = model.encode_prompts(captions[start:start + batch])[0]
+            with kept_attention(unet.cross_attentions()) as kept:
+                model.denoiser(x0 + sigma * torch.randn(x0.shape, generator=gen), torch.full((len(idx),), sigma), cond)
+            own = torch.stack([inside_shares(block, targets) for block in kept]).mean(0).view(-1, 2).sum(1)
+            other = torch.stack([inside_shares(block, swapped) for block in kept]).mean(0).view(-1, 2).sum(1)
+            right.append(own > other)
+        out[f"attention@{sigma:g}"] = round(torch.cat(right).float().mean().item(), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="+")
@@ -146,7 +190,8 @@ def main() -> None:
     for path in args.checkpoints:
         model = load_model(path, torch.device("cpu"), image_tower=False)
         card = Scorecard(sprites, items, None, model.config.image_size, pairs=args.pairs)
-        report = {section: {**order_scores(model, card, section, args.draws), **layout_scores(model, card, section)}
+        report = {section: {**order_scores(model, card, section, args.draws), **layout_scores(model, card, section),
+                            **attention_scores(model, card, section)}
                   for section in ("pairs_seen", "pairs_heldout")}
         print(json.dumps({"checkpoint": str(path), **report}))
 

@@ -88,6 +88,15 @@ class GroundingTargets:
         return out.clamp_(max=1.0).flatten(1).to(self.rows.device)
 
 
+def inside_shares(block: torch.Tensor, targets: GroundingTargets) -> torch.Tensor:
+    """(S,) the share of each name's attention, averaged over heads, that comes from inside its
+    boxes; ``block`` is one block's cross-attention weights (B, heads, H*W, L) of a square map."""
+    side = math.isqrt(block.shape[2])
+    weights = block[targets.rows].float().mean(dim=1)  # (S, H*W, L)
+    name_map = torch.einsum("snl,sl->sn", weights, targets.tokens)  # attention to the name per pixel
+    return (name_map * targets.masks(side)).sum(1) / name_map.sum(1).clamp_min(1e-12)
+
+
 def grounding_loss(probs: Sequence[torch.Tensor], targets: GroundingTargets) -> torch.Tensor:
     """Mean over blocks and names of (1 - share of the name's attention inside its boxes)^2;
     ``probs`` are cross-attention weights (B, heads, H*W, L) of square feature maps."""
@@ -95,11 +104,7 @@ def grounding_loss(probs: Sequence[torch.Tensor], targets: GroundingTargets) -> 
     if not len(targets):
         return total
     for block in probs:
-        side = math.isqrt(block.shape[2])
-        weights = block[targets.rows].float().mean(dim=1)  # (S, H*W, L), averaged over heads
-        name_map = torch.einsum("snl,sl->sn", weights, targets.tokens)  # attention to the name per pixel
-        inside = (name_map * targets.masks(side)).sum(1) / name_map.sum(1).clamp_min(1e-12)
-        total = total + (1 - inside).square().mean()
+        total = total + (1 - inside_shares(block, targets)).square().mean()
     return total / len(probs)
 
 
