@@ -19,7 +19,7 @@ from diffgen.training.grounding import GroundingTargets, TokenSpans, grounding_l
 
 from .conftest import make_shapes_folder, randomize_zero_params
 from .test_emoji_data import ITEMS, composer
-from .test_train import _weights, cli, train_args, train_config
+from .test_train import assert_resumes_exactly, cli, train_args, train_config
 
 
 @pytest.mark.parametrize("relation", ["left of", "above", "on", "next to"])
@@ -185,15 +185,7 @@ def test_a_run_with_the_grounding_loss_trains_and_resumes_exactly(tmp_path):
     folder = with_regions(make_shapes_folder(tmp_path / "shapes"))
     config = tmp_path / "grounding.toml"
     config.write_text(train_config(train={"grounding_weight": 0.5}))
-    straight = tmp_path / "straight"
-    result = cli(*train_args(folder, straight, config, steps=8, clip_steps=2))
-    assert result.exit_code == 0, result.output
-    halves = tmp_path / "halves"
-    assert cli(*train_args(folder, halves, config, steps=4, clip_steps=2)).exit_code == 0
-    resumed = cli(*train_args(folder, halves, config, steps=8, clip_steps=2), "--resume")
-    assert resumed.exit_code == 0, resumed.output
-    a, b = _weights(straight / "model.safetensors"), _weights(halves / "model.safetensors")
-    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
+    straight = assert_resumes_exactly(folder, config, tmp_path)
     rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["stage"] == "diffusion"]
     assert len(rows) == 8 and all(0 < r["grounding"] <= 1 for r in rows)

@@ -81,6 +81,21 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def assert_resumes_exactly(folder: Path, config: Path, tmp_path: Path, steps: int = 8) -> Path:
+    """Train ``steps`` steps straight, and half of them then ``--resume`` for the rest: the two
+    runs must end with the same weights. Returns the straight run's folder."""
+    straight = tmp_path / "straight"
+    result = cli(*train_args(folder, straight, config, steps=steps, clip_steps=2))
+    assert result.exit_code == 0, result.output
+    halves = tmp_path / "halves"
+    assert cli(*train_args(folder, halves, config, steps=steps // 2, clip_steps=2)).exit_code == 0
+    resumed = cli(*train_args(folder, halves, config, steps=steps, clip_steps=2), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    a, b = _weights(straight / "model.safetensors"), _weights(halves / "model.safetensors")
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
+    return straight
+
+
 def _kill_when(proc: subprocess.Popen, state_dir: Path, pattern: str, extra_delay: float) -> None:
     """SIGKILL the run a moment after a state matching ``pattern`` appears (mid-step, mid-write)."""
     deadline = time.monotonic() + 120
