@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -48,6 +48,7 @@ class GroundingTargets:
     rows: torch.Tensor  # (S,) batch row of each name
     tokens: torch.Tensor  # (S, L) 1 at the name's token positions
     boxes: list[list[Box]]
+    _masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)  # by side, built once
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -76,6 +77,8 @@ class GroundingTargets:
     def masks(self, side: int) -> torch.Tensor:
         """(S, side * side) 1 where a pixel's centre lies in one of the name's boxes (at least the
         pixel under each box's centre, so a box smaller than a pixel still has one)."""
+        if side in self._masks:  # every block at this resolution asks for the same masks
+            return self._masks[side]
         out = torch.zeros(len(self.boxes), side, side)
         centres = (torch.arange(side) + 0.5) / side
         for k, name_boxes in enumerate(self.boxes):
@@ -85,7 +88,8 @@ class GroundingTargets:
                 out[k] += inside_y[:, None] & inside_x[None, :]
                 cy, cx = min(int((y0 + y1) / 2 * side), side - 1), min(int((x0 + x1) / 2 * side), side - 1)
                 out[k, cy, cx] = 1.0
-        return out.clamp_(max=1.0).flatten(1).to(self.rows.device)
+        self._masks[side] = out.clamp_(max=1.0).flatten(1).to(self.rows.device)
+        return self._masks[side]
 
 
 def inside_shares(block: torch.Tensor, targets: GroundingTargets) -> torch.Tensor:
