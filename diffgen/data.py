@@ -150,9 +150,10 @@ def _read_metadata(folder: Path, report: DataReport) -> Metadata:
             captions.setdefault(path, []).extend(t.strip() for t in texts if isinstance(t, str))
             if "regions" in row:
                 regions = row["regions"]
-                parsed = ([parse_regions(t, r) for t, r in zip(texts, regions)]
-                          if isinstance(regions, list) and len(regions) == len(texts) else [None])
-                if any(p is None for p in parsed) or not all(isinstance(t, str) and t == t.strip() for t in texts):
+                fits = (isinstance(regions, list) and len(regions) == len(texts)
+                        and all(isinstance(t, str) and t == t.strip() for t in texts))
+                parsed = [parse_regions(t, r) for t, r in zip(texts, regions)] if fits else [None]
+                if any(p is None for p in parsed):
                     report.warnings.append(f"{meta}:{number}: regions do not fit the captions; ignored")
                 else:
                     found.regions.setdefault(path, {}).update(zip(texts, parsed))  # type: ignore[arg-type]

@@ -93,6 +93,18 @@ def test_metadata_regions_are_read_and_bad_ones_are_named(tmp_path):
     assert "1 image(s) with object regions (for train.grounding_weight)" in report.summary_lines()
 
 
+def test_regions_beside_a_caption_that_is_not_text_are_ignored_with_a_warning(tmp_path):
+    folder = with_regions(make_shapes_folder(tmp_path / "shapes", count=2))
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    rows[1]["text"] = [rows[1]["text"][0], 5]
+    rows[1]["regions"] = [rows[1]["regions"][0], [[0, 1, 0.1, 0.1, 0.5, 0.5]]]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = scan_folder(folder, check_tokens=False)
+    by_name = {item.path.name: item for item in report.items}
+    assert by_name["img001.png"].regions == {} and by_name["img001.png"].captions == (rows[1]["text"][0],)
+    assert len([w for w in report.warnings if "regions do not fit" in w]) == 1
+
+
 def test_a_names_characters_map_to_its_token_positions(tiny_model):
     text = tiny_model.text_encoder
     spans = TokenSpans(text.tokenizer, text.context_length)
