@@ -109,8 +109,12 @@ class TrainConfig:
     negative_sharpness: float = 100.0
     # Grounding loss (training/grounding.py, after TokenCompose): for images whose data says where
     # each named object is (metadata.jsonl "regions"), the cross-attention of the object's name is
-    # pulled into its box, by this weight (0: off).
+    # pulled into its box, by this weight (0: off). Only images noised to at least
+    # grounding_min_sigma count: at low noise the picture itself shows where each object is, and
+    # attention can find it by content; at high noise only the words (and the pixel's place) can
+    # say it, which is the binding a two-object prompt needs when the sampler lays out the scene.
     grounding_weight: float = 0.0
+    grounding_min_sigma: float = 0.0
     clip_steps: int = 500
     clip_batch_size: int = 128
     clip_lr: float = 5e-4
@@ -235,6 +239,8 @@ def _validate(cfg: Config) -> None:
              "config key 'train.negative_weight' must be 0 or more")
     _require(math.isfinite(tr.grounding_weight) and tr.grounding_weight >= 0,
              "config key 'train.grounding_weight' must be 0 or more")
+    _require(math.isfinite(tr.grounding_min_sigma) and tr.grounding_min_sigma >= 0,
+             "config key 'train.grounding_min_sigma' must be 0 or more")
     _require(math.isfinite(tr.negative_sharpness) and tr.negative_sharpness > 0,
              "config key 'train.negative_sharpness' must be positive")
     _require(0.0 <= tr.ema_decay < 1.0, "config key 'train.ema_decay' must be in [0, 1)")

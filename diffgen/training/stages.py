@@ -225,7 +225,9 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
             parts["contrast"] = (contrast_loss(losses[rows], losses[n:], t.negative_sharpness).sum() / n
                                  if rows else denoising.new_zeros(()))
         if spans is not None:
-            targets = GroundingTargets.of(run.data, idx, captions, spans, run.device)
+            # images below the noise floor name nothing, like captions dropped for guidance
+            named = [c if s >= t.grounding_min_sigma else "" for c, s in zip(captions, sigma[:n].tolist())]
+            targets = GroundingTargets.of(run.data, idx, named, spans, run.device)
             parts["grounding"] = grounding_loss(attention, targets)
         if not parts:
             return denoising
