@@ -215,3 +215,16 @@ def test_the_grounding_loss_on_data_without_regions_is_one_line_exit_2(tmp_path)
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "object regions" in errors[0]
+
+
+def test_grounding_min_sigma_leaves_out_images_below_it(tmp_path):
+    """Above every training sigma no image is named: the term is 0 and the loss is the denoising
+    loss; at 0 every image counts (the run above)."""
+    folder = with_regions(make_shapes_folder(tmp_path / "shapes"))
+    config = tmp_path / "grounding.toml"
+    config.write_text(train_config(train={"grounding_weight": 0.5, "grounding_min_sigma": 1e6}))
+    result = cli(*train_args(folder, tmp_path / "run", config, steps=4, clip_steps=1))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["stage"] == "diffusion"]
+    assert len(rows) == 4 and all(r["grounding"] == 0 and r["loss"] == r["denoising"] for r in rows)
