@@ -103,3 +103,13 @@ def test_the_denoiser_carries_its_sigma_range_and_sampling_uses_it(tiny_config):
     seen.clear()
     list(generate(model, [ImageTask(0, "a cat", 0, steps=3, guidance=1.0)], batch_size=1))
     assert seen[0] == pytest.approx(20.0)
+
+
+def test_noised_between_draws_log_uniform_levels_inside_the_range():
+    from diffgen.engine.denoiser import noised_between
+    x0 = torch.zeros(4000, 1, 1, 1)
+    noisy, sigma = noised_between(x0, 10.0, 80.0, torch.Generator().manual_seed(0))
+    assert sigma.min() >= 10.0 and sigma.max() <= 80.0
+    # log-uniform: the log's mean is the middle of the range, and the noise has that scale
+    assert sigma.log().mean().item() == pytest.approx((math.log(10) + math.log(80)) / 2, abs=0.03)
+    assert (noisy.flatten() / sigma).std().item() == pytest.approx(1.0, abs=0.05)

@@ -228,3 +228,24 @@ def test_grounding_min_sigma_leaves_out_images_below_it(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["stage"] == "diffusion"]
     assert len(rows) == 4 and all(r["grounding"] == 0 and r["loss"] == r["denoising"] for r in rows)
+
+
+def test_the_grounding_pass_names_images_at_high_noise_and_resumes_exactly(tmp_path):
+    """With a floor of sigma 50 the training draws (ln sigma ~ N(-1.2, 1.2^2)) almost never
+    count; the pass's images, drawn in [50, 80], carry the term on every step."""
+    folder = with_regions(make_shapes_folder(tmp_path / "shapes"))
+    config = tmp_path / "grounding.toml"
+    config.write_text(train_config(train={"grounding_weight": 0.5, "grounding_min_sigma": 50.0,
+                                          "grounding_pass_images": 4}))
+    straight = assert_resumes_exactly(folder, config, tmp_path)
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["stage"] == "diffusion"]
+    assert len(rows) == 8 and all(0 < r["grounding"] <= 1 for r in rows)
+    assert all(math.isclose(r["loss"], r["denoising"] + 0.5 * r["grounding"], rel_tol=1e-5) for r in rows)
+
+
+def test_the_grounding_pass_needs_a_noise_floor_below_sigma_max():
+    from diffgen.errors import ConfigError
+    for floor in (0.0, 80.0):
+        with pytest.raises(ConfigError, match="grounding_pass_images"):
+            train_config(train={"grounding_weight": 0.5, "grounding_min_sigma": floor, "grounding_pass_images": 4})

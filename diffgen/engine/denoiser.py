@@ -11,6 +11,7 @@ and ln(sigma) ~ N(P_mean, P_std^2).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,17 @@ def noised(
     gen_device = generator.device if generator is not None else x0.device
     noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
     return x0 + sigma[:, None, None, None] * noise, sigma
+
+
+def noised_between(
+    x0: torch.Tensor, low: float, high: float, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0 + sigma n, sigma) with ln(sigma) uniform on [ln low, ln high], sigma shape (B,)."""
+    gen_device = generator.device if generator is not None else x0.device
+    u = torch.rand(x0.shape[0], generator=generator, device=gen_device).to(x0.device)
+    sigma = (math.log(low) + u * (math.log(high) - math.log(low))).exp()
+    noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
+    return x0 + sigma[:, None, None, None].to(x0.dtype) * noise, sigma
 
 
 def denoising_loss(denoiser: Denoiser, noisy: torch.Tensor, sigma: torch.Tensor, x0: torch.Tensor,

@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffgen import devices
-from diffgen.engine.denoiser import Denoiser, contrast_loss, denoising_loss, noised
+from diffgen.engine.denoiser import Denoiser, contrast_loss, denoising_loss, noised, noised_between
 from diffgen.engine.model import DiffusionModel, PromptCache
 from diffgen.errors import Terminated
 from diffgen.training import distributed
@@ -211,10 +211,17 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         noisy, sigma = noised(x0, d.p_mean, d.p_std, noise_generator(gen))
         rows, negatives = (pick_negatives(run.data, idx, captions, sigma, d.sigma_data, gen)
                            if t.negative_weight else ([], []))
-        # the contrast's rows ride in the same forward pass, under their negative captions
-        cond = encode(captions + negatives)
+        # the contrast's rows ride in the same forward pass, under their negative captions, and so
+        # do the grounding pass's: the batch's first images again, at noise levels only it draws
+        extra = min(t.grounding_pass_images, len(idx)) if spans is not None else 0
+        cond = encode(captions + negatives + captions[:extra])
         if rows:
             noisy, sigma, x0 = (torch.cat([v, v[rows]]) for v in (noisy, sigma, x0))
+        if extra:
+            pass_noisy, pass_sigma = noised_between(x0[:extra], t.grounding_min_sigma, d.sigma_max,
+                                                    noise_generator(gen))
+            noisy, sigma, x0 = torch.cat([noisy, pass_noisy]), torch.cat([sigma, pass_sigma]), \
+                torch.cat([x0, x0[:extra]])
         with autocast, kept_attention(cross_attention, spans is not None) as attention:
             losses = denoising_loss(denoiser, noisy, sigma, x0, cond)
         n = len(idx)
@@ -222,12 +229,15 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         # the extra terms are logged apart, so that the denoising loss compares across runs
         parts: dict[str, torch.Tensor] = {}
         if t.negative_weight:
-            parts["contrast"] = (contrast_loss(losses[rows], losses[n:], t.negative_sharpness).sum() / n
-                                 if rows else denoising.new_zeros(()))
+            parts["contrast"] = (contrast_loss(losses[rows], losses[n:n + len(rows)], t.negative_sharpness).sum()
+                                 / n if rows else denoising.new_zeros(()))
         if spans is not None:
-            # images below the noise floor name nothing, like captions dropped for guidance
+            # images below the noise floor name nothing, like captions dropped for guidance, and
+            # the contrast's rows neither (their captions are not the pictures')
             named = [c if s >= t.grounding_min_sigma else "" for c, s in zip(captions, sigma[:n].tolist())]
-            targets = GroundingTargets.of(run.data, idx, named, spans, run.device)
+            named += [""] * len(rows) + captions[:extra]
+            targets = GroundingTargets.of(run.data, idx + [idx[r] for r in rows] + idx[:extra], named,
+                                          spans, run.device)
             parts["grounding"] = grounding_loss(attention, targets)
         if not parts:
             return denoising
