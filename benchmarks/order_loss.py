@@ -21,7 +21,8 @@ order of the words the way the pictures do: the cosine between D(x; true) - D(x;
 picture(true) - picture(swapped), the two pictures drawn with the same background and layout.
 About 0 for a model blind to the order, positive when the named order moves the objects to their
 places. A perfect model stays below 1, its estimate blurred over the layouts the data varies:
-"layout_ceiling" is the same cosine for the mean of 16 other pictures of each caption.
+"layout_ceiling" is the same cosine for the mean of 16 other pictures of each caption, and
+"layout_se" the standard error of the mean cosine over the pairs.
 
 "attention" looks one step earlier, at the U-Net's cross-attention (training/grounding.py): at
 each of LAYOUT_SIGMAS, the share of images where the two names' attention, averaged over the
@@ -30,6 +31,7 @@ other's (chance 0.5). A model can route the words to their places in attention b
 pictures follow.
 
 Run: .venv/bin/python benchmarks/order_loss.py checkpoints/default.safetensors [other.safetensors ...]
+     [--measures layout]
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def layout_scores(model, card, section: str, batch: int = 32) -> dict[str, float
         model_gap = (estimates[0] - estimates[1]).flatten(1)
         cosine = torch.nn.functional.cosine_similarity(model_gap, real_gap, dim=1)
         out[f"layout@{sigma:g}"] = round(cosine.mean().item(), 3)
+        out[f"layout_se@{sigma:g}"] = round(cosine.std().item() / len(cosine) ** 0.5, 3)  # over the pairs
     out["layout_ceiling"] = round(torch.nn.functional.cosine_similarity(mean_gap, real_gap, dim=1).mean().item(), 3)
     return out
 
@@ -178,7 +181,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=96, help="seen and held-out pairs each")
     parser.add_argument("--draws", type=int, default=2, help="noise samples per noise level")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--measures", default="order,layout,attention",
+                        help="which of order, layout and attention to report (comma-separated)")
     args = parser.parse_args()
+    measures = {"order": lambda m, c, s: order_scores(m, c, s, args.draws), "layout": layout_scores,
+                "attention": attention_scores}
+    chosen = [name.strip() for name in args.measures.split(",")]
+    if unknown := [name for name in chosen if name not in measures]:
+        parser.error(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(measures)}")
     torch.set_num_threads(args.threads)
 
     from diffgen.checkpoint import load_model
@@ -190,8 +200,7 @@ def main() -> None:
     for path in args.checkpoints:
         model = load_model(path, torch.device("cpu"), image_tower=False)
         card = Scorecard(sprites, items, None, model.config.image_size, pairs=args.pairs)
-        report = {section: {**order_scores(model, card, section, args.draws), **layout_scores(model, card, section),
-                            **attention_scores(model, card, section)}
+        report = {section: {k: v for name in chosen for k, v in measures[name](model, card, section).items()}
                   for section in ("pairs_seen", "pairs_heldout")}
         print(json.dumps({"checkpoint": str(path), **report}))
 
