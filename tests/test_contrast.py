@@ -16,7 +16,7 @@ from diffgen.engine.denoiser import Conditioning, Denoiser, contrast_loss, denoi
 from diffgen.training.batches import pick_negatives
 
 from .conftest import COLOURS, make_shapes_folder, randomize_zero_params
-from .test_train import _weights, cli, train_args, train_config
+from .test_train import _weights, cli, diffusion_metrics, train_args, train_config
 
 
 def with_negatives(folder: Path) -> Path:
@@ -124,8 +124,7 @@ def test_a_run_with_the_contrast_trains_and_resumes_exactly(tmp_path):
     a, b = _weights(straight / "model.safetensors"), _weights(halves / "model.safetensors")
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
     # metrics.jsonl logs the two terms apart: loss = denoising + weight x contrast
-    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["stage"] == "diffusion"]
+    rows = diffusion_metrics(straight)
     assert len(rows) == 8 and any(r["contrast"] > 0 for r in rows)
     assert all(math.isclose(r["loss"], r["denoising"] + 1.0 * r["contrast"], rel_tol=1e-5) for r in rows)
     # and the loss curve draws the contrast as a line of its own

@@ -19,7 +19,7 @@ from diffgen.training.grounding import GroundingTargets, TokenSpans, grounding_l
 
 from .conftest import make_shapes_folder, randomize_zero_params
 from .test_emoji_data import ITEMS, composer
-from .test_train import assert_resumes_exactly, cli, train_args, train_config
+from .test_train import assert_resumes_exactly, cli, diffusion_metrics, train_args, train_config
 
 
 @pytest.mark.parametrize("relation", ["left of", "above", "on", "next to"])
@@ -198,8 +198,7 @@ def test_a_run_with_the_grounding_loss_trains_and_resumes_exactly(tmp_path):
     config = tmp_path / "grounding.toml"
     config.write_text(train_config(train={"grounding_weight": 0.5}))
     straight = assert_resumes_exactly(folder, config, tmp_path)
-    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["stage"] == "diffusion"]
+    rows = diffusion_metrics(straight)
     assert len(rows) == 8 and all(0 < r["grounding"] <= 1 for r in rows)
     assert all(math.isclose(r["loss"], r["denoising"] + 0.5 * r["grounding"], rel_tol=1e-5) for r in rows)
     from diffgen.training.metrics import RunLog
@@ -225,8 +224,7 @@ def test_grounding_min_sigma_leaves_out_images_below_it(tmp_path):
     config.write_text(train_config(train={"grounding_weight": 0.5, "grounding_min_sigma": 1e6}))
     result = cli(*train_args(folder, tmp_path / "run", config, steps=4, clip_steps=1))
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["stage"] == "diffusion"]
+    rows = diffusion_metrics(tmp_path / "run")
     assert len(rows) == 4 and all(r["grounding"] == 0 and r["loss"] == r["denoising"] for r in rows)
 
 
@@ -238,8 +236,7 @@ def test_the_grounding_pass_names_images_at_high_noise_and_resumes_exactly(tmp_p
     config.write_text(train_config(train={"grounding_weight": 0.5, "grounding_min_sigma": 50.0,
                                           "grounding_pass_images": 4}))
     straight = assert_resumes_exactly(folder, config, tmp_path)
-    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["stage"] == "diffusion"]
+    rows = diffusion_metrics(straight)
     assert len(rows) == 8 and all(0 < r["grounding"] <= 1 for r in rows)
     assert all(math.isclose(r["loss"], r["denoising"] + 0.5 * r["grounding"], rel_tol=1e-5) for r in rows)
 

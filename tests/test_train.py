@@ -81,6 +81,12 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def diffusion_metrics(run: Path) -> list[dict]:
+    """The diffusion stage's rows of a run folder's metrics.jsonl, in order."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["stage"] == "diffusion"]
+
+
 def assert_resumes_exactly(folder: Path, config: Path, tmp_path: Path, steps: int = 8) -> Path:
     """Train ``steps`` steps straight, and half of them then ``--resume`` for the rest: the two
     runs must end with the same weights. Returns the straight run's folder."""
