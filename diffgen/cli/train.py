@@ -36,7 +36,8 @@ def train(
     init: Annotated[Optional[Path], typer.Option(
         help="Start from this diffgen checkpoint's weights (U-Net and text encoder; the CLIP stage is "
         "skipped): fine-tuning, or more training for a released model. --config must match its model "
-        "(or grow it); its [train] section and the noise distribution (denoiser.p_mean, p_std) may differ.",
+        "(or grow it); its [train] section and the noise distribution (denoiser.p_mean, p_std, "
+        "high_noise_share, high_noise_min_sigma) may differ.",
         show_default=False)] = None,
     time_limit: Annotated[Optional[float], typer.Option(
         help="Minutes: end the diffusion stage once the run has taken this long, saving the state "

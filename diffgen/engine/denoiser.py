@@ -111,10 +111,20 @@ def sample_training_sigmas(
 
 def noised(
     x0: torch.Tensor, p_mean: float, p_std: float, generator: torch.Generator | None = None,
+    high_share: float = 0.0, high_range: tuple[float, float] = (2.0, 80.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training draw: (x0 + sigma n, sigma) with ln(sigma) ~ N(p_mean, p_std^2), sigma shape (B,)."""
+    """A training draw: (x0 + sigma n, sigma) with ln(sigma) ~ N(p_mean, p_std^2), sigma shape (B,).
+
+    With ``high_share``, the last round(high_share * B) rows draw ln(sigma) uniformly on
+    [ln low, ln high] of ``high_range`` instead. A fixed count rather than a coin per row, so that
+    every batch holds the same share; with none, the draws are exactly the log-normal ones."""
     sigma = sample_training_sigmas(x0.shape[0], p_mean, p_std, generator, x0.device)
     gen_device = generator.device if generator is not None else x0.device
+    high = round(high_share * x0.shape[0])
+    if high:
+        low_end, high_end = math.log(high_range[0]), math.log(high_range[1])
+        u = torch.rand(high, generator=generator, device=gen_device).to(x0.device)
+        sigma[x0.shape[0] - high:] = (low_end + u * (high_end - low_end)).exp()
     noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
     return x0 + sigma[:, None, None, None] * noise, sigma
 

@@ -109,12 +109,12 @@ def attention_levels(cfg: Config) -> list[int]:
 
 
 # [denoiser] keys that only say how training draws its noise levels, not what the model computes.
-TRAINING_ONLY_DENOISER_KEYS = ("p_mean", "p_std")
+TRAINING_ONLY_DENOISER_KEYS = ("p_mean", "p_std", "high_noise_share", "high_noise_min_sigma")
 
 
 def model_differences(cfg: Config, source: Config) -> list[str]:
     """The config sections (and top-level keys) other than [train] in which the two models differ;
-    the training noise distribution (denoiser.p_mean, p_std) may differ."""
+    the training noise distribution (denoiser.p_mean, p_std, high_noise_*) may differ."""
     mine, theirs = config_to_dict(cfg), config_to_dict(source)
     for d in (mine, theirs):
         for key in TRAINING_ONLY_DENOISER_KEYS:
@@ -153,7 +153,7 @@ def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
                          f"(different {', '.join(differing)}); train with its config, or one that only "
                          "changes the image size (with attention at the same levels), adds attention "
                          "levels, turns on unet.position_embedding or adds unet.text_mixer_layers "
-                         "(the training noise distribution, denoiser.p_mean and p_std, may differ)")
+                         "(the training noise distribution, denoiser.p_mean, p_std and high_noise_*, may differ)")
     return source
 
 

@@ -208,7 +208,8 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         captions = pick_captions(run.data, idx, gen, t.caption_dropout)
         x0 = image_batch(run.data, idx, run.device)
-        noisy, sigma = noised(x0, d.p_mean, d.p_std, noise_generator(gen))
+        noisy, sigma = noised(x0, d.p_mean, d.p_std, noise_generator(gen), d.high_noise_share,
+                              (d.high_noise_min_sigma, d.sigma_max))
         rows, negatives = (pick_negatives(run.data, idx, captions, sigma, d.sigma_data, gen)
                            if t.negative_weight else ([], []))
         # the contrast's rows ride in the same forward pass, under their negative captions, and so
