@@ -113,3 +113,23 @@ def test_noised_between_draws_log_uniform_levels_inside_the_range():
     # log-uniform: the log's mean is the middle of the range, and the noise has that scale
     assert sigma.log().mean().item() == pytest.approx((math.log(10) + math.log(80)) / 2, abs=0.03)
     assert (noisy.flatten() / sigma).std().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_high_noise_share_draws_the_last_rows_log_uniformly_and_leaves_the_rest():
+    from diffgen.engine.denoiser import noised
+    x0 = torch.zeros(4000, 1, 1, 1)
+    plain_noisy, plain = noised(x0, 0.0, 1.2, torch.Generator().manual_seed(0))
+    noisy, sigma = noised(x0, 0.0, 1.2, torch.Generator().manual_seed(0), 0.25, (2.0, 80.0))
+    # the first three quarters are the log-normal draws themselves, the last quarter is log-uniform
+    assert torch.equal(sigma[:3000], plain[:3000])
+    high = sigma[3000:]
+    assert high.min() >= 2.0 and high.max() <= 80.0
+    assert high.log().mean().item() == pytest.approx((math.log(2) + math.log(80)) / 2, abs=0.06)
+    assert high.log().std().item() == pytest.approx((math.log(80) - math.log(2)) / math.sqrt(12), abs=0.05)
+    assert (noisy.flatten() / sigma).std().item() == pytest.approx(1.0, abs=0.05)
+    # a share of none is the plain draw, bit for bit
+    again_noisy, again = noised(x0, 0.0, 1.2, torch.Generator().manual_seed(0), 0.0, (2.0, 80.0))
+    assert torch.equal(again, plain) and torch.equal(again_noisy, plain_noisy)
+    # a fixed count per batch: round(share * B) rows
+    _, small = noised(torch.zeros(32, 1, 1, 1), -1.2, 1.2, torch.Generator().manual_seed(1), 0.25, (50.0, 80.0))
+    assert (small[24:] >= 50.0).all() and (small[:24] < 50.0).all()

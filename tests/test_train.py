@@ -324,6 +324,7 @@ def test_a_model_differs_in_what_it_computes_not_in_how_it_was_trained():
         return dataclasses.replace(base, denoiser=dataclasses.replace(base.denoiser, **changes))
 
     assert model_differences(denoiser(p_mean=0.4, p_std=1.0), base) == []
+    assert model_differences(denoiser(high_noise_share=0.25, high_noise_min_sigma=5.0), base) == []
     assert model_differences(denoiser(sigma_data=0.4), base) == ["denoiser"]
 
 
@@ -481,3 +482,26 @@ def test_a_training_state_can_be_sampled_with_its_ema_weights(shapes_folder, tmp
     clip_state = out / "state" / "state-clip-00000001.safetensors"
     if clip_state.exists():
         assert cli("sample", "a cat", "-c", str(clip_state), "-o", str(tmp_path / "c")).exit_code == 2
+
+
+def test_a_run_with_a_high_noise_share_trains_and_resumes_exactly(shapes_folder, tmp_path):
+    config = tmp_path / "high.toml"
+    config.write_text(train_config(denoiser={"high_noise_share": 0.5, "high_noise_min_sigma": 10.0}))
+    straight = assert_resumes_exactly(shapes_folder, config, tmp_path)
+    # the shares' draws are far noisier, so the loss differs from the same run without them
+    plain = tmp_path / "plain.toml"
+    plain.write_text(TRAIN_CONFIG)
+    result = cli(*train_args(shapes_folder, tmp_path / "plain", plain, steps=8, clip_steps=2))
+    assert result.exit_code == 0, result.output
+    losses = [[r["loss"] for r in diffusion_metrics(run)] for run in (straight, tmp_path / "plain")]
+    assert losses[0] != losses[1]
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"high_noise_share": 1.5}, "high_noise_share"),
+    ({"high_noise_share": 0.25, "high_noise_min_sigma": 80.0}, "high_noise_min_sigma"),
+    ({"high_noise_share": 0.25, "high_noise_min_sigma": 0.0}, "high_noise_min_sigma")])
+def test_a_high_noise_share_is_checked(values, key):
+    from diffgen.errors import ConfigError
+    with pytest.raises(ConfigError, match=key):
+        train_config(denoiser=values)
