@@ -23,6 +23,7 @@ start at zero, so a model without them loads unchanged too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -86,13 +87,16 @@ class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention; keys from ``context`` if given.
 
     With ``keep_probs`` set (training's grounding loss, training/grounding.py) the weights are
-    computed explicitly and the last call's (B, heads, N, M) are kept in ``probs``.
+    computed explicitly and the last call's (B, heads, N, M) are kept in ``probs``. With
+    ``logit_bias`` set (sampling with a layout, engine/layout.py) it is called with (B, N) and may
+    return a (B, 1, N, M) bias added to the attention logits.
     """
 
     def __init__(self, dim: int, head_dim: int, context_dim: int | None = None):
         super().__init__()
         self.keep_probs = False
         self.probs: torch.Tensor | None = None
+        self.logit_bias: Callable[[int, int], torch.Tensor | None] | None = None
         self.num_heads = max(1, dim // head_dim)
         kv_dim = context_dim if context_dim is not None else dim
         self.to_q = nn.Linear(dim, dim, bias=False)
@@ -110,11 +114,15 @@ class Attention(nn.Module):
             return t.view(b, -1, heads, dim // heads).transpose(1, 2)
 
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+        bias = self.logit_bias(b, n) if self.logit_bias is not None else None
+        if bias is not None:
+            bias = bias.to(q.dtype)
         if self.keep_probs:
-            self.probs = (q @ k.transpose(-2, -1) * (dim // heads) ** -0.5).softmax(dim=-1)
+            logits = q @ k.transpose(-2, -1) * (dim // heads) ** -0.5
+            self.probs = (logits if bias is None else logits + bias).softmax(dim=-1)
             out = self.probs @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.to_out(out.transpose(1, 2).reshape(b, n, dim))
 
 
