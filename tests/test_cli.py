@@ -103,6 +103,28 @@ def test_png_metadata_and_replay_byte_for_byte(tiny_checkpoint, tmp_path):
     assert (tmp_path / "replay" / original.name).read_bytes() == original.read_bytes()
 
 
+def test_a_layout_changes_the_image_is_recorded_and_replays_byte_for_byte(tiny_checkpoint, tmp_path):
+    prompt, places = "a dog to the left of a cat", ["--place", "dog=0,0,0.5,1", "--place", "Cat=0.5,0,1,1"]
+    assert sample(tiny_checkpoint, tmp_path / "plain", prompt, "-n", "2").exit_code == 0
+    result = sample(tiny_checkpoint, tmp_path / "laid", prompt, "-n", "2", *places)
+    assert result.exit_code == 0, result.output
+    laid = pngs(tmp_path / "laid")
+    assert all(a.read_bytes() != b.read_bytes() for a, b in zip(pngs(tmp_path / "plain"), laid))
+    with Image.open(laid[1]) as image:
+        recipe = json.loads(image.info["diffgen"])
+    assert recipe["layout"] == {"places": [["dog", 0.0, 0.0, 0.5, 1.0], ["Cat", 0.5, 0.0, 1.0, 1.0]],
+                                "strength": 6.0}
+    result = run("sample", "--replay", laid[1], "-c", tiny_checkpoint, "-o", tmp_path / "replay", "-q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "replay" / laid[1].name).read_bytes() == laid[1].read_bytes()
+    # the same command again finds its images made by the same recipe and skips them
+    again = sample(tiny_checkpoint, tmp_path / "laid", prompt, "-n", "2", *places)
+    assert again.exit_code == 0 and again.stdout.strip() == ""
+    # another strength is another picture: not mixed into the same folder
+    other = sample(tiny_checkpoint, tmp_path / "laid", prompt, "-n", "2", *places, "--layout-strength", "2")
+    assert other.exit_code == 2 and "other settings" in other.output
+
+
 def test_replay_with_prompts_is_refused_not_dropped(tiny_checkpoint, tmp_path):
     assert sample(tiny_checkpoint, tmp_path / "orig", "a cat", "-n", "1").exit_code == 0
     result = run("sample", "a dog", "--replay", pngs(tmp_path / "orig")[0], "-c", tiny_checkpoint,
@@ -169,6 +191,11 @@ def test_progress_goes_to_stderr(tiny_checkpoint, tmp_path):
     (["-f", "{empty}"], "has no prompts"),
     (["-f", "{badjsonl}"], "bad.jsonl:2: not valid JSON"),
     (["--replay", "{plainpng}"], "no diffgen recipe"),
+    (["--place", "dog", "a dog"], "expected NAME=X0,Y0,X1,Y1"),
+    (["--place", "dog=0,0,0.5", "a dog"], "expected NAME=X0,Y0,X1,Y1"),
+    (["--place", "dog=0.5,0,0.2,1", "a dog"], "0 <= x0 < x1 <= 1"),
+    (["--place", "cat=0,0,0.5,1", "a dog"], "'cat' is not in the prompt"),
+    (["--place", "dog=0,0,0.5,1", "--layout-strength", "-1", "a dog"], "layout strength must be"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoint, tmp_path, args, message):
     (tmp_path / "empty.txt").write_text("# nothing\n\n")

@@ -24,6 +24,8 @@ from diffgen.cli.common import (
 )
 from diffgen.errors import InputError
 from diffgen.fileio import folder_lock, remove_stale_temporaries
+from diffgen.sampling.layout import DEFAULT_STRENGTH as DEFAULT_LAYOUT_STRENGTH
+from diffgen.sampling.layout import Layout
 from diffgen.sampling.settings import DEFAULTS, SAMPLER_NAMES, SCHEDULE_NAMES, SamplingSettings
 
 # A grid holds every image of the run in memory and in one picture; past this it helps nobody.
@@ -65,6 +67,12 @@ def sample(
         help="Inpainting, with --init-image: repaint where this mask is white, keep where it is black.",
         show_default=False)] = None,
     mask_blur: Annotated[int, typer.Option(help="Soften the mask's edge by this many pixels.")] = 0,
+    place: Annotated[Optional[list[str]], typer.Option(
+        help="Lay out an object: NAME=X0,Y0,X1,Y1, a word or phrase of the prompt and its box in fractions "
+        "of the image side (0,0 top left), e.g. --place dog=0,0,0.5,1 --place cat=0.5,0,1,1. Repeatable.",
+        show_default=False)] = None,
+    layout_strength: Annotated[float, typer.Option(
+        help="How strongly --place steers each name's attention into its box.")] = DEFAULT_LAYOUT_STRENGTH,
     xy: Annotated[Optional[list[str]], typer.Option(
         help="A setting grid axis NAME=V1,V2,... (guidance, steps, sampler, schedule, seed, strength); "
              "repeat for Y and Z. One prompt, one seed, one image per cell, and a labelled grid.",
@@ -98,10 +106,11 @@ def sample(
             edit = EditSource.from_files(init_image, strength, mask, mask_blur)
         elif strength is not None or mask is not None or mask_blur:
             raise InputError("--strength, --mask and --mask-blur need an --init-image")
+        layout = Layout.parse(place, layout_strength) if place else None
         if xy:
-            plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy)
+            plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy, layout)
         else:
-            plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit)
+            plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit, layout)
             if new_run:
                 from dataclasses import replace as with_fields
 
@@ -156,7 +165,7 @@ def sample(
 
 
 def _xy_plan(prompts: list[str], prompt_file: Path | None, replay: Path | None, seed: int | None,
-             settings: SamplingSettings, edit: Any, xy: list[str]) -> tuple[Any, list[Any]]:
+             settings: SamplingSettings, edit: Any, xy: list[str], layout: Any = None) -> tuple[Any, list[Any]]:
     """The plan of a setting grid: one prompt, every combination of the axes, one seed."""
     import secrets
 
@@ -168,7 +177,7 @@ def _xy_plan(prompts: list[str], prompt_file: Path | None, replay: Path | None, 
         raise InputError("--xy draws one prompt: give exactly one PROMPT (no -f, no --replay)")
     axes = [parse_axis(text) for text in xy]
     first = secrets.randbelow(2**31) if seed is None else seed
-    tasks = tuple(cell_tasks(prompts[0], first, axes, ImageTask.of(0, "", 0, settings, edit)))
+    tasks = tuple(cell_tasks(prompts[0], first, axes, ImageTask.of(0, "", 0, settings, edit, layout)))
     return SamplePlan(lambda: iter(()), tasks[0], len(tasks), sum(t.sampler_steps for t in tasks), first,
                       seed is None, fixed=tasks), axes
 

@@ -21,6 +21,7 @@ from diffgen.engine.model import DiffusionModel, PromptCache
 from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES
 from diffgen.errors import InputError
+from diffgen.sampling.layout import LayoutBias, laid_out
 from diffgen.sampling.tasks import ImageTask, batches, recipe, same_image
 
 
@@ -95,6 +96,7 @@ def generate(
                 continue
         if device.type == "cpu":
             denoise = channels_last(denoise)
+        layout = _layout_bias(model, batch)
         frames: list[torch.Tensor] = []
 
         def callback(step: dict) -> None:
@@ -103,12 +105,27 @@ def generate(
             if on_step is not None:
                 on_step(len(batch))
 
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, laid_out(model.denoiser.net, denoise, layout) \
+                if layout is not None else contextlib.nullcontext(denoise) as denoise:
             out = SAMPLERS[first.sampler](denoise, x, sigmas, seeded_noise_sampler(generators, x),
                                           callback)
         out = out.float().cpu().contiguous()
         for row, task in enumerate(batch):
             yield task, out[row], ([f[row] for f in frames] if trajectory else None)
+
+
+def _layout_bias(model: DiffusionModel, batch: list[ImageTask]) -> LayoutBias | None:
+    """The attention bias of the batch's layouts (rows without one get none), or None if no task
+    has one. Tasks of one batch share the layout strength (ImageTask.batch_key)."""
+    if all(t.layout is None for t in batch):
+        return None
+    from diffgen.training.grounding import TokenSpans
+
+    text = model.text_encoder
+    placements = [t.layout.placements(t.prompt) if t.layout is not None else [] for t in batch]
+    strength = next(t.layout.strength for t in batch if t.layout is not None)
+    return LayoutBias([t.prompt for t in batch], placements, TokenSpans(text.tokenizer, text.context_length),
+                      strength, model.device)
 
 
 def _start_edit(batch: list[ImageTask], noise: torch.Tensor, sigmas: torch.Tensor, denoise: Denoise, size: int,

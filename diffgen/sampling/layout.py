@@ -15,14 +15,80 @@ is decided; below it the picture already holds the layout and the bias is off).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+from diffgen.errors import InputError
 
-from diffgen.data import Box
-from diffgen.engine.guidance import Denoise
-from diffgen.training.grounding import GroundingTargets, TokenSpans
+if TYPE_CHECKING:  # torch is imported where it is used: tasks and recipes need none of it
+    import torch
+
+    from diffgen.engine.guidance import Denoise
+    from diffgen.training.grounding import TokenSpans
+
+Box = tuple[float, float, float, float]
+# The attention-logit bias that laid out the scorecard's pairs best with their regions given
+# (benchmarks/layout_probe.py, docs/BENCHMARKS.md).
+DEFAULT_STRENGTH = 6.0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a prompt's objects go: (name, x0, y0, x1, y1) per object, the box in fractions of the
+    image side (0, 0 is the top left), the name a phrase of the prompt; and the bias's strength."""
+
+    places: tuple[tuple[str, float, float, float, float], ...]
+    strength: float = DEFAULT_STRENGTH
+
+    @classmethod
+    def parse(cls, texts: Sequence[str], strength: float = DEFAULT_STRENGTH) -> Layout:
+        """From ``NAME=X0,Y0,X1,Y1`` texts (the CLI's --place); InputError naming a bad one."""
+        places = []
+        for text in texts:
+            name, _, numbers = text.rpartition("=")
+            try:
+                box = tuple(float(v) for v in numbers.split(","))
+            except ValueError:
+                box = ()
+            if not name.strip() or len(box) != 4:
+                raise InputError(f"--place {text!r}: expected NAME=X0,Y0,X1,Y1 (fractions of the image side), "
+                                 "e.g. dog=0,0,0.5,1")
+            places.append((name.strip(), *box))
+        return cls(tuple(places), strength)  # type: ignore[arg-type]
+
+    def validate(self, prompt: str) -> Layout:
+        """This layout, checked against ``prompt``: every name in it, every box inside the image."""
+        if not math.isfinite(self.strength) or self.strength < 0:
+            raise InputError(f"layout strength must be a finite number >= 0, got {self.strength!r}")
+        if not self.places:
+            raise InputError("a layout needs at least one NAME=X0,Y0,X1,Y1 place")
+        for name, x0, y0, x1, y1 in self.places:
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x0, y0, x1, y1)) \
+                    or not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise InputError(f"the box of {name!r} must have 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, "
+                                 f"got {x0}, {y0}, {x1}, {y1}")
+            if name.lower() not in prompt.lower():
+                raise InputError(f"the placed name {name!r} is not in the prompt {prompt!r}")
+        return Layout(tuple((n, *(float(v) for v in b)) for n, *b in self.places),  # type: ignore[misc]
+                      float(self.strength))
+
+    def placements(self, prompt: str) -> list[Placement]:
+        """Each place as the characters of ``prompt`` that name it (its first occurrence) and its box."""
+        out = []
+        for name, *box in self.places:
+            start = prompt.lower().index(name.lower())
+            out.append(Placement(start, start + len(name), tuple(box)))  # type: ignore[arg-type]
+        return out
+
+    @classmethod
+    def from_recipe(cls, data: Any) -> Layout:
+        """The layout stored in a PNG recipe (``asdict`` of one); InputError if it is damaged."""
+        try:
+            return cls(tuple(tuple(p) for p in data["places"]), data["strength"])  # type: ignore[arg-type]
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"the diffgen recipe has a damaged layout ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -41,6 +107,10 @@ class LayoutBias:
 
     def __init__(self, prompts: Sequence[str], placements: Sequence[Sequence[Placement]], spans: TokenSpans,
                  strength: float, device: torch.device):
+        import torch
+
+        from diffgen.training.grounding import GroundingTargets
+
         rows, token_sets, boxes = [], [], []
         for row, (prompt, objects) in enumerate(zip(prompts, placements, strict=True)):
             for obj in objects:
@@ -63,6 +133,8 @@ class LayoutBias:
         get no bias)."""
         if not self.active or not len(self.targets):
             return None
+        import torch
+
         if positions not in self._bias:
             side = int(positions**0.5)
             signs = 2 * self.targets.masks(side) - 1  # (S, N): +1 inside the box, -1 outside
@@ -76,7 +148,8 @@ class LayoutBias:
 
 
 @contextlib.contextmanager
-def laid_out(unet: torch.nn.Module, denoise: Denoise, bias: LayoutBias, min_sigma: float) -> Iterator[Denoise]:
+def laid_out(unet: torch.nn.Module, denoise: Denoise, bias: LayoutBias, min_sigma: float = 0.0
+             ) -> Iterator[Denoise]:
     """Within the block, ``denoise`` with the layout's bias in every cross-attention of ``unet`` at
     noise levels of at least ``min_sigma``; on leaving it the attention is plain again."""
     modules = unet.cross_attentions()

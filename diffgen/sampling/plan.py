@@ -10,6 +10,7 @@ from typing import Any
 
 from diffgen.errors import InputError
 from diffgen.sampling.edits import EditSource
+from diffgen.sampling.layout import Layout
 from diffgen.sampling.prompts import PromptSpec
 from diffgen.sampling.settings import SamplingSettings
 from diffgen.sampling.tasks import ImageTask, iter_tasks, task_from_recipe
@@ -41,7 +42,8 @@ class SamplePlan:
 
 
 def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | None, num_images: int,
-                seed: int | None, settings: SamplingSettings, edit: EditSource | None = None) -> SamplePlan:
+                seed: int | None, settings: SamplingSettings, edit: EditSource | None = None,
+                layout: Layout | None = None) -> SamplePlan:
     """The plan of a run from prompt arguments and/or a prompt file, or from a PNG's recipe.
 
     Every prompt and setting is checked here, in one pass that keeps only counts, before any
@@ -54,9 +56,9 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
     from diffgen.sampling.prompts import iter_prompt_file
 
     if replay is not None:
-        if prompts or prompt_file is not None or edit is not None:
-            raise InputError("--replay regenerates the image's own prompt and inputs: drop the prompts, -f "
-                             "and --init-image")
+        if prompts or prompt_file is not None or edit is not None or layout is not None:
+            raise InputError("--replay regenerates the image's own prompt and inputs: drop the prompts, -f, "
+                             "--init-image and --place")
         recipe_data = read_recipe(replay)
         task = task_from_recipe(recipe_data)
         return SamplePlan(lambda: iter(()), task, 1, task.steps, None, False, recipe_data)
@@ -66,7 +68,7 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
                                iter_prompt_file(prompt_file, num_images) if prompt_file is not None else ())
 
     first = secrets.randbelow(2**31) if seed is None else seed
-    defaults = ImageTask.of(0, "", 0, settings, edit)
+    defaults = ImageTask.of(0, "", 0, settings, edit, layout)
     count = total_steps = 0
     for spec in specs():
         if not spec.prompt.strip():

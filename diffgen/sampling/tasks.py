@@ -16,6 +16,7 @@ from diffgen.engine.edit import steps_to_run
 from diffgen.errors import InputError
 from diffgen.sampling.edits import EditSource
 from diffgen.sampling.images import image_filename
+from diffgen.sampling.layout import Layout
 from diffgen.sampling.prompts import PromptSpec
 from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
 
@@ -36,13 +37,14 @@ class ImageTask:
     schedule: str = DEFAULTS.schedule
     guidance: float = DEFAULTS.guidance
     edit: EditSource | None = None  # image-to-image / inpainting inputs
+    layout: Layout | None = None  # where named objects go (sampling/layout.py)
 
     @classmethod
     def of(cls, index: int, prompt: str, seed: int, settings: SamplingSettings = DEFAULTS,
-           edit: EditSource | None = None) -> ImageTask:
+           edit: EditSource | None = None, layout: Layout | None = None) -> ImageTask:
         """The task for image ``index`` of ``prompt`` from ``seed`` with ``settings``."""
         return cls(index, prompt, seed, settings.negative, settings.steps, settings.sampler, settings.schedule,
-                   settings.guidance, edit)
+                   settings.guidance, edit, layout)
 
     @property
     def sampler_steps(self) -> int:
@@ -58,8 +60,10 @@ class ImageTask:
         return image_filename(self.index, self.seed, self.prompt)
 
     def batch_key(self) -> tuple:
-        """Tasks with equal keys can share a batch (same step count, sampler, guidance and edit)."""
-        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit)
+        """Tasks with equal keys can share a batch (same step count, sampler, guidance, edit and
+        layout strength; each image of a batch may have its own layout, or none)."""
+        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit,
+                self.layout.strength if self.layout is not None else None)
 
     def validate(self) -> ImageTask:
         """This task with checked settings (the sampler's registry name); InputError if it cannot run."""
@@ -70,7 +74,8 @@ class ImageTask:
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
             raise InputError(f"index must be a whole number >= 0, got {self.index!r}")
         edit = self.edit.validate() if self.edit is not None else None
-        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit)
+        layout = self.layout.validate(self.prompt) if self.layout is not None else None
+        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit, layout)
 
 
 def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask, first_index: int = 0
@@ -80,7 +85,7 @@ def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask, firs
     ``first_index + k`` (a new run into a used folder numbers on after the existing images)."""
     k = 0
     for spec in specs:
-        settings = replace(defaults, **spec.overrides).validate()  # checked once per prompt
+        settings = replace(defaults, prompt=spec.prompt, **spec.overrides).validate()  # checked once per prompt
         for j in range(spec.num_images):
             image_seed = (spec.seed + j) if spec.seed is not None else seed + k
             task = replace(settings, index=first_index + k, prompt=spec.prompt, seed=image_seed)
@@ -122,8 +127,11 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
     ``placement`` = (batch size, row), the batch it was computed in) from it."""
     size = model.config.image_size
     fields = asdict(task)
-    if task.edit is None:
-        del fields["edit"]
+    for optional in ("edit", "layout"):  # absent rather than null: older recipes stay the same image
+        if fields[optional] is None:
+            del fields[optional]
+    if task.layout is not None:  # lists, as JSON reads them back, so that recipes compare equal
+        fields["layout"] = {"places": [list(p) for p in task.layout.places], "strength": task.layout.strength}
     return {
         **fields,
         "sampler_label": A1111_SAMPLER_LABELS.get(task.sampler, task.sampler),
@@ -156,10 +164,11 @@ def placement_of(data: dict[str, Any]) -> tuple[int, int] | None:
 
 def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     """Rebuild an ImageTask from a stored recipe, refusing incomplete ones."""
-    fields = [k for k in ImageTask.__dataclass_fields__ if k != "edit"]
+    fields = [k for k in ImageTask.__dataclass_fields__ if k not in ("edit", "layout")]
     try:
         edit = EditSource.from_recipe(data["edit"]) if data.get("edit") is not None else None
-        task = ImageTask(**{k: data[k] for k in fields}, edit=edit).validate()
+        layout = Layout.from_recipe(data["layout"]) if data.get("layout") is not None else None
+        task = ImageTask(**{k: data[k] for k in fields}, edit=edit, layout=layout).validate()
     except (KeyError, TypeError) as exc:
         raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
     placement_of(data)
