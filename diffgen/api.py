@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from diffgen.engine.text import TextEncoding
+from diffgen.sampling.layout import DEFAULT_STRENGTH as DEFAULT_LAYOUT_STRENGTH
+from diffgen.sampling.layout import Layout
 from diffgen.sampling.settings import DEFAULTS, SamplingSettings
 
 
@@ -48,13 +50,16 @@ class Model:
                steps: int = DEFAULTS.steps, guidance: float = DEFAULTS.guidance, sampler: str = DEFAULTS.sampler,
                schedule: str = DEFAULTS.schedule, negative: str = DEFAULTS.negative, batch_size: int = 8,
                init_image: str | Path | None = None, strength: float | None = None, mask: str | Path | None = None,
-               mask_blur: int = 0) -> list[Image.Image]:
+               mask_blur: int = 0, place: Mapping[str, Sequence[float]] | None = None,
+               layout_strength: float = DEFAULT_LAYOUT_STRENGTH) -> list[Image.Image]:
         """``n`` images per prompt; image k (counted across prompts and repeats) uses seed + k.
 
         Without ``seed`` a random one is drawn; each image's ``info`` holds its recipe (the PNG
         text chunks ``parameters`` and ``diffgen``; ``diffgen.sampling.images.save_png`` writes
         them into the file). ``init_image`` (a file) makes it image-to-image (``strength`` 0-1,
-        default 0.75) and, with ``mask`` (white = repaint), inpainting.
+        default 0.75) and, with ``mask`` (white = repaint), inpainting. ``place`` lays out named
+        objects, ``{"dog": (0, 0, 0.5, 1), "cat": (0.5, 0, 1, 1)}``: each name a phrase of every
+        prompt, its box (x0, y0, x1, y1) in fractions of the image side (sampling/layout.py).
         """
         from diffgen.errors import InputError
         from diffgen.sampling.edits import EditSource
@@ -72,8 +77,14 @@ class Model:
             edit = EditSource.from_files(Path(init_image), strength, Path(mask) if mask else None, mask_blur)
         elif strength is not None or mask is not None or mask_blur:
             raise InputError("strength, mask and mask_blur need an init_image")
+        layout = None
+        if place:
+            if any(len(box) != 4 for box in place.values()):
+                raise InputError("each place is a box of four numbers: x0, y0, x1, y1")
+            layout = Layout(tuple((name, *box) for name, box in place.items()), layout_strength)  # type: ignore[misc]
         seed = secrets.randbelow(2**31) if seed is None else seed
-        tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], seed, ImageTask.of(0, "", 0, settings, edit))
+        tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], seed,
+                           ImageTask.of(0, "", 0, settings, edit, layout))
         return self._images(tasks, batch_size)
 
     def _images(self, tasks: list, batch_size: int) -> list[Image.Image]:

@@ -43,6 +43,25 @@ def test_api_images_equal_the_cli_pngs(tiny_checkpoint, tmp_path):
     assert json.loads(images[1].info["diffgen"])["seed"] == 6 and "Sampler: Euler a" in images[0].info["parameters"]
 
 
+def test_a_layout_through_the_api_is_the_clis(tiny_checkpoint, tmp_path):
+    model = diffgen.load(tiny_checkpoint, device="cpu")
+    images = model.sample("a dog to the left of a cat", n=2, seed=3, steps=3,
+                          place={"dog": (0, 0, 0.5, 1), "cat": (0.5, 0, 1, 1)}, layout_strength=4.0)
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["sample", "a dog to the left of a cat", "-n", "2", "--seed", "3", "--steps", "3",
+                                      "--place", "dog=0,0,0.5,1", "--place", "cat=0.5,0,1,1", "--layout-strength",
+                                      "4", "-c", str(tiny_checkpoint), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    for path, image in zip(sorted(out.glob("*.png")), images, strict=True):
+        with Image.open(path) as written:
+            assert np.array_equal(np.asarray(written.convert("RGB")), np.asarray(image))
+            assert same_image(json.loads(written.info["diffgen"]), json.loads(image.info["diffgen"]))
+    with pytest.raises(InputError, match="four numbers"):
+        model.sample("a dog", place={"dog": (0, 0, 1)})
+    with pytest.raises(InputError, match="not in the prompt"):
+        model.sample("a dog", place={"cat": (0, 0, 1, 1)})
+
+
 def test_encode_and_bad_settings(tiny_checkpoint):
     model = diffgen.load(tiny_checkpoint, device="cpu")
     encoding = model.encode(["a red apple", "a green apple"])
