@@ -117,6 +117,15 @@ def test_a_layout_changes_the_image_is_recorded_and_replays_byte_for_byte(tiny_c
     result = run("sample", "--replay", laid[1], "-c", tiny_checkpoint, "-o", tmp_path / "replay", "-q")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "replay" / laid[1].name).read_bytes() == laid[1].read_bytes()
+    # a prompt file's line may carry its own layout: the same images
+    lines = tmp_path / "laid.jsonl"
+    lines.write_text(json.dumps({"prompt": prompt, "n": 2, "place": {"dog": [0, 0, 0.5, 1], "Cat": [0.5, 0, 1, 1]}})
+                     + "\n" + json.dumps({"prompt": "a cat", "place": {"dog": [0, 0, 1, 1]}}) + "\n")
+    bad = run("sample", "-c", tiny_checkpoint, "-o", tmp_path / "bad", "-f", lines, "-q")
+    assert bad.exit_code == 2 and "'dog' is not in the prompt 'a cat'" in bad.output
+    lines.write_text(lines.read_text().splitlines()[0] + "\n")
+    assert sample(tiny_checkpoint, tmp_path / "file", "-f", lines).exit_code == 0
+    assert [p.read_bytes() for p in pngs(tmp_path / "file")] == [p.read_bytes() for p in laid]
     # the same command again finds its images made by the same recipe and skips them
     again = sample(tiny_checkpoint, tmp_path / "laid", prompt, "-n", "2", *places)
     assert again.exit_code == 0 and again.stdout.strip() == ""

@@ -65,6 +65,8 @@ class Layout:
         if not self.places:
             raise InputError("a layout needs at least one NAME=X0,Y0,X1,Y1 place")
         for name, x0, y0, x1, y1 in self.places:
+            if not isinstance(name, str) or not name.strip():
+                raise InputError(f"a placed name must be a word or phrase of the prompt, got {name!r}")
             if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x0, y0, x1, y1)) \
                     or not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
                 raise InputError(f"the box of {name!r} must have 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, "
