@@ -6,7 +6,7 @@ layout would buy the model (an upper bound for any way of predicting one), at ea
 strength and noise floor asked for. Strength 0 is plain sampling, the scorecard's own number.
 
 Run: .venv/bin/python benchmarks/layout_probe.py checkpoints/default.safetensors --pairs 96 \
-         --strengths 0,2,4 --min-sigmas 5
+         --strengths 0,3,6 --min-sigmas 0
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--pairs", type=int, default=96, help="seen and held-out pairs each")
-    parser.add_argument("--strengths", default="0,2,4", help="attention-logit biases to try (comma-separated)")
-    parser.add_argument("--min-sigmas", default="5", help="noise floors of the bias (comma-separated)")
+    parser.add_argument("--strengths", default="0,3,6", help="attention-logit biases to try (comma-separated)")
+    parser.add_argument("--min-sigmas", default="0", help="noise floors of the bias (comma-separated)")
     parser.add_argument("--sections", default="pairs_seen,pairs_heldout")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--judge", type=Path, default=ROOT / "runs" / "speedrun" / "judge.safetensors")
@@ -84,18 +84,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from pair_failures import classify, readings
+    from pair_failures import classify, load_card, readings
 
-    from diffgen.checkpoint import load_model
-    from diffgen.emoji.judge import load_judge
-    from diffgen.emoji.scenes import concepts, find_font, render_sprites
-    from diffgen.emoji.scorecard import Scorecard
-
-    items = concepts()
-    sprites = render_sprites(find_font(), items)
-    judge, _ = load_judge(args.judge)
-    model = load_model(args.checkpoint, torch.device("cpu"), image_tower=False)
-    card = Scorecard(sprites, items, judge, model.config.image_size, pairs=args.pairs)
+    model, card = load_card(args.checkpoint, args.judge, args.pairs)
     for min_sigma in [float(v) for v in args.min_sigmas.split(",")]:
         for strength in [float(v) for v in args.strengths.split(",")]:
             report: dict = {"strength": strength, "min_sigma": min_sigma}

@@ -59,6 +59,19 @@ def readings(card, asks, images) -> dict[str, list[tuple[str, str]]]:
     return {"sprite": sprite, "judge": list(zip(names[0::2], names[1::2], strict=True))}
 
 
+def load_card(checkpoint: Path, judge_path: Path, pairs: int):
+    """(model, scorecard with the cached shape judge) for ``pairs`` seen and held-out pairs each."""
+    from diffgen.checkpoint import load_model
+    from diffgen.emoji.judge import load_judge
+    from diffgen.emoji.scenes import concepts, find_font, render_sprites
+    from diffgen.emoji.scorecard import Scorecard
+
+    items = concepts()
+    judge, _ = load_judge(judge_path)
+    model = load_model(checkpoint, torch.device("cpu"), image_tower=False)
+    return model, Scorecard(render_sprites(find_font(), items), items, judge, model.config.image_size, pairs=pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -72,17 +85,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from diffgen.checkpoint import load_model
-    from diffgen.emoji.judge import load_judge
-    from diffgen.emoji.scenes import concepts, find_font, render_sprites
-    from diffgen.emoji.scorecard import Scorecard, sample_section
+    from diffgen.emoji.scorecard import sample_section
     from diffgen.sampling.images import labelled_grid
 
-    items = concepts()
-    sprites = render_sprites(find_font(), items)
-    judge, _ = load_judge(args.judge)
-    model = load_model(args.checkpoint, torch.device("cpu"), image_tower=False)
-    card = Scorecard(sprites, items, judge, model.config.image_size, pairs=args.pairs)
+    model, card = load_card(args.checkpoint, args.judge, args.pairs)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(args.checkpoint), "steps": args.steps, "guidance": args.guidance}
     for section in ("pairs_seen", "pairs_heldout"):
