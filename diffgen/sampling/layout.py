@@ -1,15 +1,16 @@
 """Sampling with a layout: the tokens that name an object are attended from inside its box.
 
 DenseDiffusion (Kim et al., ICCV 2023) lays out a scene without training by modulating the
-cross-attention logits while the sampler is at high noise: where a pixel lies inside an object's
+cross-attention logits while the sampler runs: where a pixel lies inside an object's
 region, its score for the tokens that name the object is raised, and outside lowered. The
 conditional branch of classifier-free guidance then draws each object's features where its box is,
 and guidance amplifies that against the unconditional branch, which has no layout. It costs no
 extra forward pass: the bias is added inside the attention the U-Net computes anyway.
 
 Here the bias is ``strength`` x (+1 inside, -1 outside) on the name's tokens, for every
-cross-attention block, at the sampler's steps with sigma >= ``min_sigma`` (where a scene's layout
-is decided; below it the picture already holds the layout and the bias is off).
+cross-attention block, at the sampler's steps with sigma >= ``min_sigma``. The sampling pipeline
+biases every step (``min_sigma`` 0): on the scorecard's pairs that placed both objects more often
+than stopping at sigma 1 or 5 (docs/BENCHMARKS.md, "Pairs with a given layout").
 """
 
 from __future__ import annotations
