@@ -88,7 +88,7 @@ class Attention(nn.Module):
 
     With ``keep_probs`` set (training's grounding loss, training/grounding.py) the weights are
     computed explicitly and the last call's (B, heads, N, M) are kept in ``probs``. With
-    ``logit_bias`` set (sampling with a layout, engine/layout.py) it is called with (B, N) and may
+    ``logit_bias`` set (sampling with a layout, sampling/layout.py) it is called with (B, N) and may
     return a (B, 1, N, M) bias added to the attention logits.
     """
 

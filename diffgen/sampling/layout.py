@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from diffgen.data import Box
 from diffgen.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported where it is used: tasks and recipes need none of it
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: tasks and recipes need 
     from diffgen.engine.guidance import Denoise
     from diffgen.training.grounding import TokenSpans
 
-Box = tuple[float, float, float, float]
 # The attention-logit bias that laid out the scorecard's pairs best with their regions given
 # (benchmarks/layout_probe.py, docs/BENCHMARKS.md).
 DEFAULT_STRENGTH = 6.0
@@ -89,7 +89,10 @@ class Layout:
     def from_recipe(cls, data: Any) -> Layout:
         """The layout stored in a PNG recipe (``asdict`` of one); InputError if it is damaged."""
         try:
-            return cls(tuple(tuple(p) for p in data["places"]), data["strength"])  # type: ignore[arg-type]
+            places = tuple(tuple(p) for p in data["places"])
+            if any(len(p) != 5 for p in places):
+                raise TypeError("each place is [name, x0, y0, x1, y1]")
+            return cls(places, data["strength"])  # type: ignore[arg-type]
         except (KeyError, TypeError) as exc:
             raise InputError(f"the diffgen recipe has a damaged layout ({exc})") from None
 
