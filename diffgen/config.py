@@ -1,7 +1,7 @@
 """Frozen configuration dataclasses, loaded strictly from TOML.
 
 A config file has one table per dataclass: ``[model]`` (top level), ``[text]``, ``[unet]``,
-``[denoiser]`` and ``[train]``. An unknown key, a wrong type or an impossible value is an error that
+``[denoiser]``, ``[layout]`` and ``[train]``. An unknown key, a wrong type or an impossible value is an error that
 names the key; a missing key takes the default written here.
 """
 
@@ -85,6 +85,19 @@ class DenoiserConfig:
 
 
 @dataclass(frozen=True)
+class LayoutConfig:
+    """The layout predictor (engine/layout_net.py): from the text encoder's token states, which words
+    name objects and where each goes. ``width`` 0: the model has none (sampling then lays out only
+    what --place gives)."""
+
+    width: int = 0
+    layers: int = 2
+    heads: int = 4
+    # alternative layouts of a whole scene: "a dog next to a cat" is drawn in either order
+    modes: int = 2
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings for both training stages."""
 
@@ -130,6 +143,11 @@ class TrainConfig:
     clip_steps: int = 500
     clip_batch_size: int = 128
     clip_lr: float = 5e-4
+    # Stage 3, after the U-Net: the layout predictor learns the object regions of the data's captions
+    # (metadata.jsonl "regions") from the frozen text encoder (0: no such stage; needs layout.width).
+    layout_steps: int = 0
+    layout_batch_size: int = 64
+    layout_lr: float = 1e-3
     sample_every: int = 500
     checkpoint_every: int = 200
     # U-Net arithmetic of the diffusion stage: "auto" is bf16 autocast on CUDA and on CPUs with
@@ -145,6 +163,7 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -152,7 +171,8 @@ class Config:
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
-_SECTIONS = {"text": TextConfig, "unet": UNetConfig, "denoiser": DenoiserConfig, "train": TrainConfig}
+_SECTIONS = {"text": TextConfig, "unet": UNetConfig, "denoiser": DenoiserConfig, "layout": LayoutConfig,
+             "train": TrainConfig}
 
 
 def _check_value(key: str, value: Any, annotation: Any) -> Any:
@@ -264,12 +284,21 @@ def _validate(cfg: Config) -> None:
     _require(0.0 <= tr.ema_decay < 1.0, "config key 'train.ema_decay' must be in [0, 1)")
     _require(math.isfinite(tr.text_lr_scale) and tr.text_lr_scale >= 0,
              "config key 'train.text_lr_scale' must be 0 or more")
-    for key in ("batch_size", "grad_accum", "clip_batch_size", "steps", "sample_every",
+    for key in ("batch_size", "grad_accum", "clip_batch_size", "layout_batch_size", "sample_every",
                 "checkpoint_every"):
         _require(getattr(tr, key) > 0, f"config key 'train.{key}' must be positive")
-    for key in ("clip_steps", "warmup_steps"):
+    # steps 0: the U-Net of an --init checkpoint is kept as it is (e.g. to train only the layout stage)
+    for key in ("steps", "clip_steps", "warmup_steps", "layout_steps"):
         _require(getattr(tr, key) >= 0, f"config key 'train.{key}' must be >= 0")
-    for key in ("lr", "clip_lr", "grad_clip"):
+    lay = cfg.layout
+    _require(lay.width >= 0, "config key 'layout.width' must be 0 (no layout predictor) or more")
+    if lay.width:
+        for key in ("layers", "heads", "modes"):
+            _require(getattr(lay, key) > 0, f"config key 'layout.{key}' must be positive")
+        _require(lay.width % lay.heads == 0, "config key 'layout.width' must be divisible by layout.heads")
+    _require(not tr.layout_steps or lay.width > 0,
+             "config key 'train.layout_steps' needs a layout predictor: set layout.width")
+    for key in ("lr", "clip_lr", "layout_lr", "grad_clip"):
         value = getattr(tr, key)
         _require(math.isfinite(value) and value > 0, f"config key 'train.{key}' must be positive")
     _require(math.isfinite(tr.weight_decay) and tr.weight_decay >= 0,

@@ -73,6 +73,9 @@ def sample(
         show_default=False)] = None,
     layout_strength: Annotated[float, typer.Option(
         help="How strongly --place steers each name's attention into its box.")] = DEFAULT_LAYOUT_STRENGTH,
+    auto_layout: Annotated[bool, typer.Option(
+        help="Without --place, lay out a prompt that names two or more objects with the model's layout "
+             "predictor (where the model has one).")] = True,
     xy: Annotated[Optional[list[str]], typer.Option(
         help="A setting grid axis NAME=V1,V2,... (guidance, steps, sampler, schedule, seed, strength); "
              "repeat for Y and Z. One prompt, one seed, one image per cell, and a labelled grid.",
@@ -108,9 +111,10 @@ def sample(
             raise InputError("--strength, --mask and --mask-blur need an --init-image")
         layout = Layout.parse(place, layout_strength) if place else None
         if xy:
-            plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy, layout)
+            plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy, layout, auto_layout)
         else:
-            plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit, layout)
+            plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit, layout,
+                               auto_layout)
             if new_run:
                 from dataclasses import replace as with_fields
 
@@ -165,7 +169,8 @@ def sample(
 
 
 def _xy_plan(prompts: list[str], prompt_file: Path | None, replay: Path | None, seed: int | None,
-             settings: SamplingSettings, edit: Any, xy: list[str], layout: Any = None) -> tuple[Any, list[Any]]:
+             settings: SamplingSettings, edit: Any, xy: list[str], layout: Any = None, auto_layout: bool = True
+             ) -> tuple[Any, list[Any]]:
     """The plan of a setting grid: one prompt, every combination of the axes, one seed."""
     import secrets
 
@@ -177,7 +182,7 @@ def _xy_plan(prompts: list[str], prompt_file: Path | None, replay: Path | None, 
         raise InputError("--xy draws one prompt: give exactly one PROMPT (no -f, no --replay)")
     axes = [parse_axis(text) for text in xy]
     first = secrets.randbelow(2**31) if seed is None else seed
-    tasks = tuple(cell_tasks(prompts[0], first, axes, ImageTask.of(0, "", 0, settings, edit, layout)))
+    tasks = tuple(cell_tasks(prompts[0], first, axes, ImageTask.of(0, "", 0, settings, edit, layout, auto_layout)))
     return SamplePlan(lambda: iter(()), tasks[0], len(tasks), sum(t.sampler_steps for t in tasks), first,
                       seed is None, fixed=tasks), axes
 

@@ -23,7 +23,8 @@ def train(
     config: Annotated[Optional[str], typer.Option(
         "--config", help="A preset name (tiny, default, cpu64, cpu32, gpu64; see `diffgen config show`) or a "
         "TOML file. Default: the built-in default.", show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Diffusion training steps (overrides the config).",
+    steps: Annotated[Optional[int], typer.Option(help="Diffusion training steps (overrides the config); 0 with "
+                                                 "--init keeps its U-Net (to train only the layout predictor).",
                                                  show_default=False)] = None,
     clip_steps: Annotated[Optional[int], typer.Option(help="CLIP training steps (overrides the config).",
                                                       show_default=False)] = None,
@@ -66,8 +67,9 @@ def train(
         overrides = {k: v for k, v in (("steps", steps), ("clip_steps", clip_steps),
                                        ("batch_size", batch_size)) if v is not None}
         for key, value in overrides.items():
-            if value < (0 if key == "clip_steps" else 1):
-                raise InputError(f"--{key.replace('_', '-')} must be at least {0 if key == 'clip_steps' else 1}")
+            least = 1 if key == "batch_size" else 0
+            if value < least:
+                raise InputError(f"--{key.replace('_', '-')} must be at least {least}")
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
         if time_limit is not None and not time_limit > 0:
             raise InputError(f"--time-limit must be a positive number of minutes, got {time_limit}")

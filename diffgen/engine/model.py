@@ -1,4 +1,5 @@
-"""The whole text-to-image model: CLIP text encoder + EDM-preconditioned U-Net, from one Config."""
+"""The whole text-to-image model: CLIP text encoder + EDM-preconditioned U-Net (+ the layout
+predictor where the config has one), from one Config."""
 
 from __future__ import annotations
 
@@ -7,18 +8,22 @@ from torch import nn
 
 from diffgen.config import Config
 from diffgen.engine.denoiser import Conditioning, Denoiser
+from diffgen.engine.layout_net import LayoutPredictor
 from diffgen.engine.text import TextEncoder, TextEncoding, build_text_encoder
 from diffgen.engine.unet import UNet
 
 
 class DiffusionModel(nn.Module):
-    """Holds the config, the text encoder and the denoiser; ``state_dict`` is the checkpoint."""
+    """Holds the config, the text encoder, the denoiser and the layout predictor (None where the
+    config has none); ``state_dict`` is the checkpoint."""
 
-    def __init__(self, config: Config, text_encoder: TextEncoder, denoiser: Denoiser):
+    def __init__(self, config: Config, text_encoder: TextEncoder, denoiser: Denoiser,
+                 layout: LayoutPredictor | None = None):
         super().__init__()
         self.config = config
         self.text_encoder = text_encoder
         self.denoiser = denoiser
+        self.layout = layout
         # Set when loaded from a checkpoint: identifies the weights in image metadata.
         self.content_hash: str | None = None
         self.metadata: dict = {}
@@ -35,14 +40,15 @@ class DiffusionModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part: U-Net, CLIP text tower, CLIP image tower with the contrastive
-        loss's logit scale (0 when loaded without it)."""
+        loss's logit scale (0 when loaded without it), layout predictor (0 without one)."""
         from diffgen.engine.clip_text import IMAGE_TOWER_PREFIXES
 
         named = list(self.text_encoder.clip.named_parameters())
         image = sum(p.numel() for name, p in named if name.startswith(IMAGE_TOWER_PREFIXES))
         text = sum(p.numel() for _, p in named) - image
         unet = sum(p.numel() for p in self.denoiser.net.parameters())
-        return {"unet": unet, "text": text, "image": image}
+        layout = sum(p.numel() for p in self.layout.parameters()) if self.layout is not None else 0
+        return {"unet": unet, "text": text, "image": image, "layout": layout}
 
 
 def build_model(config: Config, load_pretrained_text: bool = True, image_tower: bool = True) -> DiffusionModel:
@@ -54,7 +60,10 @@ def build_model(config: Config, load_pretrained_text: bool = True, image_tower: 
     """
     text_encoder = build_text_encoder(config, load_weights=load_pretrained_text, image_tower=image_tower)
     net = UNet(config.unet, config.image_size, text_encoder.token_dim, text_encoder.pooled_dim)
-    return DiffusionModel(config, text_encoder, Denoiser.from_config(net, config))
+    lay = config.layout
+    layout = LayoutPredictor(text_encoder.token_dim, config.text.context_length, lay.width, lay.layers, lay.heads,
+                             lay.modes) if lay.width else None
+    return DiffusionModel(config, text_encoder, Denoiser.from_config(net, config), layout)
 
 
 class PromptCache:

@@ -214,13 +214,28 @@ class TextEncoder(nn.Module):
             weights[row, : len(seq)] = torch.tensor(seq_weights)
         return ids, counts, weights
 
+    def _states(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, n) -> per-token states (B, n, D) of the first n <= L positions."""
+        clip = self.clip
+        n = ids.shape[1]
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding[:n].to(cast_dtype)
+        mask = clip.attn_mask[:n, :n] if clip.attn_mask is not None else None
+        return clip.ln_final(clip.transformer(x, attn_mask=mask))
+
+    def token_states(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        """Per-token states (B, n, D) of the prompts' first n positions, n the longest prompt's
+        token count, and each prompt's count. The tower's mask is causal, so no state depends on
+        the padding after it: leaving the padding out makes a batch of short captions several
+        times cheaper (the layout stage). A tower without the causal mask runs all L positions."""
+        ids, counts = self.tokenize(prompts)
+        n = min(max(counts), self.context_length) if self.clip.attn_mask is not None else self.context_length
+        return self._states(ids[:, :n].to(self.clip.token_embedding.weight.device)), counts
+
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, L) -> per-token states (B, L, D), pooled projected embedding (B, E)."""
         clip = self.clip
-        cast_dtype = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
-        x = clip.transformer(x, attn_mask=clip.attn_mask)
-        tokens = clip.ln_final(x)
+        tokens = self._states(ids)
         if clip.text_pool_type == "argmax":  # the end-of-text token has the largest id
             pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), ids.argmax(dim=-1)]
         else:

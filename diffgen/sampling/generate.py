@@ -21,7 +21,8 @@ from diffgen.engine.model import DiffusionModel, PromptCache
 from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES
 from diffgen.errors import InputError
-from diffgen.sampling.layout import LayoutBias, laid_out
+from diffgen.sampling.layout import DEFAULT_STRENGTH, LayoutBias, Placement, laid_out
+from diffgen.sampling.predicted_layout import PredictedLayout, predict_layout
 from diffgen.sampling.tasks import ImageTask, batches, recipe, same_image
 
 
@@ -77,6 +78,7 @@ def generate(
     channels = cfg.unet.in_channels
     text = PromptCache(model.text_encoder, weighted=True)
     text.encode_all([t.prompt for t in tasks] + [t.negative for t in tasks])
+    predicted: dict[str, PredictedLayout | None] = {}  # by prompt, read once
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     for batch in batches(tasks, batch_size):
@@ -96,7 +98,7 @@ def generate(
                 continue
         if device.type == "cpu":
             denoise = channels_last(denoise)
-        layout = _layout_bias(model, batch)
+        layout = _layout_bias(model, batch, predicted)
         frames: list[torch.Tensor] = []
 
         def callback(step: dict) -> None:
@@ -114,16 +116,28 @@ def generate(
             yield task, out[row], ([f[row] for f in frames] if trajectory else None)
 
 
-def _layout_bias(model: DiffusionModel, batch: list[ImageTask]) -> LayoutBias | None:
-    """The attention bias of the batch's layouts (rows without one get none), or None if no task
-    has one. Tasks of one batch share the layout strength (ImageTask.batch_key)."""
-    if all(t.layout is None for t in batch):
-        return None
+def _layout_bias(model: DiffusionModel, batch: list[ImageTask], predicted: dict[str, PredictedLayout | None]
+                 ) -> LayoutBias | None:
+    """The attention bias of the batch's layouts, given or predicted (rows without one get none),
+    or None if no task has one. Tasks of one batch share the layout strength (ImageTask.batch_key);
+    ``predicted`` caches the predictor's layout of each prompt."""
     from diffgen.training.grounding import TokenSpans
 
+    placements: list[list[Placement]] = []
+    for task in batch:
+        if task.layout is not None:
+            placements.append(task.layout.placements(task.prompt))
+        elif task.auto_layout:
+            if task.prompt not in predicted:
+                predicted[task.prompt] = predict_layout(model, task.prompt)
+            guess = predicted[task.prompt]
+            placements.append(guess.placements(task.seed) if guess is not None else [])
+        else:
+            placements.append([])
+    if not any(placements):
+        return None
     text = model.text_encoder
-    placements = [t.layout.placements(t.prompt) if t.layout is not None else [] for t in batch]
-    strength = next(t.layout.strength for t in batch if t.layout is not None)
+    strength = next((t.layout.strength for t in batch if t.layout is not None), DEFAULT_STRENGTH)
     return LayoutBias([t.prompt for t in batch], placements, TokenSpans(text.tokenizer, text.context_length),
                       strength, model.device)
 

@@ -17,6 +17,7 @@ from diffgen.errors import InputError
 _JSONL_KEYS: dict[str, tuple[type, ...]] = {
     "prompt": (str,), "negative": (str,), "n": (int,), "seed": (int,), "steps": (int,),
     "guidance": (int, float), "sampler": (str,), "place": (dict,), "layout_strength": (int, float),
+    "auto_layout": (bool,),
 }
 
 
@@ -41,14 +42,14 @@ def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> Pr
     for key, value in data.items():
         if key not in _JSONL_KEYS:
             raise InputError(f"{where}: unknown key '{key}' (known: {', '.join(_JSONL_KEYS)})")
-        if isinstance(value, bool) or not isinstance(value, _JSONL_KEYS[key]):
+        if isinstance(value, bool) != (bool in _JSONL_KEYS[key]) or not isinstance(value, _JSONL_KEYS[key]):
             raise InputError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
     if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
         raise InputError(f"{where}: missing or empty 'prompt'")
     n = data.get("n", num_images)
     if n < 1:
         raise InputError(f"{where}: 'n' must be at least 1")
-    overrides = {k: data[k] for k in ("negative", "steps", "sampler") if k in data}
+    overrides = {k: data[k] for k in ("negative", "steps", "sampler", "auto_layout") if k in data}
     if "guidance" in data:
         overrides["guidance"] = float(data["guidance"])
     if "place" in data:  # {"dog": [x0, y0, x1, y1], ...}: this line's layout (sampling/layout.py)

@@ -16,7 +16,7 @@ from diffgen.engine.edit import steps_to_run
 from diffgen.errors import InputError
 from diffgen.sampling.edits import EditSource
 from diffgen.sampling.images import image_filename
-from diffgen.sampling.layout import Layout
+from diffgen.sampling.layout import DEFAULT_STRENGTH, Layout
 from diffgen.sampling.prompts import PromptSpec
 from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
 
@@ -38,13 +38,16 @@ class ImageTask:
     guidance: float = DEFAULTS.guidance
     edit: EditSource | None = None  # image-to-image / inpainting inputs
     layout: Layout | None = None  # where named objects go (sampling/layout.py)
+    # without a layout: lay out a prompt that names two or more objects with the model's layout
+    # predictor, where it has one (sampling/predicted_layout.py)
+    auto_layout: bool = True
 
     @classmethod
     def of(cls, index: int, prompt: str, seed: int, settings: SamplingSettings = DEFAULTS,
-           edit: EditSource | None = None, layout: Layout | None = None) -> ImageTask:
+           edit: EditSource | None = None, layout: Layout | None = None, auto_layout: bool = True) -> ImageTask:
         """The task for image ``index`` of ``prompt`` from ``seed`` with ``settings``."""
         return cls(index, prompt, seed, settings.negative, settings.steps, settings.sampler, settings.schedule,
-                   settings.guidance, edit, layout)
+                   settings.guidance, edit, layout, auto_layout)
 
     @property
     def sampler_steps(self) -> int:
@@ -62,8 +65,8 @@ class ImageTask:
     def batch_key(self) -> tuple:
         """Tasks with equal keys can share a batch (same step count, sampler, guidance, edit and
         layout strength; each image of a batch may have its own layout, or none)."""
-        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit,
-                self.layout.strength if self.layout is not None else None)
+        strength = self.layout.strength if self.layout is not None else DEFAULT_STRENGTH if self.auto_layout else None
+        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit, strength)
 
     def validate(self) -> ImageTask:
         """This task with checked settings (the sampler's registry name); InputError if it cannot run."""
@@ -75,7 +78,10 @@ class ImageTask:
             raise InputError(f"index must be a whole number >= 0, got {self.index!r}")
         edit = self.edit.validate() if self.edit is not None else None
         layout = self.layout.validate(self.prompt) if self.layout is not None else None
-        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit, layout)
+        if not isinstance(self.auto_layout, bool):
+            raise InputError(f"auto_layout must be true or false, got {self.auto_layout!r}")
+        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit, layout,
+                            self.auto_layout)
 
 
 def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask, first_index: int = 0
@@ -132,6 +138,9 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
             del fields[optional]
     if task.layout is not None:  # lists, as JSON reads them back, so that recipes compare equal
         fields["layout"] = {"places": [list(p) for p in task.layout.places], "strength": task.layout.strength}
+    # where the flag changes nothing it is left out, so that older recipes stay the same image
+    if task.layout is not None or not has_layout_predictor(model):
+        del fields["auto_layout"]
     return {
         **fields,
         "sampler_label": A1111_SAMPLER_LABELS.get(task.sampler, task.sampler),
@@ -143,6 +152,11 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
         "version": __version__,
         **(dict(zip(PLACEMENT_KEYS, placement)) if placement is not None else {}),
     }
+
+
+def has_layout_predictor(model: DiffusionModel) -> bool:
+    """Whether ``model`` has a trained layout predictor (only then does ``auto_layout`` matter)."""
+    return model.layout is not None and int(model.layout.trained_steps) > 0
 
 
 def same_image(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -164,11 +178,13 @@ def placement_of(data: dict[str, Any]) -> tuple[int, int] | None:
 
 def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     """Rebuild an ImageTask from a stored recipe, refusing incomplete ones."""
-    fields = [k for k in ImageTask.__dataclass_fields__ if k not in ("edit", "layout")]
+    fields = [k for k in ImageTask.__dataclass_fields__ if k not in ("edit", "layout", "auto_layout")]
     try:
         edit = EditSource.from_recipe(data["edit"]) if data.get("edit") is not None else None
         layout = Layout.from_recipe(data["layout"]) if data.get("layout") is not None else None
-        task = ImageTask(**{k: data[k] for k in fields}, edit=edit, layout=layout).validate()
+        # a recipe without the entry was made without a predicted layout
+        task = ImageTask(**{k: data[k] for k in fields}, edit=edit, layout=layout,
+                         auto_layout=data.get("auto_layout", False)).validate()
     except (KeyError, TypeError) as exc:
         raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
     placement_of(data)

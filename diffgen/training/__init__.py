@@ -1,7 +1,8 @@
 """Training from scratch or from a checkpoint: ``run_training(TrainOptions(...))``.
 
 Stage 1 trains a small CLIP on the folder's image-caption pairs, stage 2 the U-Net against the
-frozen text encoder (training/stages.py); a run is prepared and finished in training/run.py;
+frozen text encoder (training/stages.py), stage 3, where the config has one, the layout predictor
+(training/layout_stage.py); a run is prepared and finished in training/run.py;
 batches, seeds and learning rates are in training/batches.py, metrics and the progress bar in
 training/metrics.py, the state files in training/state.py. Resume is exact and DDP runs under
 torchrun.
@@ -23,7 +24,7 @@ __all__ = ["TrainOptions", "run_training"]
 
 
 def run_training(opts: TrainOptions) -> dict[str, Any]:
-    """Both stages end to end; returns the training summary (also stored in the checkpoint)."""
+    """The stages end to end; returns the training summary (also stored in the checkpoint)."""
     from diffgen.devices import pick_device
     from diffgen.errors import InputError
     from diffgen.training import distributed
@@ -68,7 +69,9 @@ def _stop_on_sigterm(run: Run):
 
 
 def _train(run: Run) -> dict[str, Any]:
-    """The CLIP stage (unless the text encoder comes from elsewhere), then the diffusion stage."""
+    """The CLIP stage (unless the text encoder comes from elsewhere), the diffusion stage (unless
+    train.steps is 0: the --init U-Net as it is), then the layout stage (where train.layout_steps)."""
+    from diffgen.training.layout_stage import train_layout
     from diffgen.training.metrics import retrieval_accuracy
     from diffgen.training.stages import train_clip, train_diffusion
 
@@ -89,5 +92,14 @@ def _train(run: Run) -> dict[str, Any]:
         run.say(f"CLIP image-to-text retrieval on {r['images']} {'held-out' if run.held_idx else 'training'}"
                 f" images: top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 "
                 f"{r['top5']:.1%} (chance {r['chance_top5']:.1%})")
-    steps_done = train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
+    steps_done = 0
+    if resume is not None and resume.stage == "layout":
+        steps_done = run.cfg.train.steps  # the layout stage starts once the U-Net's steps are done
+    elif run.cfg.train.steps:
+        steps_done = train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
+    if run.cfg.train.layout_steps:
+        if steps_done < run.cfg.train.steps:  # the time limit stopped the U-Net: --resume goes on with it
+            return finish_run(run, summary, steps_done)
+        done = train_layout(run, resume if resume is not None and resume.stage == "layout" else None)
+        summary["layout_steps"] = done
     return finish_run(run, summary, steps_done)

@@ -26,7 +26,7 @@ from diffgen.training.metrics import RunLog
 from diffgen.training.state import TrainingState, optimizer_to_tensors, require_state, rng_tensors, save_state
 
 # Settings a resumed run may change: how long it goes on and how often it saves or samples.
-RESUMABLE_CHANGES = ("steps", "sample_every", "checkpoint_every")
+RESUMABLE_CHANGES = ("steps", "layout_steps", "sample_every", "checkpoint_every")
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -129,8 +129,10 @@ def grows_from(cfg: Config, source: Config) -> bool:
     any number of positions: the attention levels must match, e.g. [16, 8] at 32 px is [32, 16] at
     64 px), add transformer blocks at more levels (their output projection starts at zero), turn
     on ``unet.position_embedding`` and add ``unet.text_mixer_layers`` (their output projections start
-    at zero); all else must be the same."""
-    if any(k not in ("image_size", "unet") for k in model_differences(cfg, source)):
+    at zero), and add a layout predictor (trained by its own stage); all else must be the same."""
+    if any(k not in ("image_size", "unet", "layout") for k in model_differences(cfg, source)):
+        return False
+    if cfg.layout != source.layout and source.layout.width:
         return False
 
     def layers(c: Config) -> dict:
@@ -152,7 +154,7 @@ def _load_init(cfg: Config, spec: Path) -> DiffusionModel:
         raise InputError(f"--init {spec}: the checkpoint was made with another model config "
                          f"(different {', '.join(differing)}); train with its config, or one that only "
                          "changes the image size (with attention at the same levels), adds attention "
-                         "levels, turns on unet.position_embedding or adds unet.text_mixer_layers "
+                         "levels, turns on unet.position_embedding, adds unet.text_mixer_layers or a layout predictor "
                          "(the training noise distribution, denoiser.p_mean, p_std and high_noise_*, may differ)")
     return source
 
@@ -165,7 +167,7 @@ def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Calla
     target = model.denoiser if other_size else model
     missing, unexpected = target.load_state_dict(
         (source.denoiser if other_size else source).state_dict(), strict=False)
-    grown = (".pos_proj.", ".attn.", ".text_mixer.")
+    grown = (".pos_proj.", ".attn.", ".text_mixer.", ".layout.")
     if unexpected or any(all(part not in f".{k}" for part in grown) for k in missing):
         raise RuntimeError(f"--init: weights that do not fit: {unexpected or missing}")  # _load_init prevents it
     if other_size:
@@ -179,8 +181,11 @@ def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Calla
     new_mixers = model.config.unet.text_mixer_layers - source.config.unet.text_mixer_layers
     if new_mixers:
         added.append(f"{new_mixers} text mixer layer{'s' if new_mixers > 1 else ''}")
+    if model.layout is not None and source.layout is None:
+        say("--init: the checkpoint has no layout predictor; the run's layout stage trains a new one")
     if added:
-        say(f"--init: {' and '.join(added)} added ({len(missing)} tensors), starting as the identity")
+        grown_tensors = sum(not k.startswith("layout.") for k in missing)
+        say(f"--init: {' and '.join(added)} added ({grown_tensors} tensors), starting as the identity")
 
 
 def _load_text_tower(model: DiffusionModel, source: DiffusionModel, say: Callable[[str], None],
@@ -261,6 +266,13 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         raise InputError(f"train.grounding_weight is {cfg.train.grounding_weight:g} but no training image "
                          "has object regions (metadata.jsonl \"regions\"; `diffgen data emoji` writes "
                          "them since this version: rebuild older folders); set it to 0 or add them")
+    if cfg.train.layout_steps and not (data.regions and any(data.regions[i] for i in train_idx)):
+        raise InputError(f"train.layout_steps is {cfg.train.layout_steps} but no training image has object "
+                         "regions (metadata.jsonl \"regions\"; `diffgen data emoji` writes them): the layout "
+                         "predictor learns from them; set it to 0 or add them")
+    if not cfg.train.steps and opts.init is None and resume is None:
+        raise InputError("train.steps is 0: without --init there is no U-Net to keep; give --init CHECKPOINT "
+                         "or a number of steps")
     torch.manual_seed(cfg.train.seed)
     # weights from --text-encoder, --init or the state replace any pretrained download
     model = build_model(cfg, load_pretrained_text=source is None and resume is None).to(device)
@@ -268,7 +280,7 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         _load_init_weights(model, source, opts.say if dist.is_main else lambda _: None)
     elif source is not None:
         _load_text_tower(model, source, opts.say if dist.is_main else lambda _: None)
-    if resume is not None and resume.stage == "diffusion":
+    if resume is not None and resume.stage in ("diffusion", "layout"):
         from diffgen.training.stages import without_prefix
 
         model.load_state_dict(without_prefix(resume.tensors, "model"))

@@ -1,0 +1,127 @@
+"""The layout predictor: which words of a prompt name objects, and where each object goes.
+
+Sampling with a layout (sampling/layout.py) draws each named object inside its box when it is told
+the boxes. This network supplies them from the prompt alone. It reads the frozen text encoder's
+per-token states through a small bidirectional transformer (CLIP's causal mask keeps "dog" in "a
+dog to the left of a cat" from seeing "left"), then says for each token whether it names an object
+(objectness) and, for each of ``modes`` alternative layouts of the whole scene, that object's box.
+Several layouts because some prompts leave the arrangement open: "a dog next to a cat" is drawn in
+either order, and one box regressed to both answers would put both objects in the middle. Training
+(training/layout_stage.py) pulls the closest layout towards the data's (winner takes all, relaxed,
+after multiple-choice learning, Guzman-Rivera et al. 2012) and teaches how often each one wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diffgen.data import Box, Region
+
+# The share of the box loss that the layouts other than the closest one still get, so that none
+# is left untrained (a layout that never wins would never move).
+RELAXED_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class LayoutGuess:
+    """The predictor's output for a batch of prompts (L token positions, K layouts)."""
+
+    objectness: torch.Tensor  # (B, L) logit that the token names an object
+    boxes: torch.Tensor  # (B, K, L, 4) x0, y0, x1, y1 in [0, 1] per layout and token
+    mode_logits: torch.Tensor  # (B, K) how likely each layout is
+
+
+class LayoutPredictor(nn.Module):
+    """Token states (B, L, D) and which positions hold tokens (B, L) -> LayoutGuess."""
+
+    def __init__(self, token_dim: int, context_length: int, width: int, layers: int, heads: int, modes: int):
+        super().__init__()
+        self.modes = modes
+        self.proj = nn.Linear(token_dim, width)
+        self.position = nn.Parameter(torch.randn(context_length, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.objectness = nn.Linear(width, 1)
+        self.boxes = nn.Linear(width, 4 * modes)
+        self.mode_logits = nn.Linear(width, modes)
+        # the layout stage's steps so far: sampling uses a predictor only once it has been trained
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> LayoutGuess:
+        b, length, _ = tokens.shape
+        h = self.proj(tokens.float()) + self.position[:length]
+        h = self.norm(self.blocks(h, src_key_padding_mask=~valid))
+        raw = self.boxes(h).view(b, length, self.modes, 4).permute(0, 2, 1, 3)
+        centre, size = raw[..., :2].sigmoid(), raw[..., 2:].sigmoid()
+        boxes = torch.cat([(centre - size / 2).clamp(0, 1), (centre + size / 2).clamp(0, 1)], dim=-1)
+        weights = valid.float()[:, :, None]
+        pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1)
+        return LayoutGuess(self.objectness(h).squeeze(-1), boxes, self.mode_logits(pooled))
+
+
+def valid_positions(num_tokens: Sequence[int], context_length: int) -> torch.Tensor:
+    """(B, L) True at the positions that hold a prompt's tokens (start and end markers included)."""
+    counts = torch.tensor([min(n, context_length) for n in num_tokens])
+    return torch.arange(context_length)[None, :] < counts[:, None]
+
+
+@dataclass(frozen=True)
+class LayoutTargets:
+    """What a batch of captions says: which tokens name an object, and that object's box (the box
+    around all of its drawings: "three apples" names one region that holds three)."""
+
+    objectness: torch.Tensor  # (B, L) 1 at an object's tokens
+    boxes: torch.Tensor  # (B, L, 4)
+    valid: torch.Tensor  # (B, L)
+
+    @classmethod
+    def of(cls, captions: Sequence[str], regions: Sequence[Sequence[Region]], spans, num_tokens: Sequence[int],
+           context_length: int) -> LayoutTargets:
+        """From each caption's regions (start, end, x0, y0, x1, y1); ``spans`` is a
+        training/grounding.TokenSpans that maps a caption's characters to token positions."""
+        objectness = torch.zeros(len(captions), context_length)
+        boxes = torch.zeros(len(captions), context_length, 4)
+        for row, (caption, caption_regions) in enumerate(zip(captions, regions, strict=True)):
+            named: dict[tuple[int, int], list[Box]] = {}
+            for start, end, *box in caption_regions:
+                named.setdefault((start, end), []).append(tuple(box))  # type: ignore[arg-type]
+            for (start, end), name_boxes in named.items():
+                positions = spans.positions(caption, start, end)
+                x0s, y0s, x1s, y1s = zip(*name_boxes)
+                objectness[row, positions] = 1.0
+                boxes[row, positions] = torch.tensor([min(x0s), min(y0s), max(x1s), max(y1s)])
+        return cls(objectness, boxes, valid_positions(num_tokens, context_length))
+
+    def to(self, device: torch.device) -> LayoutTargets:
+        return LayoutTargets(self.objectness.to(device), self.boxes.to(device), self.valid.to(device))
+
+
+def layout_loss(guess: LayoutGuess, targets: LayoutTargets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(total, parts): binary cross-entropy of objectness over the prompts' tokens; for the boxes,
+    per caption the mean L1 error over its object tokens of each layout, the closest layout taking
+    1 - RELAXED_SHARE of the weight; and cross-entropy that says which layout was closest."""
+    valid = targets.valid
+    objectness = F.binary_cross_entropy_with_logits(guess.objectness[valid], targets.objectness[valid])
+    named = targets.objectness > 0  # (B, L)
+    error = (guess.boxes - targets.boxes[:, None]).abs().sum(-1)  # (B, K, L)
+    per_layout = (error * named[:, None]).sum(-1) / named.sum(-1).clamp_min(1)[:, None]  # (B, K)
+    has_objects = named.any(-1)
+    modes = per_layout.shape[1]
+    winner = per_layout.detach().argmin(1)
+    if modes == 1:
+        weights = torch.ones_like(per_layout)
+    else:
+        weights = torch.full_like(per_layout, RELAXED_SHARE / (modes - 1))
+        weights.scatter_(1, winner[:, None], 1 - RELAXED_SHARE)
+    zero = objectness.new_zeros(())
+    box = (per_layout * weights).sum(1)[has_objects].mean() if has_objects.any() else zero
+    mode = F.cross_entropy(guess.mode_logits[has_objects], winner[has_objects]) \
+        if has_objects.any() and modes > 1 else zero
+    return objectness + box + mode, {"objectness": objectness, "boxes": box, "modes": mode}
