@@ -58,7 +58,8 @@ pictures: install
 	$(VENV)/bin/diffgen sample "a panda on a car" --init-image docs/images/panda-input.png --xy strength=0.3,0.5,0.7,0.9 --seed 0 -q -o runs/pictures/img2img
 	$(VENV)/bin/diffgen sample "a panda on a car" --init-image docs/images/panda-input.png --mask docs/images/mask-lower-half.png --strength 1 --xy seed=0,1,2,3 --seed 0 -q -o runs/pictures/inpaint
 	$(VENV)/bin/diffgen sample "a red car" --xy guidance=1,3,6 --xy steps=5,10,20 --seed 0 -q -o runs/pictures/xy
-	$(VENV)/bin/diffgen sample "a dog to the left of a cat" -n 8 --seed 0 --grid -q -o runs/pictures/layout-plain
+	$(VENV)/bin/diffgen sample "a dog to the left of a cat" -n 8 --seed 0 --grid -q --no-auto-layout -o runs/pictures/layout-plain
+	$(VENV)/bin/diffgen sample "a dog to the left of a cat" -n 8 --seed 0 --grid -q -o runs/pictures/layout-auto
 	$(VENV)/bin/diffgen sample "a dog to the left of a cat" -n 8 --seed 0 --grid -q --place dog=0,0,0.5,1 --place cat=0.5,0,1,1 -o runs/pictures/layout-placed
 	$(VENV)/bin/diffgen noise docs/images/panda-input.png --denoise --prompt "panda on a bike" -o runs/pictures/forward-process.png
 	cp runs/pictures/img2img/xy-a-panda-on-a-car-0.png docs/images/img2img.png
@@ -67,6 +68,7 @@ pictures: install
 	cp runs/pictures/forward-process.png docs/images/forward-process.png
 	cp runs/pictures/layout-plain/grid-00000-0.png docs/images/layout-plain.png
 	cp runs/pictures/layout-placed/grid-00000-0.png docs/images/layout-placed.png
+	cp runs/pictures/layout-auto/grid-00000-0.png docs/images/layout-auto.png
 	cp runs/pictures/readme/grid-00000-0.png docs/images/default-grid.png
 	cp runs/pictures/panda/grid-00000-0.png checkpoints/panda-on-a-bike-8-seeds.png
 	cp runs/pictures/single/grid-00000-0.png checkpoints/single-objects.png

@@ -229,3 +229,12 @@ def test_the_layout_stage_on_data_without_regions_is_one_line_exit_2(tmp_path, s
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "object regions" in errors[0]
+
+
+def test_init_from_a_model_with_a_predictor_under_a_config_without_one_leaves_it_out(tmp_path, trained):
+    folder = pairs_folder(tmp_path / "pairs")
+    config = tmp_path / "plain.toml"
+    config.write_text(train_config())
+    result = train(folder, tmp_path / "run", config, "--init", str(trained))
+    assert result.exit_code == 0, result.output
+    assert not any(k.startswith("layout.") for k in weights(tmp_path / "run" / "model.safetensors"))

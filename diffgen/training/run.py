@@ -129,10 +129,11 @@ def grows_from(cfg: Config, source: Config) -> bool:
     any number of positions: the attention levels must match, e.g. [16, 8] at 32 px is [32, 16] at
     64 px), add transformer blocks at more levels (their output projection starts at zero), turn
     on ``unet.position_embedding`` and add ``unet.text_mixer_layers`` (their output projections start
-    at zero), and add a layout predictor (trained by its own stage); all else must be the same."""
+    at zero), and add a layout predictor (trained by its own stage) or leave it out; all else must be
+    the same."""
     if any(k not in ("image_size", "unet", "layout") for k in model_differences(cfg, source)):
         return False
-    if cfg.layout != source.layout and source.layout.width:
+    if cfg.layout != source.layout and source.layout.width and cfg.layout.width:
         return False
 
     def layers(c: Config) -> dict:
@@ -165,8 +166,11 @@ def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Calla
     initialisation, which makes them the identity."""
     other_size = source.config.image_size != model.config.image_size
     target = model.denoiser if other_size else model
-    missing, unexpected = target.load_state_dict(
-        (source.denoiser if other_size else source).state_dict(), strict=False)
+    weights = (source.denoiser if other_size else source).state_dict()
+    if model.layout is None and source.layout is not None:
+        say("--init: the config has no [layout]: the checkpoint's layout predictor is left out")
+        weights = {k: v for k, v in weights.items() if not k.startswith("layout.")}
+    missing, unexpected = target.load_state_dict(weights, strict=False)
     grown = (".pos_proj.", ".attn.", ".text_mixer.", ".layout.")
     if unexpected or any(all(part not in f".{k}" for part in grown) for k in missing):
         raise RuntimeError(f"--init: weights that do not fit: {unexpected or missing}")  # _load_init prevents it
