@@ -131,7 +131,7 @@ class LayoutBias:
         self.targets = GroundingTargets(torch.tensor(rows, dtype=torch.long), tokens, boxes)
         self.images, self.strength, self.device = len(prompts), strength, device
         self.active = False
-        self._bias: dict[int, torch.Tensor] = {}  # by number of positions
+        self._bias: dict[tuple[int, int], torch.Tensor] = {}  # by (batch, positions), built once
 
     def __call__(self, batch: int, positions: int) -> torch.Tensor | None:
         """(batch, 1, positions, L) for a block's attention, or None while inactive. The batch may
@@ -141,16 +141,14 @@ class LayoutBias:
             return None
         import torch
 
-        if positions not in self._bias:
+        if (batch, positions) not in self._bias:  # every step asks for the same ones
             side = int(positions**0.5)
             signs = 2 * self.targets.masks(side) - 1  # (S, N): +1 inside the box, -1 outside
             owner = torch.nn.functional.one_hot(self.targets.rows, self.images).float()  # (S, B)
             bias = torch.einsum("sb,sn,sl->bnl", owner, signs, self.targets.tokens) * self.strength
-            self._bias[positions] = bias[:, None].to(self.device)
-        bias = self._bias[positions]
-        if batch == bias.shape[0]:
-            return bias
-        return torch.cat([bias, bias.new_zeros((batch - bias.shape[0], *bias.shape[1:]))])
+            bias = torch.cat([bias, bias.new_zeros((batch - bias.shape[0], *bias.shape[1:]))])
+            self._bias[(batch, positions)] = bias[:, None].to(self.device)
+        return self._bias[(batch, positions)]
 
 
 @contextlib.contextmanager
