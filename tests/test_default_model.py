@@ -25,14 +25,17 @@ def test_the_default_model_is_the_shipped_file_and_under_50_mb(shipped):
 
 def test_the_default_model_loads_with_the_config_it_was_trained_with(shipped):
     tensors, config, metadata = read_checkpoint(shipped)
-    # made by gpu64 from scratch, then continued with gpu64-continue: the same model, another batch
-    assert config == load_config(ROOT / "configs" / "gpu64-continue.toml")
-    scratch = load_config(ROOT / "configs" / "gpu64.toml")
-    assert (config.image_size, config.text, config.unet, config.denoiser) == (
-        scratch.image_size, scratch.text, scratch.unet, scratch.denoiser)
+    # made by gpu64 from scratch, continued with gpu64-continue (the same model, another batch),
+    # then given its layout predictor by layout-stage (that U-Net and text tower, kept as they were)
+    assert config == load_config(ROOT / "configs" / "layout-stage.toml")
+    for earlier in ("gpu64", "gpu64-continue"):
+        before = load_config(ROOT / "configs" / f"{earlier}.toml")
+        assert (config.image_size, config.text, config.unet, config.denoiser) == (
+            before.image_size, before.text, before.unet, before.denoiser)
     assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
     model = load_model(shipped)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     card = (ROOT / "checkpoints" / "README.md").read_text()
     assert model.content_hash[:10] in card
-    assert f"{metadata['training']['steps']:,}" in card
+    assert model.layout is not None and f"{int(model.layout.trained_steps):,}" in card
+    assert metadata["training"]["init"]["content_hash"][:10] in card  # the U-Net's own run

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -238,3 +240,13 @@ def test_init_from_a_model_with_a_predictor_under_a_config_without_one_leaves_it
     result = train(folder, tmp_path / "run", config, "--init", str(trained))
     assert result.exit_code == 0, result.output
     assert not any(k.startswith("layout.") for k in weights(tmp_path / "run" / "model.safetensors"))
+
+
+def test_sampling_with_a_predictor_imports_neither_open_clip_nor_dynamo(trained):
+    """The cold-start guard of test_clip_text for a model with a layout predictor, whose building
+    on the meta device (the shape check) once imported torch._dynamo: 3 s of every start."""
+    code = ("import sys, diffgen\n"
+            f"diffgen.load({str(trained)!r}, device='cpu').sample('a dog to the left of a cat', steps=2, seed=0)\n"
+            "print(sorted(m for m in ('open_clip', 'torchvision', 'timm', 'torch._dynamo') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

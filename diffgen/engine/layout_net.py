@@ -43,7 +43,8 @@ class LayoutPredictor(nn.Module):
         super().__init__()
         self.modes = modes
         self.proj = nn.Linear(token_dim, width)
-        self.position = nn.Parameter(torch.randn(context_length, width) * 0.02)
+        # normal_ in place: arithmetic on a meta tensor (load_model's shape check) would import torch._dynamo
+        self.position = nn.Parameter(nn.init.normal_(torch.empty(context_length, width), std=0.02))
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True,
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
