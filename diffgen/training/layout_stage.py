@@ -21,11 +21,6 @@ from diffgen.training.stages import Stage, run_stage, with_prefix
 from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
 
 
-def has_regions(run: Run) -> bool:
-    """Whether any training image's data says where its objects are."""
-    return bool(run.data.regions) and any(run.data.regions[i] for i in run.train_idx)  # type: ignore[index]
-
-
 def train_layout(run: Run, resume: TrainingState | None) -> int:
     """The layout stage from its start or from ``resume``; returns the steps done."""
     t = run.cfg.train
