@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffgen.data import Box, Region
+from diffgen.data import Region, boxes_by_name
 
 # The share of the box loss that the layouts other than the closest one still get, so that none
 # is left untrained (a layout that never wins would never move).
@@ -90,10 +90,7 @@ class LayoutTargets:
         objectness = torch.zeros(len(captions), context_length)
         boxes = torch.zeros(len(captions), context_length, 4)
         for row, (caption, caption_regions) in enumerate(zip(captions, regions, strict=True)):
-            named: dict[tuple[int, int], list[Box]] = {}
-            for start, end, *box in caption_regions:
-                named.setdefault((start, end), []).append(tuple(box))  # type: ignore[arg-type]
-            for (start, end), name_boxes in named.items():
+            for (start, end), name_boxes in boxes_by_name(caption_regions).items():
                 positions = spans.positions(caption, start, end)
                 x0s, y0s, x1s, y1s = zip(*name_boxes)
                 objectness[row, positions] = 1.0

@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from diffgen.data import Box, TrainingSet
+from diffgen.data import Box, TrainingSet, boxes_by_name
 
 
 class TokenSpans:
@@ -60,10 +60,7 @@ class GroundingTargets:
         dropped for guidance, nothing named)."""
         rows, token_sets, boxes = [], [], []
         for row, (i, caption) in enumerate(zip(indices, captions)):
-            named: dict[tuple[int, int], list[Box]] = {}
-            for start, end, *box in (data.regions_of(i, caption) if caption else ()):
-                named.setdefault((start, end), []).append(tuple(box))  # type: ignore[arg-type]
-            for (start, end), name_boxes in named.items():
+            for (start, end), name_boxes in boxes_by_name(data.regions_of(i, caption) if caption else ()).items():
                 positions = spans.positions(caption, start, end)
                 if positions:
                     rows.append(row)
