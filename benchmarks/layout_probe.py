@@ -60,7 +60,7 @@ def predicted_placements(model, prompt: str, seed: int, scale: float):
 
 
 def sample_laid_out(model, prompts, placements, strength: float, min_sigma: float, steps: int = 20,
-                    guidance: float = 3.0, batch_size: int = 16):
+                    guidance: float = 3.0, batch_size: int = 16, self_strength: float = 0.0):
     """Image k from seed k with the CLI's sampler settings and the layout's attention bias."""
     from diffgen.engine.guidance import classifier_free_guidance
     from diffgen.engine.model import PromptCache
@@ -85,8 +85,8 @@ def sample_laid_out(model, prompts, placements, strength: float, min_sigma: floa
         x = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators]) * sigmas[0].item()
         denoise = channels_last(classifier_free_guidance(
             model.denoiser, text([prompts[k] for k in batch]), text([""] * len(batch)), guidance))
-        bias = LayoutBias([prompts[k] for k in batch], [placements[k] for k in batch], spans, strength,
-                          torch.device("cpu"))
+        bias = LayoutBias.of([prompts[k] for k in batch], [placements[k] for k in batch], spans, strength,
+                             torch.device("cpu"), self_strength)
         with torch.inference_mode(), laid_out(model.denoiser.net, denoise, bias, min_sigma) as biased:
             out = SAMPLERS[DEFAULTS.sampler](biased, x, sigmas, seeded_noise_sampler(generators, x), None)
         images += to_pil(out.float())
@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=96, help="seen and held-out pairs each")
     parser.add_argument("--strengths", default="0,3,6", help="attention-logit biases to try (comma-separated)")
     parser.add_argument("--min-sigmas", default="0", help="noise floors of the bias (comma-separated)")
+    parser.add_argument("--self-strengths", default="0", help="self-attention biases within each box "
+                        "(comma-separated; 0: cross-attention only)")
     parser.add_argument("--sections", default="pairs_seen,pairs_heldout")
     parser.add_argument("--boxes", choices=("given", "predicted"), default="given",
                         help="the judging regions, or the model's layout predictor's boxes for image k's seed")
@@ -113,16 +115,20 @@ def main() -> None:
     from pair_failures import classify, load_card, readings
 
     model, card = load_card(args.checkpoint, args.judge, args.pairs)
-    settings = [(m, s, b) for m in args.min_sigmas.split(",") for s in args.strengths.split(",")
-                for b in (args.box_scales.split(",") if args.boxes == "predicted" else ["1"])]
-    for min_sigma, strength, scale in ((float(m), float(s), float(b)) for m, s, b in settings):
-        report: dict = {"strength": strength, "min_sigma": min_sigma, "boxes": args.boxes, "box_scale": scale}
+    settings = [(m, s, b, e) for m in args.min_sigmas.split(",") for s in args.strengths.split(",")
+                for b in (args.box_scales.split(",") if args.boxes == "predicted" else ["1"])
+                for e in args.self_strengths.split(",")]
+    for min_sigma, strength, scale, self_strength in ((float(m), float(s), float(b), float(e))
+                                                      for m, s, b, e in settings):
+        report: dict = {"strength": strength, "min_sigma": min_sigma, "boxes": args.boxes, "box_scale": scale,
+                        "self_strength": self_strength}
         clock = time.perf_counter()
         for section in args.sections.split(","):
             asks = card.sections[section]
             places = [placements_of(card, a) for a in asks] if args.boxes == "given" else \
                 [predicted_placements(model, a.prompt, k, scale) for k, a in enumerate(asks)]
-            images = sample_laid_out(model, [a.prompt for a in asks], places, strength, min_sigma)
+            images = sample_laid_out(model, [a.prompt for a in asks], places, strength, min_sigma,
+                                     self_strength=self_strength)
             scores = card.judge_section(section, images)
             kinds = {label: Counter(classify(a.objects[0].concept, a.objects[1].concept, *r)
                                     for a, r in zip(asks, found, strict=True))
@@ -133,7 +139,7 @@ def main() -> None:
             if args.out is not None:
                 from diffgen.sampling.images import labelled_grid, save_png
                 save_png(labelled_grid(images[:32], [a.prompt for a in asks[:32]]),
-                         args.out / f"{section}-s{strength:g}-m{min_sigma:g}.png")
+                         args.out / f"{section}-s{strength:g}-m{min_sigma:g}-self{self_strength:g}.png")
         report["seconds"] = round(time.perf_counter() - clock, 1)
         print(json.dumps(report), flush=True)
 

@@ -140,6 +140,11 @@ class TrainConfig:
     # levels drawn log-uniformly from [grounding_min_sigma, sigma_max]. Their denoising loss is
     # not used. 0: no such pass.
     grounding_pass_images: int = 0
+    # Layout-conditioned training: captions that name two or more objects with regions in the data
+    # are denoised with sampling's layout bias (sampling/layout.py) at this strength in every
+    # cross-attention, so the U-Net learns to draw each object inside the box the bias gives it,
+    # as the sampler asks of it for every prompt the layout predictor lays out (0: off).
+    layout_bias: float = 0.0
     clip_steps: int = 500
     clip_batch_size: int = 128
     clip_lr: float = 5e-4
@@ -277,6 +282,7 @@ def _validate(cfg: Config) -> None:
     _require(math.isfinite(tr.grounding_min_sigma) and tr.grounding_min_sigma >= 0,
              "config key 'train.grounding_min_sigma' must be 0 or more")
     _require(tr.grounding_pass_images >= 0, "config key 'train.grounding_pass_images' must be 0 or more")
+    _require(math.isfinite(tr.layout_bias) and tr.layout_bias >= 0, "config key 'train.layout_bias' must be 0 or more")
     _require(not tr.grounding_pass_images or 0 < tr.grounding_min_sigma < cfg.denoiser.sigma_max,
              "config key 'train.grounding_pass_images' needs 0 < train.grounding_min_sigma < denoiser.sigma_max")
     _require(math.isfinite(tr.negative_sharpness) and tr.negative_sharpness > 0,

@@ -138,7 +138,7 @@ def _layout_bias(model: DiffusionModel, batch: list[ImageTask], predicted: dict[
         return None
     text = model.text_encoder
     strength = next((t.layout.strength for t in batch if t.layout is not None), DEFAULT_STRENGTH)
-    return LayoutBias([t.prompt for t in batch], placements, TokenSpans(text.tokenizer, text.context_length),
+    return LayoutBias.of([t.prompt for t in batch], placements, TokenSpans(text.tokenizer, text.context_length),
                       strength, model.device)
 
 

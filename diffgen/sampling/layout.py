@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: tasks and recipes need 
     import torch
 
     from diffgen.engine.guidance import Denoise
-    from diffgen.training.grounding import TokenSpans
+    from diffgen.training.grounding import GroundingTargets, TokenSpans
 
 # The attention-logit bias that laid out the scorecard's pairs best with their regions given
 # (benchmarks/layout_probe.py, docs/BENCHMARKS.md).
@@ -108,11 +108,22 @@ class Placement:
 
 
 class LayoutBias:
-    """The attention-logit bias of a batch of prompts with their placements (one list per image;
-    an empty list leaves that image alone)."""
+    """The attention-logit bias of a batch's named objects and their boxes (``targets``, rows of
+    ``images`` images; an image with no target is left alone)."""
 
-    def __init__(self, prompts: Sequence[str], placements: Sequence[Sequence[Placement]], spans: TokenSpans,
-                 strength: float, device: torch.device):
+    def __init__(self, targets: GroundingTargets, images: int, strength: float, device: torch.device,
+                 self_strength: float = 0.0):
+        self.targets, self.images, self.strength, self.device = targets, images, strength, device
+        self.self_strength = self_strength
+        self.active = False
+        self._bias: dict[tuple[int, int], torch.Tensor] = {}  # by (batch, positions), built once
+        self._self_bias: dict[tuple[int, int], torch.Tensor] = {}
+
+    @classmethod
+    def of(cls, prompts: Sequence[str], placements: Sequence[Sequence[Placement]], spans: TokenSpans,
+           strength: float, device: torch.device, self_strength: float = 0.0) -> LayoutBias:
+        """The bias of ``prompts`` with their placements (one list per image; an empty list leaves
+        that image alone)."""
         import torch
 
         from diffgen.training.grounding import GroundingTargets
@@ -128,15 +139,13 @@ class LayoutBias:
         tokens = torch.zeros(len(rows), spans.context_length)
         for k, positions in enumerate(token_sets):
             tokens[k, positions] = 1.0
-        self.targets = GroundingTargets(torch.tensor(rows, dtype=torch.long), tokens, boxes)
-        self.images, self.strength, self.device = len(prompts), strength, device
-        self.active = False
-        self._bias: dict[tuple[int, int], torch.Tensor] = {}  # by (batch, positions), built once
+        return cls(GroundingTargets(torch.tensor(rows, dtype=torch.long), tokens, boxes), len(prompts), strength,
+                   device, self_strength)
 
     def __call__(self, batch: int, positions: int) -> torch.Tensor | None:
         """(batch, 1, positions, L) for a block's attention, or None while inactive. The batch may
-        be the images' (guidance 1) or twice it (conditional rows, then unconditional ones: those
-        get no bias)."""
+        be the images' or longer (guidance's unconditional rows, training's extra rows, after the
+        images: those get no bias)."""
         if not self.active or not len(self.targets):
             return None
         import torch
@@ -144,11 +153,53 @@ class LayoutBias:
         if (batch, positions) not in self._bias:  # every step asks for the same ones
             side = int(positions**0.5)
             signs = 2 * self.targets.masks(side) - 1  # (S, N): +1 inside the box, -1 outside
-            owner = torch.nn.functional.one_hot(self.targets.rows, self.images).float()  # (S, B)
-            bias = torch.einsum("sb,sn,sl->bnl", owner, signs, self.targets.tokens) * self.strength
+            rows = self.targets.rows.to(signs.device)
+            owner = torch.nn.functional.one_hot(rows, self.images).to(signs.dtype)  # (S, B)
+            bias = torch.einsum("sb,sn,sl->bnl", owner, signs, self.targets.tokens.to(signs.device)) * self.strength
             bias = torch.cat([bias, bias.new_zeros((batch - bias.shape[0], *bias.shape[1:]))])
             self._bias[(batch, positions)] = bias[:, None].to(self.device)
         return self._bias[(batch, positions)]
+
+
+    def self_bias(self, batch: int, positions: int) -> torch.Tensor | None:
+        """(batch, 1, positions, positions) for a block's self-attention, or None while inactive:
+        ``self_strength`` from a pixel inside an object's box to the pixels of the same box, minus it
+        to the pixels of the image's other objects' boxes (DenseDiffusion's second half: each object
+        is drawn from its own region); background pixels are left alone."""
+        if not self.active or not self.self_strength or not len(self.targets):
+            return None
+        import torch
+
+        if (batch, positions) not in self._self_bias:
+            masks = self.targets.masks(int(positions**0.5))  # (S, N)
+            rows = self.targets.rows.to(masks.device)
+            owner = torch.nn.functional.one_hot(rows, self.images).to(masks.dtype)  # (S, B)
+            same = torch.einsum("sb,sn,sm->bnm", owner, masks, masks).clamp(max=1)  # share a box
+            inside = torch.einsum("sb,sn->bn", owner, masks).clamp(max=1)  # in some box
+            # j inside some box of the image, i too, and no box holds both: another object's pixel
+            other = inside[:, :, None] * inside[:, None, :] * (1 - same)
+            bias = (same - other) * self.self_strength
+            bias = torch.cat([bias, bias.new_zeros((batch - bias.shape[0], *bias.shape[1:]))])
+            self._self_bias[(batch, positions)] = bias[:, None].to(self.device)
+        return self._self_bias[(batch, positions)]
+
+
+@contextlib.contextmanager
+def attention_biased(unet: torch.nn.Module, bias: LayoutBias) -> Iterator[LayoutBias]:
+    """Within the block every cross-attention of ``unet`` adds ``bias`` (while it is active); on
+    leaving it the attention is plain again and the bias inactive."""
+    modules = unet.cross_attentions()
+    selves = unet.self_attentions() if bias.self_strength else []
+    for module in modules:
+        module.logit_bias = bias
+    for module in selves:
+        module.logit_bias = bias.self_bias
+    try:
+        yield bias
+    finally:
+        for module in modules + selves:
+            module.logit_bias = None
+        bias.active = False
 
 
 @contextlib.contextmanager
@@ -156,17 +207,10 @@ def laid_out(unet: torch.nn.Module, denoise: Denoise, bias: LayoutBias, min_sigm
              ) -> Iterator[Denoise]:
     """Within the block, ``denoise`` with the layout's bias in every cross-attention of ``unet`` at
     noise levels of at least ``min_sigma``; on leaving it the attention is plain again."""
-    modules = unet.cross_attentions()
 
     def biased(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         bias.active = float(sigma.max()) >= min_sigma
         return denoise(x, sigma)
 
-    for module in modules:
-        module.logit_bias = bias
-    try:
+    with attention_biased(unet, bias):
         yield biased
-    finally:
-        for module in modules:
-            module.logit_bias = None
-        bias.active = False

@@ -270,6 +270,10 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         raise InputError(f"train.grounding_weight is {cfg.train.grounding_weight:g} but no training image "
                          "has object regions (metadata.jsonl \"regions\"; `diffgen data emoji` writes "
                          "them since this version: rebuild older folders); set it to 0 or add them")
+    if cfg.train.layout_bias and cfg.train.steps and not any(data.regions and data.regions[i] for i in train_idx):
+        raise InputError(f"train.layout_bias is {cfg.train.layout_bias:g} but no training image has object "
+                         "regions (metadata.jsonl \"regions\"; `diffgen data emoji` writes them): the bias "
+                         "is built from them; set it to 0 or add them")
     if cfg.train.layout_steps and not (data.regions and any(data.regions[i] for i in train_idx)):
         raise InputError(f"train.layout_steps is {cfg.train.layout_steps} but no training image has object "
                          "regions (metadata.jsonl \"regions\"; `diffgen data emoji` writes them): the layout "

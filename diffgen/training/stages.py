@@ -22,9 +22,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffgen import devices
+from diffgen.data import TrainingSet, boxes_by_name
 from diffgen.engine.denoiser import Denoiser, contrast_loss, denoising_loss, noised, noised_between
 from diffgen.engine.model import DiffusionModel, PromptCache
 from diffgen.errors import Terminated
+from diffgen.sampling.layout import LayoutBias, attention_biased
 from diffgen.training import distributed
 from diffgen.training.batches import (
     NoiseGenerator,
@@ -202,7 +204,8 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     autocast = devices.autocast(run.device, t.precision)
     noise_generator = NoiseGenerator(run.device)
     ema_params, params = list(ema.parameters()), list(unet.parameters())
-    spans = TokenSpans(text.tokenizer, text.context_length) if t.grounding_weight else None
+    grounded = t.grounding_weight > 0
+    spans = TokenSpans(text.tokenizer, text.context_length) if grounded or t.layout_bias else None
     cross_attention = unet.cross_attentions()
 
     def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -214,7 +217,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
                            if t.negative_weight else ([], []))
         # the contrast's rows ride in the same forward pass, under their negative captions, and so
         # do the grounding pass's: the batch's first images again, at noise levels only it draws
-        extra = min(t.grounding_pass_images, len(idx)) if spans is not None else 0
+        extra = min(t.grounding_pass_images, len(idx)) if grounded else 0
         cond = encode(captions + negatives + captions[:extra])
         if rows:
             noisy, sigma, x0 = (torch.cat([v, v[rows]]) for v in (noisy, sigma, x0))
@@ -223,7 +226,10 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
                                                     noise_generator(gen))
             noisy, sigma, x0 = torch.cat([noisy, pass_noisy]), torch.cat([sigma, pass_sigma]), \
                 torch.cat([x0, x0[:extra]])
-        with autocast, kept_attention(cross_attention, spans is not None) as attention:
+        bias = layout_bias_of(run.data, idx, captions, spans, t.layout_bias, run.device) \
+            if t.layout_bias and spans is not None else None
+        with autocast, kept_attention(cross_attention, grounded) as attention, \
+                attention_biased(unet, bias) if bias is not None else contextlib.nullcontext():
             losses = denoising_loss(denoiser, noisy, sigma, x0, cond)
         n = len(idx)
         denoising = losses[:n].mean()
@@ -232,7 +238,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         if t.negative_weight:
             parts["contrast"] = (contrast_loss(losses[rows], losses[n:n + len(rows)], t.negative_sharpness).sum()
                                  / n if rows else denoising.new_zeros(()))
-        if spans is not None:
+        if grounded:
             # images below the noise floor name nothing, like captions dropped for guidance, and
             # the contrast's rows neither (their captions are not the pictures')
             named = [c if s >= t.grounding_min_sigma else "" for c, s in zip(captions, sigma[:n].tolist())]
@@ -271,6 +277,17 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     if tuning:
         tuning.ship()
     return steps_done
+
+
+def layout_bias_of(data: TrainingSet, indices: list[int], captions: list[str], spans: TokenSpans,
+                   strength: float, device: torch.device) -> LayoutBias:
+    """Sampling's layout bias (active) for the batch images whose drawn caption names two or more
+    objects with regions: the prompts the layout predictor lays out when sampling. Other rows, and
+    any rows after the batch's images, get none."""
+    laid = [c if c and len(boxes_by_name(data.regions_of(i, c))) >= 2 else "" for i, c in zip(indices, captions)]
+    bias = LayoutBias(GroundingTargets.of(data, indices, laid, spans, device), len(indices), strength, device)
+    bias.active = True
+    return bias
 
 
 def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
