@@ -60,7 +60,8 @@ def predicted_placements(model, prompt: str, seed: int, scale: float):
 
 
 def sample_laid_out(model, prompts, placements, strength: float, min_sigma: float, steps: int = 20,
-                    guidance: float = 3.0, batch_size: int = 16, self_strength: float = 0.0):
+                    guidance: float = 3.0, batch_size: int = 16, self_strength: float = 0.0,
+                    rest_strength: float = 0.0, rest_end: bool = False):
     """Image k from seed k with the CLI's sampler settings and the layout's attention bias."""
     from diffgen.engine.guidance import classifier_free_guidance
     from diffgen.engine.model import PromptCache
@@ -86,7 +87,7 @@ def sample_laid_out(model, prompts, placements, strength: float, min_sigma: floa
         denoise = channels_last(classifier_free_guidance(
             model.denoiser, text([prompts[k] for k in batch]), text([""] * len(batch)), guidance))
         bias = LayoutBias.of([prompts[k] for k in batch], [placements[k] for k in batch], spans, strength,
-                             torch.device("cpu"), self_strength)
+                             torch.device("cpu"), self_strength, rest_strength, rest_end)
         with torch.inference_mode(), laid_out(model.denoiser.net, denoise, bias, min_sigma) as biased:
             out = SAMPLERS[DEFAULTS.sampler](biased, x, sigmas, seeded_noise_sampler(generators, x), None)
         images += to_pil(out.float())
@@ -106,6 +107,9 @@ def main() -> None:
                         help="the judging regions, or the model's layout predictor's boxes for image k's seed")
     parser.add_argument("--box-scales", default="1", help="with --boxes predicted: scale each box about its "
                         "centre by these factors (comma-separated; kept inside the image)")
+    parser.add_argument("--rest-strengths", default="0", help="inside each object's box, lower the prompt's "
+                        "other word tokens by this much (comma-separated)")
+    parser.add_argument("--rest-end", action="store_true", help="count the end-of-text token among the rest")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--judge", type=Path, default=ROOT / "runs" / "speedrun" / "judge.safetensors")
     parser.add_argument("--out", type=Path, default=None, help="write a grid of each setting's images here")
@@ -115,20 +119,20 @@ def main() -> None:
     from pair_failures import classify, load_card, readings
 
     model, card = load_card(args.checkpoint, args.judge, args.pairs)
-    settings = [(m, s, b, e) for m in args.min_sigmas.split(",") for s in args.strengths.split(",")
+    settings = [(m, s, b, e, r) for m in args.min_sigmas.split(",") for s in args.strengths.split(",")
                 for b in (args.box_scales.split(",") if args.boxes == "predicted" else ["1"])
-                for e in args.self_strengths.split(",")]
-    for min_sigma, strength, scale, self_strength in ((float(m), float(s), float(b), float(e))
-                                                      for m, s, b, e in settings):
+                for e in args.self_strengths.split(",") for r in args.rest_strengths.split(",")]
+    for min_sigma, strength, scale, self_strength, rest in ((float(m), float(s), float(b), float(e), float(r))
+                                                            for m, s, b, e, r in settings):
         report: dict = {"strength": strength, "min_sigma": min_sigma, "boxes": args.boxes, "box_scale": scale,
-                        "self_strength": self_strength}
+                        "self_strength": self_strength, "rest_strength": rest, "rest_end": args.rest_end}
         clock = time.perf_counter()
         for section in args.sections.split(","):
             asks = card.sections[section]
             places = [placements_of(card, a) for a in asks] if args.boxes == "given" else \
                 [predicted_placements(model, a.prompt, k, scale) for k, a in enumerate(asks)]
             images = sample_laid_out(model, [a.prompt for a in asks], places, strength, min_sigma,
-                                     self_strength=self_strength)
+                                     self_strength=self_strength, rest_strength=rest, rest_end=args.rest_end)
             scores = card.judge_section(section, images)
             kinds = {label: Counter(classify(a.objects[0].concept, a.objects[1].concept, *r)
                                     for a, r in zip(asks, found, strict=True))
@@ -139,7 +143,7 @@ def main() -> None:
             if args.out is not None:
                 from diffgen.sampling.images import labelled_grid, save_png
                 save_png(labelled_grid(images[:32], [a.prompt for a in asks[:32]]),
-                         args.out / f"{section}-s{strength:g}-m{min_sigma:g}-self{self_strength:g}.png")
+                         args.out / f"{section}-s{strength:g}-m{min_sigma:g}-self{self_strength:g}-rest{rest:g}.png")
         report["seconds"] = round(time.perf_counter() - clock, 1)
         print(json.dumps(report), flush=True)
 

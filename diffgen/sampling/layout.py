@@ -112,35 +112,44 @@ class LayoutBias:
     ``images`` images; an image with no target is left alone)."""
 
     def __init__(self, targets: GroundingTargets, images: int, strength: float, device: torch.device,
-                 self_strength: float = 0.0):
+                 self_strength: float = 0.0, rest_tokens: torch.Tensor | None = None, rest_strength: float = 0.0):
         self.targets, self.images, self.strength, self.device = targets, images, strength, device
         self.self_strength = self_strength
+        # (S, L): per target, the prompt's other word tokens (not its name's), lowered inside its box
+        self.rest_tokens, self.rest_strength = rest_tokens, rest_strength
         self.active = False
         self._bias: dict[tuple[int, int], torch.Tensor] = {}  # by (batch, positions), built once
         self._self_bias: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
     def of(cls, prompts: Sequence[str], placements: Sequence[Sequence[Placement]], spans: TokenSpans,
-           strength: float, device: torch.device, self_strength: float = 0.0) -> LayoutBias:
+           strength: float, device: torch.device, self_strength: float = 0.0, rest_strength: float = 0.0,
+           rest_end: bool = False) -> LayoutBias:
         """The bias of ``prompts`` with their placements (one list per image; an empty list leaves
         that image alone)."""
         import torch
 
         from diffgen.training.grounding import GroundingTargets
 
-        rows, token_sets, boxes = [], [], []
+        rows, token_sets, boxes, words = [], [], [], []
         for row, (prompt, objects) in enumerate(zip(prompts, placements, strict=True)):
+            every = spans.positions(prompt, 0, len(prompt))
+            if rest_end and every and every[-1] + 1 < spans.context_length:
+                every = every + [every[-1] + 1]
             for obj in objects:
                 positions = spans.positions(prompt, obj.start, obj.end)
                 if positions:
                     rows.append(row)
                     token_sets.append(positions)
                     boxes.append([obj.box])
+                    words.append(every)
         tokens = torch.zeros(len(rows), spans.context_length)
+        rest = torch.zeros(len(rows), spans.context_length)
         for k, positions in enumerate(token_sets):
+            rest[k, words[k]] = 1.0
             tokens[k, positions] = 1.0
         return cls(GroundingTargets(torch.tensor(rows, dtype=torch.long), tokens, boxes), len(prompts), strength,
-                   device, self_strength)
+                   device, self_strength, (rest - tokens).clamp(min=0), rest_strength)
 
     def __call__(self, batch: int, positions: int) -> torch.Tensor | None:
         """(batch, 1, positions, L) for a block's attention, or None while inactive. The batch may
@@ -156,10 +165,13 @@ class LayoutBias:
             rows = self.targets.rows.to(signs.device)
             owner = torch.nn.functional.one_hot(rows, self.images).to(signs.dtype)  # (S, B)
             bias = torch.einsum("sb,sn,sl->bnl", owner, signs, self.targets.tokens.to(signs.device)) * self.strength
+            if self.rest_strength and self.rest_tokens is not None:
+                inside = (signs + 1) / 2
+                rest = torch.einsum("sb,sn,sl->bnl", owner, inside, self.rest_tokens.to(signs.device)).clamp(max=1)
+                bias = bias - rest * self.rest_strength
             bias = torch.cat([bias, bias.new_zeros((batch - bias.shape[0], *bias.shape[1:]))])
             self._bias[(batch, positions)] = bias[:, None].to(self.device)
         return self._bias[(batch, positions)]
-
 
     def self_bias(self, batch: int, positions: int) -> torch.Tensor | None:
         """(batch, 1, positions, positions) for a block's self-attention, or None while inactive:
