@@ -60,8 +60,7 @@ def predicted_placements(model, prompt: str, seed: int, scale: float):
 
 
 def sample_laid_out(model, prompts, placements, strength: float, min_sigma: float, steps: int = 20,
-                    guidance: float = 3.0, batch_size: int = 16, self_strength: float = 0.0,
-                    rest_strength: float = 0.0, rest_end: bool = False):
+                    guidance: float = 3.0, batch_size: int = 16):
     """Image k from seed k with the CLI's sampler settings and the layout's attention bias."""
     from diffgen.engine.guidance import classifier_free_guidance
     from diffgen.engine.model import PromptCache
@@ -87,7 +86,7 @@ def sample_laid_out(model, prompts, placements, strength: float, min_sigma: floa
         denoise = channels_last(classifier_free_guidance(
             model.denoiser, text([prompts[k] for k in batch]), text([""] * len(batch)), guidance))
         bias = LayoutBias.of([prompts[k] for k in batch], [placements[k] for k in batch], spans, strength,
-                             torch.device("cpu"), self_strength, rest_strength, rest_end)
+                             torch.device("cpu"))
         with torch.inference_mode(), laid_out(model.denoiser.net, denoise, bias, min_sigma) as biased:
             out = SAMPLERS[DEFAULTS.sampler](biased, x, sigmas, seeded_noise_sampler(generators, x), None)
         images += to_pil(out.float())
@@ -100,16 +99,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=96, help="seen and held-out pairs each")
     parser.add_argument("--strengths", default="0,3,6", help="attention-logit biases to try (comma-separated)")
     parser.add_argument("--min-sigmas", default="0", help="noise floors of the bias (comma-separated)")
-    parser.add_argument("--self-strengths", default="0", help="self-attention biases within each box "
-                        "(comma-separated; 0: cross-attention only)")
     parser.add_argument("--sections", default="pairs_seen,pairs_heldout")
     parser.add_argument("--boxes", choices=("given", "predicted"), default="given",
                         help="the judging regions, or the model's layout predictor's boxes for image k's seed")
     parser.add_argument("--box-scales", default="1", help="with --boxes predicted: scale each box about its "
                         "centre by these factors (comma-separated; kept inside the image)")
-    parser.add_argument("--rest-strengths", default="0", help="inside each object's box, lower the prompt's "
-                        "other word tokens by this much (comma-separated)")
-    parser.add_argument("--rest-end", action="store_true", help="count the end-of-text token among the rest")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--judge", type=Path, default=ROOT / "runs" / "speedrun" / "judge.safetensors")
     parser.add_argument("--out", type=Path, default=None, help="write a grid of each setting's images here")
@@ -119,20 +113,16 @@ def main() -> None:
     from pair_failures import classify, load_card, readings
 
     model, card = load_card(args.checkpoint, args.judge, args.pairs)
-    settings = [(m, s, b, e, r) for m in args.min_sigmas.split(",") for s in args.strengths.split(",")
-                for b in (args.box_scales.split(",") if args.boxes == "predicted" else ["1"])
-                for e in args.self_strengths.split(",") for r in args.rest_strengths.split(",")]
-    for min_sigma, strength, scale, self_strength, rest in ((float(m), float(s), float(b), float(e), float(r))
-                                                            for m, s, b, e, r in settings):
-        report: dict = {"strength": strength, "min_sigma": min_sigma, "boxes": args.boxes, "box_scale": scale,
-                        "self_strength": self_strength, "rest_strength": rest, "rest_end": args.rest_end}
+    settings = [(m, s, b) for m in args.min_sigmas.split(",") for s in args.strengths.split(",")
+                for b in (args.box_scales.split(",") if args.boxes == "predicted" else ["1"])]
+    for min_sigma, strength, scale in ((float(m), float(s), float(b)) for m, s, b in settings):
+        report: dict = {"strength": strength, "min_sigma": min_sigma, "boxes": args.boxes, "box_scale": scale}
         clock = time.perf_counter()
         for section in args.sections.split(","):
             asks = card.sections[section]
             places = [placements_of(card, a) for a in asks] if args.boxes == "given" else \
                 [predicted_placements(model, a.prompt, k, scale) for k, a in enumerate(asks)]
-            images = sample_laid_out(model, [a.prompt for a in asks], places, strength, min_sigma,
-                                     self_strength=self_strength, rest_strength=rest, rest_end=args.rest_end)
+            images = sample_laid_out(model, [a.prompt for a in asks], places, strength, min_sigma)
             scores = card.judge_section(section, images)
             kinds = {label: Counter(classify(a.objects[0].concept, a.objects[1].concept, *r)
                                     for a, r in zip(asks, found, strict=True))
@@ -143,7 +133,7 @@ def main() -> None:
             if args.out is not None:
                 from diffgen.sampling.images import labelled_grid, save_png
                 save_png(labelled_grid(images[:32], [a.prompt for a in asks[:32]]),
-                         args.out / f"{section}-s{strength:g}-m{min_sigma:g}-self{self_strength:g}-rest{rest:g}.png")
+                         args.out / f"{section}-s{strength:g}-m{min_sigma:g}.png")
         report["seconds"] = round(time.perf_counter() - clock, 1)
         print(json.dumps(report), flush=True)
 

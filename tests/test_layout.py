@@ -21,7 +21,7 @@ def layout_for(model, strength: float) -> tuple[LayoutBias, list[int], list[int]
     spans = TokenSpans(text.tokenizer, text.context_length)
     dog, cat = PROMPT.index("dog"), PROMPT.index("cat")
     bias = LayoutBias.of([PROMPT], [[Placement(dog, dog + 3, LEFT), Placement(cat, cat + 3, RIGHT)]], spans,
-                      strength, torch.device("cpu"))
+                         strength, torch.device("cpu"))
     return bias, spans.positions(PROMPT, dog, dog + 3), spans.positions(PROMPT, cat, cat + 3)
 
 
@@ -82,45 +82,3 @@ def test_a_layout_of_strength_zero_changes_nothing(tiny_model):
     bias, _, _ = layout_for(tiny_model, 0.0)
     with laid_out(tiny_model.denoiser.net, plain, bias, min_sigma=0.0) as biased:
         torch.testing.assert_close(biased(x, sigma), plain(x, sigma))
-
-
-def test_the_self_attention_bias_keeps_each_box_to_itself_and_leaves_the_background_alone(tiny_model):
-    text = tiny_model.text_encoder
-    spans = TokenSpans(text.tokenizer, text.context_length)
-    dog, cat = PROMPT.index("dog"), PROMPT.index("cat")
-    top_left, top_right = (0.0, 0.0, 0.5, 0.5), (0.5, 0.0, 1.0, 0.5)  # the bottom half is background
-    bias = LayoutBias.of([PROMPT], [[Placement(dog, dog + 3, top_left), Placement(cat, cat + 3, top_right)]],
-                         spans, 6.0, torch.device("cpu"), self_strength=2.0)
-    assert bias.self_bias(2, 16) is None  # inactive
-    bias.active = True
-    values = bias.self_bias(2, 16)
-    assert values.shape == (2, 1, 16, 16) and not values[1].any()  # unconditional rows: none
-    box = torch.tensor([1, 1, 2, 2] * 2 + [0] * 8)  # 4 x 4 pixels in raster order: 1 dog, 2 cat, 0 neither
-    expected = torch.zeros(16, 16)
-    for i in range(16):
-        for j in range(16):
-            if box[i] and box[j]:
-                expected[i, j] = 2.0 if box[i] == box[j] else -2.0
-    torch.testing.assert_close(values[0, 0], expected)
-
-
-def test_a_self_attention_bias_reaches_the_self_attention_and_only_within_the_block(tiny_model):
-    randomize_zero_params(tiny_model.denoiser)
-    unet = tiny_model.denoiser.net
-    cond = PromptCache(tiny_model.text_encoder)([PROMPT])
-    x, sigma = torch.randn(1, 3, 8, 8), torch.full((1,), 10.0)
-
-    def plain(x, sigma):
-        return tiny_model.denoiser(x, sigma, cond)
-
-    cross_only, _, _ = layout_for(tiny_model, 4.0)
-    with laid_out(unet, plain, cross_only) as biased:
-        without = biased(x, sigma)
-        assert all(m.logit_bias is None for m in unet.self_attentions())
-    both, _, _ = layout_for(tiny_model, 4.0)
-    both.self_strength = 3.0
-    with laid_out(unet, plain, both) as biased:
-        with_self = biased(x, sigma)
-        assert all(m.logit_bias is not None for m in unet.self_attentions())
-    assert not torch.allclose(with_self, without)
-    assert all(m.logit_bias is None for m in unet.self_attentions() + unet.cross_attentions())

@@ -279,10 +279,6 @@ class UNet(nn.Module):
         """Every transformer block's cross-attention to the text, in forward order."""
         return [m["cross_attn"] for m in self.modules() if isinstance(m, nn.ModuleDict) and "cross_attn" in m]
 
-    def self_attentions(self) -> list[Attention]:
-        """Every transformer block's self-attention over the pixels, in forward order."""
-        return [m["self_attn"] for m in self.modules() if isinstance(m, nn.ModuleDict) and "self_attn" in m]
-
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor
     ) -> torch.Tensor:

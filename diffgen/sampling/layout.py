@@ -111,45 +111,33 @@ class LayoutBias:
     """The attention-logit bias of a batch's named objects and their boxes (``targets``, rows of
     ``images`` images; an image with no target is left alone)."""
 
-    def __init__(self, targets: GroundingTargets, images: int, strength: float, device: torch.device,
-                 self_strength: float = 0.0, rest_tokens: torch.Tensor | None = None, rest_strength: float = 0.0):
+    def __init__(self, targets: GroundingTargets, images: int, strength: float, device: torch.device):
         self.targets, self.images, self.strength, self.device = targets, images, strength, device
-        self.self_strength = self_strength
-        # (S, L): per target, the prompt's other word tokens (not its name's), lowered inside its box
-        self.rest_tokens, self.rest_strength = rest_tokens, rest_strength
         self.active = False
         self._bias: dict[tuple[int, int], torch.Tensor] = {}  # by (batch, positions), built once
-        self._self_bias: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
     def of(cls, prompts: Sequence[str], placements: Sequence[Sequence[Placement]], spans: TokenSpans,
-           strength: float, device: torch.device, self_strength: float = 0.0, rest_strength: float = 0.0,
-           rest_end: bool = False) -> LayoutBias:
+           strength: float, device: torch.device) -> LayoutBias:
         """The bias of ``prompts`` with their placements (one list per image; an empty list leaves
         that image alone)."""
         import torch
 
         from diffgen.training.grounding import GroundingTargets
 
-        rows, token_sets, boxes, words = [], [], [], []
+        rows, token_sets, boxes = [], [], []
         for row, (prompt, objects) in enumerate(zip(prompts, placements, strict=True)):
-            every = spans.positions(prompt, 0, len(prompt))
-            if rest_end and every and every[-1] + 1 < spans.context_length:
-                every = every + [every[-1] + 1]
             for obj in objects:
                 positions = spans.positions(prompt, obj.start, obj.end)
                 if positions:
                     rows.append(row)
                     token_sets.append(positions)
                     boxes.append([obj.box])
-                    words.append(every)
         tokens = torch.zeros(len(rows), spans.context_length)
-        rest = torch.zeros(len(rows), spans.context_length)
         for k, positions in enumerate(token_sets):
-            rest[k, words[k]] = 1.0
             tokens[k, positions] = 1.0
         return cls(GroundingTargets(torch.tensor(rows, dtype=torch.long), tokens, boxes), len(prompts), strength,
-                   device, self_strength, (rest - tokens).clamp(min=0), rest_strength)
+                   device)
 
     def __call__(self, batch: int, positions: int) -> torch.Tensor | None:
         """(batch, 1, positions, L) for a block's attention, or None while inactive. The batch may
@@ -165,35 +153,9 @@ class LayoutBias:
             rows = self.targets.rows.to(signs.device)
             owner = torch.nn.functional.one_hot(rows, self.images).to(signs.dtype)  # (S, B)
             bias = torch.einsum("sb,sn,sl->bnl", owner, signs, self.targets.tokens.to(signs.device)) * self.strength
-            if self.rest_strength and self.rest_tokens is not None:
-                inside = (signs + 1) / 2
-                rest = torch.einsum("sb,sn,sl->bnl", owner, inside, self.rest_tokens.to(signs.device)).clamp(max=1)
-                bias = bias - rest * self.rest_strength
             bias = torch.cat([bias, bias.new_zeros((batch - bias.shape[0], *bias.shape[1:]))])
             self._bias[(batch, positions)] = bias[:, None].to(self.device)
         return self._bias[(batch, positions)]
-
-    def self_bias(self, batch: int, positions: int) -> torch.Tensor | None:
-        """(batch, 1, positions, positions) for a block's self-attention, or None while inactive:
-        ``self_strength`` from a pixel inside an object's box to the pixels of the same box, minus it
-        to the pixels of the image's other objects' boxes (DenseDiffusion's second half: each object
-        is drawn from its own region); background pixels are left alone."""
-        if not self.active or not self.self_strength or not len(self.targets):
-            return None
-        import torch
-
-        if (batch, positions) not in self._self_bias:
-            masks = self.targets.masks(int(positions**0.5))  # (S, N)
-            rows = self.targets.rows.to(masks.device)
-            owner = torch.nn.functional.one_hot(rows, self.images).to(masks.dtype)  # (S, B)
-            same = torch.einsum("sb,sn,sm->bnm", owner, masks, masks).clamp(max=1)  # share a box
-            inside = torch.einsum("sb,sn->bn", owner, masks).clamp(max=1)  # in some box
-            # j inside some box of the image, i too, and no box holds both: another object's pixel
-            other = inside[:, :, None] * inside[:, None, :] * (1 - same)
-            bias = (same - other) * self.self_strength
-            bias = torch.cat([bias, bias.new_zeros((batch - bias.shape[0], *bias.shape[1:]))])
-            self._self_bias[(batch, positions)] = bias[:, None].to(self.device)
-        return self._self_bias[(batch, positions)]
 
 
 @contextlib.contextmanager
@@ -201,15 +163,12 @@ def attention_biased(unet: torch.nn.Module, bias: LayoutBias) -> Iterator[Layout
     """Within the block every cross-attention of ``unet`` adds ``bias`` (while it is active); on
     leaving it the attention is plain again and the bias inactive."""
     modules = unet.cross_attentions()
-    selves = unet.self_attentions() if bias.self_strength else []
     for module in modules:
         module.logit_bias = bias
-    for module in selves:
-        module.logit_bias = bias.self_bias
     try:
         yield bias
     finally:
-        for module in modules + selves:
+        for module in modules:
             module.logit_bias = None
         bias.active = False
 
