@@ -3,6 +3,8 @@ card, and stays under the 50 MB the project allows for it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -26,12 +28,14 @@ def test_the_default_model_is_the_shipped_file_and_under_50_mb(shipped):
 def test_the_default_model_loads_with_the_config_it_was_trained_with(shipped):
     tensors, config, metadata = read_checkpoint(shipped)
     # made by gpu64 from scratch, continued with gpu64-continue (the same model, another batch),
-    # then given its layout predictor by layout-stage (that U-Net and text tower, kept as they were)
-    assert config == load_config(ROOT / "configs" / "layout-stage.toml")
-    for earlier in ("gpu64", "gpu64-continue"):
+    # given its layout predictor by layout-stage (that U-Net and text tower, kept as they were),
+    # then its U-Net continued by layout-tune (the same model; training noise centred on sigma 1)
+    assert config == load_config(ROOT / "configs" / "layout-tune.toml")
+    assert config.layout == load_config(ROOT / "configs" / "layout-stage.toml").layout
+    for earlier in ("gpu64", "gpu64-continue", "layout-stage"):
         before = load_config(ROOT / "configs" / f"{earlier}.toml")
-        assert (config.image_size, config.text, config.unet, config.denoiser) == (
-            before.image_size, before.text, before.unet, before.denoiser)
+        assert (config.image_size, config.text, config.unet) == (before.image_size, before.text, before.unet)
+        assert replace(config.denoiser, p_mean=before.denoiser.p_mean) == before.denoiser
     assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
     model = load_model(shipped)
     assert all(p.dtype == torch.float32 for p in model.parameters())
