@@ -139,7 +139,7 @@ def _layout_bias(model: DiffusionModel, batch: list[ImageTask], predicted: dict[
     text = model.text_encoder
     strength = next((t.layout.strength for t in batch if t.layout is not None), DEFAULT_STRENGTH)
     return LayoutBias.of([t.prompt for t in batch], placements, TokenSpans(text.tokenizer, text.context_length),
-                      strength, model.device)
+                         strength, model.device)
 
 
 def _start_edit(batch: list[ImageTask], noise: torch.Tensor, sigmas: torch.Tensor, denoise: Denoise, size: int,

@@ -11,6 +11,9 @@ Here the bias is ``strength`` x (+1 inside, -1 outside) on the name's tokens, fo
 cross-attention block, at the sampler's steps with sigma >= ``min_sigma``. The sampling pipeline
 biases every step (``min_sigma`` 0): on the scorecard's pairs that placed both objects more often
 than stopping at sigma 1 or 5 (docs/BENCHMARKS.md, "Pairs with a given layout").
+
+The same bias can also train the U-Net (``train.layout_bias``, training/stages.py), so that it
+learns to draw each object inside the box it is given instead of meeting the bias only here.
 """
 
 from __future__ import annotations
