@@ -38,7 +38,7 @@ def forwards(sampler: str, steps: int) -> int:
 
 def run(model, sampler: str, steps: int, guidance: float) -> torch.Tensor:
     """All prompt/seed images for one setting, as float pixel levels (N, 3, H, W)."""
-    tasks = [ImageTask(index=i, prompt=p, seed=s, steps=steps, sampler=sampler, guidance=guidance)
+    tasks = [ImageTask(index=i, prompt=p, seed=s, steps=steps, sampler=sampler, guidance=guidance, upscale=False)
              for i, (p, s) in enumerate((p, s) for p in PROMPTS for s in SEEDS)]
     return torch.stack([levels(img) for _, img, _ in generate(model, tasks, batch_size=len(tasks))])
 

@@ -82,7 +82,7 @@ def main() -> None:
             ours(x, torch.zeros(2 * batch), tokens, pooled)
         with FlopCounterMode(display=False) as their_flops, torch.inference_mode():
             theirs(x, torch.tensor(500), encoder_hidden_states=tokens, class_labels=pooled)
-        tasks = [ImageTask(index=k, prompt="a panda on a bike", seed=k, steps=STEPS, guidance=GUIDANCE)
+        tasks = [ImageTask(index=k, prompt="a panda on a bike", seed=k, steps=STEPS, guidance=GUIDANCE, upscale=False)
                  for k in range(batch)]
         ours_s = time_it(lambda: list(generate(model, tasks, batch_size=batch)), 3) / batch
         theirs_s = time_it(lambda: diffusers_sample(theirs, scheduler, cond.tokens, cond.pooled,

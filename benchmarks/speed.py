@@ -67,7 +67,7 @@ def sampling_rows(name: str, batches: list[int], steps: int, peak: float) -> lis
     model = build_model(cfg).eval()
     rows = []
     for batch in batches:
-        tasks = [ImageTask(index=k, prompt="a panda on a bike", seed=k, steps=steps, guidance=3.0)
+        tasks = [ImageTask(index=k, prompt="a panda on a bike", seed=k, steps=steps, guidance=3.0, upscale=False)
                  for k in range(batch)]
         # the U-Net forwards alone: the same number of calls on the same (guided, 2B) batch
         x, cond = unet_inputs(cfg, model, 2 * batch)

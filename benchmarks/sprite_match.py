@@ -59,7 +59,8 @@ def main() -> None:
         for _ in range(args.seeds):
             image = composer.single_scene(rng, c).image
             real[c.name].append(matcher.match(image, c.name))
-    tasks = [ImageTask(index=k, prompt=c.with_article(), seed=k, steps=args.steps, guidance=args.guidance)
+    tasks = [ImageTask(index=k, prompt=c.with_article(), seed=k, steps=args.steps, guidance=args.guidance,
+                       upscale=False)
              for k, c in enumerate(c for c in items for _ in range(args.seeds))]
     names = [c.name for c in items for _ in range(args.seeds)]
     with torch.inference_mode():

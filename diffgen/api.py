@@ -35,7 +35,12 @@ class Model:
 
     @property
     def image_size(self) -> int:
+        """The side of the base model's images (the upscaler, where there is one, doubles it)."""
         return self.diffusion_model.config.image_size
+
+    @property
+    def has_upscaler(self) -> bool:
+        return self.diffusion_model.upscaler is not None
 
     @property
     def content_hash(self) -> str:
@@ -51,7 +56,8 @@ class Model:
                schedule: str = DEFAULTS.schedule, negative: str = DEFAULTS.negative, batch_size: int = 8,
                init_image: str | Path | None = None, strength: float | None = None, mask: str | Path | None = None,
                mask_blur: int = 0, place: Mapping[str, Sequence[float]] | None = None,
-               layout_strength: float = DEFAULT_LAYOUT_STRENGTH, auto_layout: bool = True) -> list[Image.Image]:
+               layout_strength: float = DEFAULT_LAYOUT_STRENGTH, auto_layout: bool = True,
+               upscale: bool = True) -> list[Image.Image]:
         """``n`` images per prompt; image k (counted across prompts and repeats) uses seed + k.
 
         Without ``seed`` a random one is drawn; each image's ``info`` holds its recipe (the PNG
@@ -62,6 +68,8 @@ class Model:
         prompt, its box (x0, y0, x1, y1) in fractions of the image side (sampling/layout.py).
         Without it, a prompt that names two or more objects is laid out by the model's layout
         predictor where it has one (``auto_layout=False``: not; sampling/predicted_layout.py).
+        Where the model has an upscaler, each image is enlarged 2x by it (``upscale=False``: the
+        base size; engine/upscaler.py).
         """
         from diffgen.errors import InputError
         from diffgen.sampling.edits import EditSource
@@ -86,7 +94,7 @@ class Model:
             layout = Layout(tuple((name, *box) for name, box in place.items()), layout_strength)  # type: ignore[misc]
         seed = secrets.randbelow(2**31) if seed is None else seed
         tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], seed,
-                           ImageTask.of(0, "", 0, settings, edit, layout, auto_layout))
+                           ImageTask.of(0, "", 0, settings, edit, layout, auto_layout, upscale))
         return self._images(tasks, batch_size)
 
     def _images(self, tasks: list, batch_size: int) -> list[Image.Image]:

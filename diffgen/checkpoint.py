@@ -181,13 +181,13 @@ def _check_shapes(path: Path, config: Config, image_tower: bool = True) -> None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", image_tower: bool = True) -> DiffusionModel:
     """Load a DiffusionModel from a checkpoint written by ``save_model``, in eval mode; a training
-    state (``state/state-diffusion-N.safetensors``) loads too, with its EMA weights.
+    state (``state/state-diffusion-N.safetensors``, ``state-upscale-N``) loads too, with its EMA weights.
 
     ``image_tower=False`` (sampling, encoding) loads CLIP's text tower without its image tower and
     without importing open_clip, which starts about 2 s faster; the file's content hash still
     covers every weight. Training and evaluation need the image tower (the default).
     """
-    if re.match(r"^state-diffusion-\d{8}\.safetensors$", Path(path).name):
+    if re.match(r"^state-(diffusion|upscale)-\d{8}\.safetensors$", Path(path).name):
         return _load_training_state(Path(path)).to(device).eval()
     tensors, config, metadata = read_checkpoint(path)
     _check_shapes(Path(path), config, image_tower)
@@ -225,8 +225,8 @@ def default_checkpoint() -> Path:
 
 
 def _load_training_state(path: Path) -> DiffusionModel:
-    """A diffusion-stage training state as a model: its config from the state JSON, the text encoder
-    from the state, the EMA weights (what the run would ship at that step)."""
+    """A diffusion- or upscaling-stage training state as a model: its config from the state JSON, the
+    text encoder from the state, the stage's EMA weights (what the run would ship at that step)."""
     from diffgen.training.state import TrainingState, _read_state
 
     state = _read_state(path.parent, path.with_suffix(".json")) if path.with_suffix(".json").is_file() else \
@@ -240,6 +240,8 @@ def _load_training_state(path: Path) -> DiffusionModel:
     model = build_model(config, load_pretrained_text=False)
     weights = {k[len("model."):]: v for k, v in state.tensors.items() if k.startswith("model.")}
     weights.update({f"denoiser.net.{k[len('ema.'):]}": v for k, v in state.tensors.items() if k.startswith("ema.")})
+    weights.update({f"upscaler.{k[len('ema_upscaler.'):]}": v for k, v in state.tensors.items()
+                    if k.startswith("ema_upscaler.")})
     # a run that trains the text tower too keeps its average beside the U-Net's
     from diffgen.training.text_tuning import EMA_PREFIX
 

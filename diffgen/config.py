@@ -1,8 +1,8 @@
 """Frozen configuration dataclasses, loaded strictly from TOML.
 
 A config file has one table per dataclass: ``[model]`` (top level), ``[text]``, ``[unet]``,
-``[denoiser]``, ``[layout]`` and ``[train]``. An unknown key, a wrong type or an impossible value is an error that
-names the key; a missing key takes the default written here.
+``[denoiser]``, ``[layout]``, ``[upscale]`` and ``[train]``. An unknown key, a wrong type or an
+impossible value is an error that names the key; a missing key takes the default written here.
 """
 
 from __future__ import annotations
@@ -98,6 +98,35 @@ class LayoutConfig:
 
 
 @dataclass(frozen=True)
+class UpscaleConfig:
+    """The upscaling stage (engine/upscaler.py): a convolutional diffusion model of the 2x image's
+    detail, conditioned on the base image (SR3 / Imagen's cascade). ``base_channels`` 0: the model
+    has none (samples stay at image_size).
+
+    It denoises the residual between the 2x image and the base image's bicubic enlargement, whose
+    spread is far below a whole image's, so its sigma range is its own. The base image it sees is
+    noised at a level drawn from [0, ``aug_sigma_max``] in training (Imagen's conditioning
+    augmentation, so the base model's own artefacts look like something it has seen) and at
+    ``aug_sigma`` when sampling; ``steps`` is its sampler's step count (dpmpp-2m, Karras schedule).
+    """
+
+    base_channels: int = 0
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    sigma_data: float = 0.2
+    sigma_min: float = 0.002
+    sigma_max: float = 4.0
+    p_mean: float = -1.6
+    p_std: float = 1.2
+    aug_sigma_max: float = 0.15
+    aug_sigma: float = 0.03
+    steps: int = 4
+    # training crops, in pixels of the 2x image: the network is convolutional, so it learns from crops
+    # (a quarter of a 128 px image costs a quarter) and runs on whole images
+    crop: int = 64
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings for both training stages."""
 
@@ -153,6 +182,11 @@ class TrainConfig:
     layout_steps: int = 0
     layout_batch_size: int = 64
     layout_lr: float = 1e-3
+    # Stage 4, last: the upscaler ([upscale]) learns the folder's images at twice image_size from
+    # their halves (0: no such stage; needs upscale.base_channels and images of at least 2x the size).
+    upscale_steps: int = 0
+    upscale_batch_size: int = 32
+    upscale_lr: float = 5e-4
     sample_every: int = 500
     checkpoint_every: int = 200
     # U-Net arithmetic of the diffusion stage: "auto" is bf16 autocast on CUDA and on CPUs with
@@ -169,6 +203,7 @@ class Config:
     unet: UNetConfig = field(default_factory=UNetConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
+    upscale: UpscaleConfig = field(default_factory=UpscaleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -177,7 +212,7 @@ class Config:
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 _SECTIONS = {"text": TextConfig, "unet": UNetConfig, "denoiser": DenoiserConfig, "layout": LayoutConfig,
-             "train": TrainConfig}
+             "upscale": UpscaleConfig, "train": TrainConfig}
 
 
 def _check_value(key: str, value: Any, annotation: Any) -> Any:
@@ -290,11 +325,11 @@ def _validate(cfg: Config) -> None:
     _require(0.0 <= tr.ema_decay < 1.0, "config key 'train.ema_decay' must be in [0, 1)")
     _require(math.isfinite(tr.text_lr_scale) and tr.text_lr_scale >= 0,
              "config key 'train.text_lr_scale' must be 0 or more")
-    for key in ("batch_size", "grad_accum", "clip_batch_size", "layout_batch_size", "sample_every",
-                "checkpoint_every"):
+    for key in ("batch_size", "grad_accum", "clip_batch_size", "layout_batch_size", "upscale_batch_size",
+                "sample_every", "checkpoint_every"):
         _require(getattr(tr, key) > 0, f"config key 'train.{key}' must be positive")
     # steps 0: the U-Net of an --init checkpoint is kept as it is (e.g. to train only the layout stage)
-    for key in ("steps", "clip_steps", "warmup_steps", "layout_steps"):
+    for key in ("steps", "clip_steps", "warmup_steps", "layout_steps", "upscale_steps"):
         _require(getattr(tr, key) >= 0, f"config key 'train.{key}' must be >= 0")
     lay = cfg.layout
     _require(lay.width >= 0, "config key 'layout.width' must be 0 (no layout predictor) or more")
@@ -304,13 +339,40 @@ def _validate(cfg: Config) -> None:
         _require(lay.width % lay.heads == 0, "config key 'layout.width' must be divisible by layout.heads")
     _require(not tr.layout_steps or lay.width > 0,
              "config key 'train.layout_steps' needs a layout predictor: set layout.width")
-    for key in ("lr", "clip_lr", "layout_lr", "grad_clip"):
+    _validate_upscale(cfg)
+    for key in ("lr", "clip_lr", "layout_lr", "upscale_lr", "grad_clip"):
         value = getattr(tr, key)
         _require(math.isfinite(value) and value > 0, f"config key 'train.{key}' must be positive")
     _require(math.isfinite(tr.weight_decay) and tr.weight_decay >= 0,
              "config key 'train.weight_decay' must be >= 0")
     _require(tr.precision in PRECISIONS,
              f"config key 'train.precision' must be one of {', '.join(PRECISIONS)}, got '{tr.precision}'")
+
+
+def _validate_upscale(cfg: Config) -> None:
+    up = cfg.upscale
+    _require(up.base_channels >= 0 and up.base_channels % 2 == 0,
+             "config key 'upscale.base_channels' must be 0 (no upscaler) or a positive even number")
+    _require(not cfg.train.upscale_steps or up.base_channels > 0,
+             "config key 'train.upscale_steps' needs an upscaler: set upscale.base_channels")
+    if not up.base_channels:
+        return
+    _require(len(up.channel_mult) >= 1 and all(m > 0 for m in up.channel_mult),
+             "config key 'upscale.channel_mult' must be a non-empty list of positive integers")
+    _require(up.num_res_blocks > 0, "config key 'upscale.num_res_blocks' must be positive")
+    for key in ("sigma_data", "sigma_min", "sigma_max", "p_std"):
+        value = getattr(up, key)
+        _require(math.isfinite(value) and value > 0, f"config key 'upscale.{key}' must be positive")
+    _require(up.sigma_min < up.sigma_max, "config key 'upscale.sigma_min' must be below sigma_max")
+    _require(math.isfinite(up.p_mean), "config key 'upscale.p_mean' must be finite")
+    for key in ("aug_sigma_max", "aug_sigma"):
+        value = getattr(up, key)
+        _require(math.isfinite(value) and 0 <= value <= 1, f"config key 'upscale.{key}' must be in [0, 1]")
+    _require(1 <= up.steps <= 1000, "config key 'upscale.steps' must be from 1 to 1000")
+    multiple = 2 ** len(up.channel_mult)
+    _require(up.crop >= multiple and up.crop % multiple == 0 and up.crop <= 2 * cfg.image_size,
+             f"config key 'upscale.crop' must be a multiple of {multiple} (twice the upscaler's "
+             f"downsampling) and at most twice image_size")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

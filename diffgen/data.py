@@ -282,6 +282,10 @@ class TrainingSet:
     paths: list[Path]
     negatives: list[tuple[str, ...]] | None = None  # per image, where the data names any
     regions: list[dict[str, tuple[Region, ...]]] | None = None  # per image, where the data has any
+    # the upscaling stage's images at twice the size (N2, 3, 2S, 2S) uint8, and the index of each
+    # among the images: only those at least that large on their shorter side (never enlarged)
+    images_2x: torch.Tensor | None = None
+    indices_2x: list[int] = field(default_factory=list)
 
     def negatives_of(self, index: int) -> tuple[str, ...]:
         """The negative captions of image ``index`` (none for most data)."""
@@ -306,6 +310,23 @@ def load_training_set(items: list[CaptionedImage], size: int) -> TrainingSet:
     regions = [item.regions for item in items]
     return TrainingSet(images, [item.captions for item in items], [item.path for item in items],
                        negatives if any(negatives) else None, regions if any(regions) else None)
+
+
+def load_images_2x(data: TrainingSet, items: list[CaptionedImage], sizes: list[tuple[int, int]],
+                   size: int) -> list[CaptionedImage]:
+    """Give ``data`` its images at ``2 * size`` for the upscaling stage: those whose shorter side is
+    at least that (a smaller one would be enlarged, and an upscaler must not learn enlargement's
+    blur as the truth). Returns the items left out."""
+    import numpy as np
+    import torch
+
+    large = [i for i, (w, h) in enumerate(sizes) if min(w, h) >= 2 * size]
+    if large:
+        arrays = [np.asarray(load_image(items[i].path, 2 * size), dtype=np.uint8) for i in large]
+        data.images_2x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    data.indices_2x = large
+    kept = set(large)
+    return [item for i, item in enumerate(items) if i not in kept]
 
 
 def split_holdout(num_items: int, seed: int, fraction: float = 0.1, cap: int = 500) -> tuple[list[int], list[int]]:

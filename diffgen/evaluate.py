@@ -110,7 +110,7 @@ def evaluate_settings(model: DiffusionModel, evalset: EvalSet, real_feats: torch
     """Generate one image per held-out prompt (fixed seeds) and score it."""
     import time
 
-    tasks = [ImageTask(index=k, prompt=p, seed=seed + k, steps=steps, sampler=sampler, guidance=guidance)
+    tasks = [ImageTask(index=k, prompt=p, seed=seed + k, steps=steps, sampler=sampler, guidance=guidance, upscale=False)
              for k, p in enumerate(evalset.prompts)]
     start = time.perf_counter()
     images = torch.stack([img for _, img, _ in generate(model, tasks, batch_size)])
@@ -147,7 +147,7 @@ def prompt_set_agreement(model: DiffusionModel, prompts: list[str], images_per_p
     """CLIP score and retrieval for images of an arbitrary prompt set (e.g. held-out object pairs),
     retrieval ranking each image against the set's distinct prompts."""
     expanded = [p for p in prompts for _ in range(images_per_prompt)]
-    tasks = [ImageTask(index=k, prompt=p, seed=k, steps=steps, sampler=sampler, guidance=guidance)
+    tasks = [ImageTask(index=k, prompt=p, seed=k, steps=steps, sampler=sampler, guidance=guidance, upscale=False)
              for k, p in enumerate(expanded)]
     images = torch.stack([img for _, img, _ in generate(model, tasks, batch_size)])
     distinct = sorted(set(prompts))

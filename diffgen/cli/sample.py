@@ -76,6 +76,9 @@ def sample(
     auto_layout: Annotated[bool, typer.Option(
         help="Without --place, lay out a prompt that names two or more objects with the model's layout "
              "predictor (where the model has one).")] = True,
+    upscale: Annotated[bool, typer.Option(
+        help="Enlarge each image 2x with the model's upscaler, where it has one (the default model: "
+             "128 px); --no-upscale gives the base size.")] = True,
     xy: Annotated[Optional[list[str]], typer.Option(
         help="A setting grid axis NAME=V1,V2,... (guidance, steps, sampler, schedule, seed, strength); "
              "repeat for Y and Z. One prompt, one seed, one image per cell, and a labelled grid.",
@@ -111,10 +114,11 @@ def sample(
             raise InputError("--strength, --mask and --mask-blur need an --init-image")
         layout = Layout.parse(place, layout_strength) if place else None
         if xy:
-            plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy, layout, auto_layout)
+            plan, axes = _xy_plan(prompts or [], prompt_file, replay, seed, settings, edit, xy, layout, auto_layout,
+                                  upscale)
         else:
             plan = plan_sample(prompts or [], prompt_file, replay, num_images, seed, settings, edit, layout,
-                               auto_layout)
+                               auto_layout, upscale)
             if new_run:
                 from dataclasses import replace as with_fields
 
@@ -169,8 +173,8 @@ def sample(
 
 
 def _xy_plan(prompts: list[str], prompt_file: Path | None, replay: Path | None, seed: int | None,
-             settings: SamplingSettings, edit: Any, xy: list[str], layout: Any = None, auto_layout: bool = True
-             ) -> tuple[Any, list[Any]]:
+             settings: SamplingSettings, edit: Any, xy: list[str], layout: Any = None, auto_layout: bool = True,
+             upscale: bool = True) -> tuple[Any, list[Any]]:
     """The plan of a setting grid: one prompt, every combination of the axes, one seed."""
     import secrets
 
@@ -182,7 +186,8 @@ def _xy_plan(prompts: list[str], prompt_file: Path | None, replay: Path | None, 
         raise InputError("--xy draws one prompt: give exactly one PROMPT (no -f, no --replay)")
     axes = [parse_axis(text) for text in xy]
     first = secrets.randbelow(2**31) if seed is None else seed
-    tasks = tuple(cell_tasks(prompts[0], first, axes, ImageTask.of(0, "", 0, settings, edit, layout, auto_layout)))
+    tasks = tuple(cell_tasks(prompts[0], first, axes, ImageTask.of(0, "", 0, settings, edit, layout, auto_layout,
+                                                                      upscale)))
     return SamplePlan(lambda: iter(()), tasks[0], len(tasks), sum(t.sampler_steps for t in tasks), first,
                       seed is None, fixed=tasks), axes
 

@@ -178,13 +178,14 @@ class Scorecard:
         return {"generated": frechet_distance(feats[0], feats[1]), "real_floor": frechet_distance(feats[2], feats[1])}
 
 
-def sample_section(model, asks: list[ImageAsk], steps: int, guidance: float, batch_size: int = 16
-                   ) -> list[Image.Image]:
-    """Image k of the section from seed k with the CLI's sampler settings."""
+def sample_section(model, asks: list[ImageAsk], steps: int, guidance: float, batch_size: int = 16,
+                   upscale: bool = False) -> list[Image.Image]:
+    """Image k of the section from seed k with the CLI's sampler settings; at the model's base size
+    (the scorecard's), or (``upscale``) enlarged by its upscaler."""
     from diffgen.sampling.generate import ImageTask, generate
     from diffgen.sampling.images import to_pil
 
-    tasks = [ImageTask(index=k, prompt=ask.prompt, seed=k, steps=steps, guidance=guidance)
+    tasks = [ImageTask(index=k, prompt=ask.prompt, seed=k, steps=steps, guidance=guidance, upscale=upscale)
              for k, ask in enumerate(asks)]
     with torch.inference_mode():
         return [to_pil(image[None])[0] for _, image, _ in generate(model, tasks, batch_size=batch_size)]

@@ -59,6 +59,18 @@ class Conditioning:
         return Conditioning(self.tokens.to(device, dtype), self.pooled.to(device, dtype))
 
 
+def edm_scalings(sigma: torch.Tensor, sigma_data: float, x: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's (c_skip, c_out, c_in) as (B, 1, 1, 1) tensors and c_noise (B,) for per-sample ``sigma``
+    (B,), in float32 (float64 for float64 ``x``) on x's device (Karras et al. 2022, Table 1)."""
+    exact = torch.promote_types(x.dtype, torch.float32)
+    s = sigma.to(x.device, exact)[:, None, None, None]
+    c_skip = sigma_data**2 / (s**2 + sigma_data**2)
+    c_out = s * sigma_data / (s**2 + sigma_data**2).sqrt()
+    c_in = 1 / (s**2 + sigma_data**2).sqrt()
+    return c_skip, c_out, c_in, sigma.to(x.device).log() / 4
+
+
 def _per_sample_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """sigma as a float32 (B,) tensor on x's device; a scalar is broadcast over the batch."""
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
@@ -88,12 +100,7 @@ class Denoiser(nn.Module):
         """x (B,C,H,W) noisy image, sigma (B,) or scalar, cond of batch B -> x0_hat (B,C,H,W)."""
         sigma = _per_sample_sigma(sigma, x)
         exact = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 input
-        s = sigma.to(exact)[:, None, None, None]
-        sd = self.sigma_data
-        c_skip = sd**2 / (s**2 + sd**2)
-        c_out = s * sd / (s**2 + sd**2).sqrt()
-        c_in = 1 / (s**2 + sd**2).sqrt()
-        c_noise = sigma.log() / 4
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data, x)
         net_dtype = next(self.net.parameters()).dtype
         out = self.net((c_in * x.to(exact)).to(net_dtype), c_noise, cond.tokens, cond.pooled)
         return (c_skip * x.to(exact) + c_out * out.to(exact)).to(x.dtype)

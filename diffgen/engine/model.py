@@ -1,5 +1,5 @@
 """The whole text-to-image model: CLIP text encoder + EDM-preconditioned U-Net (+ the layout
-predictor where the config has one), from one Config."""
+predictor and the upscaler where the config has them), from one Config."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ from diffgen.engine.denoiser import Conditioning, Denoiser
 from diffgen.engine.layout_net import LayoutPredictor
 from diffgen.engine.text import TextEncoder, TextEncoding, build_text_encoder
 from diffgen.engine.unet import UNet
+from diffgen.engine.upscaler import Upscaler
 
 
 class DiffusionModel(nn.Module):
-    """Holds the config, the text encoder, the denoiser and the layout predictor (None where the
-    config has none); ``state_dict`` is the checkpoint."""
+    """Holds the config, the text encoder, the denoiser, the layout predictor and the upscaler (each
+    of the last two None where the config has none); ``state_dict`` is the checkpoint."""
 
     def __init__(self, config: Config, text_encoder: TextEncoder, denoiser: Denoiser,
-                 layout: LayoutPredictor | None = None):
+                 layout: LayoutPredictor | None = None, upscaler: Upscaler | None = None):
         super().__init__()
         self.config = config
         self.text_encoder = text_encoder
         self.denoiser = denoiser
         self.layout = layout
+        self.upscaler = upscaler
         # Set when loaded from a checkpoint: identifies the weights in image metadata.
         self.content_hash: str | None = None
         self.metadata: dict = {}
@@ -40,7 +42,7 @@ class DiffusionModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part: U-Net, CLIP text tower, CLIP image tower with the contrastive
-        loss's logit scale (0 when loaded without it), layout predictor (0 without one)."""
+        loss's logit scale (0 when loaded without it), layout predictor and upscaler (0 without one)."""
         from diffgen.engine.clip_text import IMAGE_TOWER_PREFIXES
 
         named = list(self.text_encoder.clip.named_parameters())
@@ -48,7 +50,8 @@ class DiffusionModel(nn.Module):
         text = sum(p.numel() for _, p in named) - image
         unet = sum(p.numel() for p in self.denoiser.net.parameters())
         layout = sum(p.numel() for p in self.layout.parameters()) if self.layout is not None else 0
-        return {"unet": unet, "text": text, "image": image, "layout": layout}
+        upscaler = sum(p.numel() for p in self.upscaler.parameters()) if self.upscaler is not None else 0
+        return {"unet": unet, "text": text, "image": image, "layout": layout, "upscaler": upscaler}
 
 
 def build_model(config: Config, load_pretrained_text: bool = True, image_tower: bool = True) -> DiffusionModel:
@@ -63,7 +66,8 @@ def build_model(config: Config, load_pretrained_text: bool = True, image_tower: 
     lay = config.layout
     layout = LayoutPredictor(text_encoder.token_dim, config.text.context_length, lay.width, lay.layers, lay.heads,
                              lay.modes) if lay.width else None
-    return DiffusionModel(config, text_encoder, Denoiser.from_config(net, config), layout)
+    upscaler = Upscaler(config.upscale) if config.upscale.base_channels else None
+    return DiffusionModel(config, text_encoder, Denoiser.from_config(net, config), layout, upscaler)
 
 
 class PromptCache:

@@ -20,10 +20,11 @@ from diffgen.engine.guidance import Denoise, classifier_free_guidance
 from diffgen.engine.model import DiffusionModel, PromptCache
 from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES
+from diffgen.engine.upscaler import upscale, upscale_generator
 from diffgen.errors import InputError
 from diffgen.sampling.layout import DEFAULT_STRENGTH, LayoutBias, Placement, laid_out
 from diffgen.sampling.predicted_layout import PredictedLayout, predict_layout
-from diffgen.sampling.tasks import ImageTask, batches, recipe, same_image
+from diffgen.sampling.tasks import ImageTask, batches, recipe, same_image, upscales
 
 
 def write_grid(results: list[ImageResult], out_dir: Path) -> Path:
@@ -90,9 +91,12 @@ def generate(
         denoise = classifier_free_guidance(
             model.denoiser, text([t.prompt for t in batch]), text([t.negative for t in batch]),
             first.guidance)
+        upscaled = upscales(first, model)  # batch_key: every task of the batch asks the same
         if first.edit is not None:  # batch_key: every task of the batch has the same edit settings
             x, sigmas, denoise, known = _start_edit(batch, noise, sigmas, denoise, size, device)
-            if len(sigmas) == 1:  # strength 0: no step runs, the input comes back
+            if len(sigmas) == 1:  # strength 0: no step runs, the input comes back (at the output's size)
+                if upscaled:
+                    known = torch.stack([t.edit.load(2 * size)[0] for t in batch])
                 for row, task in enumerate(batch):
                     yield task, known[row].float().cpu(), ([] if trajectory else None)
                 continue
@@ -111,9 +115,30 @@ def generate(
                 if layout is not None else contextlib.nullcontext(denoise) as denoise:
             out = SAMPLERS[first.sampler](denoise, x, sigmas, seeded_noise_sampler(generators, x),
                                           callback)
+            if upscaled:
+                out = _upscale_batch(model, batch, out)
         out = out.float().cpu().contiguous()
         for row, task in enumerate(batch):
             yield task, out[row], ([f[row] for f in frames] if trajectory else None)
+
+
+def _upscale_batch(model: DiffusionModel, batch: list[ImageTask], images: torch.Tensor) -> torch.Tensor:
+    """The batch's base images (B, 3, S, S) enlarged to (B, 3, 2S, 2S) by the model's upscaler.
+
+    The upscaler sees each base image as its PNG would hold it (rounded to 8-bit levels), so
+    ``diffgen upscale`` of a ``--no-upscale`` PNG gives the same picture; its noise comes from the
+    image's own upscale generator (``upscale_generator(seed)``), apart from the base image's draws.
+    Inpainting keeps its known region: the input at the 2x size where the mask keeps it."""
+    assert model.upscaler is not None
+    levels = ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    high = upscale(model.upscaler, levels, [upscale_generator(t.seed) for t in batch])
+    edit = batch[0].edit
+    if edit is not None and edit.mask:
+        loaded = [t.edit.load(high.shape[-1]) for t in batch]
+        known = torch.stack([image for image, _ in loaded]).to(high.device)
+        mask = torch.stack([m for _, m in loaded]).to(high.device)
+        high = mask * high + (1 - mask) * known
+    return high
 
 
 def _layout_bias(model: DiffusionModel, batch: list[ImageTask], predicted: dict[str, PredictedLayout | None]

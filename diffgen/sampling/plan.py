@@ -43,7 +43,7 @@ class SamplePlan:
 
 def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | None, num_images: int,
                 seed: int | None, settings: SamplingSettings, edit: EditSource | None = None,
-                layout: Layout | None = None, auto_layout: bool = True) -> SamplePlan:
+                layout: Layout | None = None, auto_layout: bool = True, upscale: bool = True) -> SamplePlan:
     """The plan of a run from prompt arguments and/or a prompt file, or from a PNG's recipe.
 
     Every prompt and setting is checked here, in one pass that keeps only counts, before any
@@ -56,9 +56,10 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
     from diffgen.sampling.prompts import iter_prompt_file
 
     if replay is not None:
-        if prompts or prompt_file is not None or edit is not None or layout is not None or not auto_layout:
+        if prompts or prompt_file is not None or edit is not None or layout is not None or not auto_layout \
+                or not upscale:
             raise InputError("--replay regenerates the image's own prompt and inputs: drop the prompts, -f, "
-                             "--init-image, --place and --no-auto-layout")
+                             "--init-image, --place, --no-auto-layout and --no-upscale")
         recipe_data = read_recipe(replay)
         task = task_from_recipe(recipe_data)
         return SamplePlan(lambda: iter(()), task, 1, task.steps, None, False, recipe_data)
@@ -68,7 +69,7 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
                                iter_prompt_file(prompt_file, num_images) if prompt_file is not None else ())
 
     first = secrets.randbelow(2**31) if seed is None else seed
-    defaults = ImageTask.of(0, "", 0, settings, edit, layout, auto_layout)
+    defaults = ImageTask.of(0, "", 0, settings, edit, layout, auto_layout, upscale)
     count = total_steps = 0
     for spec in specs():
         if not spec.prompt.strip():

@@ -17,7 +17,7 @@ from diffgen.errors import InputError
 _JSONL_KEYS: dict[str, tuple[type, ...]] = {
     "prompt": (str,), "negative": (str,), "n": (int,), "seed": (int,), "steps": (int,),
     "guidance": (int, float), "sampler": (str,), "place": (dict,), "layout_strength": (int, float),
-    "auto_layout": (bool,),
+    "auto_layout": (bool,), "upscale": (bool,),
 }
 
 
@@ -49,7 +49,7 @@ def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> Pr
     n = data.get("n", num_images)
     if n < 1:
         raise InputError(f"{where}: 'n' must be at least 1")
-    overrides = {k: data[k] for k in ("negative", "steps", "sampler", "auto_layout") if k in data}
+    overrides = {k: data[k] for k in ("negative", "steps", "sampler", "auto_layout", "upscale") if k in data}
     if "guidance" in data:
         overrides["guidance"] = float(data["guidance"])
     if "place" in data:  # {"dog": [x0, y0, x1, y1], ...}: this line's layout (sampling/layout.py)

@@ -41,13 +41,16 @@ class ImageTask:
     # without a layout: lay out a prompt that names two or more objects with the model's layout
     # predictor, where it has one (sampling/predicted_layout.py)
     auto_layout: bool = True
+    # enlarge the image with the model's upscaler (engine/upscaler.py), where it has one
+    upscale: bool = True
 
     @classmethod
     def of(cls, index: int, prompt: str, seed: int, settings: SamplingSettings = DEFAULTS,
-           edit: EditSource | None = None, layout: Layout | None = None, auto_layout: bool = True) -> ImageTask:
+           edit: EditSource | None = None, layout: Layout | None = None, auto_layout: bool = True,
+           upscale: bool = True) -> ImageTask:
         """The task for image ``index`` of ``prompt`` from ``seed`` with ``settings``."""
         return cls(index, prompt, seed, settings.negative, settings.steps, settings.sampler, settings.schedule,
-                   settings.guidance, edit, layout, auto_layout)
+                   settings.guidance, edit, layout, auto_layout, upscale)
 
     @property
     def sampler_steps(self) -> int:
@@ -63,10 +66,10 @@ class ImageTask:
         return image_filename(self.index, self.seed, self.prompt)
 
     def batch_key(self) -> tuple:
-        """Tasks with equal keys can share a batch (same step count, sampler, guidance, edit and
-        layout strength; each image of a batch may have its own layout, or none)."""
+        """Tasks with equal keys can share a batch (same step count, sampler, guidance, edit, layout
+        strength and upscale; each image of a batch may have its own layout, or none)."""
         strength = self.layout.strength if self.layout is not None else DEFAULT_STRENGTH if self.auto_layout else None
-        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit, strength)
+        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit, strength, self.upscale)
 
     def validate(self) -> ImageTask:
         """This task with checked settings (the sampler's registry name); InputError if it cannot run."""
@@ -78,10 +81,11 @@ class ImageTask:
             raise InputError(f"index must be a whole number >= 0, got {self.index!r}")
         edit = self.edit.validate() if self.edit is not None else None
         layout = self.layout.validate(self.prompt) if self.layout is not None else None
-        if not isinstance(self.auto_layout, bool):
-            raise InputError(f"auto_layout must be true or false, got {self.auto_layout!r}")
+        for flag in ("auto_layout", "upscale"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InputError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit, layout,
-                            self.auto_layout)
+                            self.auto_layout, self.upscale)
 
 
 def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask, first_index: int = 0
@@ -131,7 +135,7 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
            placement: tuple[int, int] | None = None) -> dict[str, Any]:
     """The JSON recipe stored in each PNG; ``--replay`` rebuilds the task (and, with
     ``placement`` = (batch size, row), the batch it was computed in) from it."""
-    size = model.config.image_size
+    size = model.config.image_size * (2 if upscales(task, model) else 1)
     fields = asdict(task)
     for optional in ("edit", "layout"):  # absent rather than null: older recipes stay the same image
         if fields[optional] is None:
@@ -141,6 +145,8 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
     # where the flag changes nothing it is left out, so that older recipes stay the same image
     if task.layout is not None or not has_layout_predictor(model):
         del fields["auto_layout"]
+    if model.upscaler is None:
+        del fields["upscale"]
     return {
         **fields,
         "sampler_label": A1111_SAMPLER_LABELS.get(task.sampler, task.sampler),
@@ -152,6 +158,11 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
         "version": __version__,
         **(dict(zip(PLACEMENT_KEYS, placement)) if placement is not None else {}),
     }
+
+
+def upscales(task: ImageTask, model: DiffusionModel) -> bool:
+    """Whether ``task``'s image is enlarged: asked for, and the model has an upscaler."""
+    return task.upscale and model.upscaler is not None
 
 
 def has_layout_predictor(model: DiffusionModel) -> bool:
@@ -178,13 +189,13 @@ def placement_of(data: dict[str, Any]) -> tuple[int, int] | None:
 
 def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     """Rebuild an ImageTask from a stored recipe, refusing incomplete ones."""
-    fields = [k for k in ImageTask.__dataclass_fields__ if k not in ("edit", "layout", "auto_layout")]
+    fields = [k for k in ImageTask.__dataclass_fields__ if k not in ("edit", "layout", "auto_layout", "upscale")]
     try:
         edit = EditSource.from_recipe(data["edit"]) if data.get("edit") is not None else None
         layout = Layout.from_recipe(data["layout"]) if data.get("layout") is not None else None
-        # a recipe without the entry was made without a predicted layout
+        # a recipe without the entries was made without a predicted layout, and without an upscale
         task = ImageTask(**{k: data[k] for k in fields}, edit=edit, layout=layout,
-                         auto_layout=data.get("auto_layout", False)).validate()
+                         auto_layout=data.get("auto_layout", False), upscale=data.get("upscale", False)).validate()
     except (KeyError, TypeError) as exc:
         raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
     placement_of(data)

@@ -2,7 +2,8 @@
 
 Stage 1 trains a small CLIP on the folder's image-caption pairs, stage 2 the U-Net against the
 frozen text encoder (training/stages.py), stage 3, where the config has one, the layout predictor
-(training/layout_stage.py); a run is prepared and finished in training/run.py;
+(training/layout_stage.py), stage 4, where it has one, the upscaler (training/upscale_stage.py); a
+run is prepared and finished in training/run.py;
 batches, seeds and learning rates are in training/batches.py, metrics and the progress bar in
 training/metrics.py, the state files in training/state.py. Resume is exact and DDP runs under
 torchrun.
@@ -70,10 +71,12 @@ def _stop_on_sigterm(run: Run):
 
 def _train(run: Run) -> dict[str, Any]:
     """The CLIP stage (unless the text encoder comes from elsewhere), the diffusion stage (unless
-    train.steps is 0: the --init U-Net as it is), then the layout stage (where train.layout_steps)."""
+    train.steps is 0: the --init U-Net as it is), the layout stage (where train.layout_steps), then
+    the upscaling stage (where train.upscale_steps)."""
     from diffgen.training.layout_stage import train_layout
     from diffgen.training.metrics import retrieval_accuracy
     from diffgen.training.stages import train_clip, train_diffusion
+    from diffgen.training.upscale_stage import train_upscale
 
     opts, dist, device = run.opts, run.dist, run.device
     run.say(f"{len(run.train_idx)} training images, {len(run.held_idx)} held out; global batch "
@@ -93,13 +96,19 @@ def _train(run: Run) -> dict[str, Any]:
                 f" images: top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 "
                 f"{r['top5']:.1%} (chance {r['chance_top5']:.1%})")
     steps_done = 0
-    if resume is not None and resume.stage == "layout":
-        steps_done = run.cfg.train.steps  # the layout stage starts once the U-Net's steps are done
+    later = resume is not None and resume.stage in ("layout", "upscale")
+    if later:
+        steps_done = run.cfg.train.steps  # the later stages start once the U-Net's steps are done
     elif run.cfg.train.steps:
         steps_done = train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
-    if run.cfg.train.layout_steps:
-        if steps_done < run.cfg.train.steps:  # the time limit stopped the U-Net: --resume goes on with it
-            return finish_run(run, summary, steps_done)
+    if steps_done < run.cfg.train.steps:  # the time limit stopped the U-Net: --resume goes on with it
+        return finish_run(run, summary, steps_done)
+    if run.cfg.train.layout_steps and not (resume is not None and resume.stage == "upscale"):
         done = train_layout(run, resume if resume is not None and resume.stage == "layout" else None)
         summary["layout_steps"] = done
+        if done < run.cfg.train.layout_steps:
+            return finish_run(run, summary, steps_done)
+    if run.cfg.train.upscale_steps:
+        summary["upscale_steps"] = train_upscale(run, resume if resume is not None and resume.stage == "upscale"
+                                                 else None)
     return finish_run(run, summary, steps_done)

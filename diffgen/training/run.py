@@ -17,7 +17,7 @@ import torch
 
 from diffgen.checkpoint import load_model, save_model
 from diffgen.config import Config, config_from_dict, config_to_dict, config_to_toml
-from diffgen.data import TrainingSet, load_training_set, scan_folder, split_fingerprint, split_holdout
+from diffgen.data import TrainingSet, load_images_2x, load_training_set, scan_folder, split_fingerprint, split_holdout
 from diffgen.engine.model import DiffusionModel, build_model
 from diffgen.errors import InputError
 from diffgen.training import distributed
@@ -26,7 +26,7 @@ from diffgen.training.metrics import RunLog
 from diffgen.training.state import TrainingState, optimizer_to_tensors, require_state, rng_tensors, save_state
 
 # Settings a resumed run may change: how long it goes on and how often it saves or samples.
-RESUMABLE_CHANGES = ("steps", "layout_steps", "sample_every", "checkpoint_every")
+RESUMABLE_CHANGES = ("steps", "layout_steps", "upscale_steps", "sample_every", "checkpoint_every")
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -74,9 +74,10 @@ class Run:
     def cfg(self) -> Config:
         return self.opts.config
 
-    def plan(self, per_rank: int) -> BatchPlan:
-        return BatchPlan(self.train_idx, per_rank, self.cfg.train.grad_accum, self.dist.world_size,
-                         self.cfg.train.seed)
+    def plan(self, per_rank: int, indices: list[int] | None = None) -> BatchPlan:
+        """The batch plan over ``indices`` (default: every training image)."""
+        return BatchPlan(self.train_idx if indices is None else indices, per_rank, self.cfg.train.grad_accum,
+                         self.dist.world_size, self.cfg.train.seed)
 
     def say(self, message: str) -> None:
         if self.dist.is_main:
@@ -129,11 +130,13 @@ def grows_from(cfg: Config, source: Config) -> bool:
     any number of positions: the attention levels must match, e.g. [16, 8] at 32 px is [32, 16] at
     64 px), add transformer blocks at more levels (their output projection starts at zero), turn
     on ``unet.position_embedding`` and add ``unet.text_mixer_layers`` (their output projections start
-    at zero), and add a layout predictor (trained by its own stage) or leave it out; all else must be
-    the same."""
-    if any(k not in ("image_size", "unet", "layout") for k in model_differences(cfg, source)):
+    at zero), add a layout predictor or an upscaler (each trained by its own stage) or leave it out;
+    all else must be the same."""
+    if any(k not in ("image_size", "unet", "layout", "upscale") for k in model_differences(cfg, source)):
         return False
     if cfg.layout != source.layout and source.layout.width and cfg.layout.width:
+        return False
+    if cfg.upscale != source.upscale and source.upscale.base_channels and cfg.upscale.base_channels:
         return False
 
     def layers(c: Config) -> dict:
@@ -170,8 +173,11 @@ def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Calla
     if model.layout is None and source.layout is not None:
         say("--init: the config has no [layout]: the checkpoint's layout predictor is left out")
         weights = {k: v for k, v in weights.items() if not k.startswith("layout.")}
+    if model.upscaler is None and source.upscaler is not None:
+        say("--init: the config has no [upscale]: the checkpoint's upscaler is left out")
+        weights = {k: v for k, v in weights.items() if not k.startswith("upscaler.")}
     missing, unexpected = target.load_state_dict(weights, strict=False)
-    grown = (".pos_proj.", ".attn.", ".text_mixer.", ".layout.")
+    grown = (".pos_proj.", ".attn.", ".text_mixer.", ".layout.", ".upscaler.")
     if unexpected or any(all(part not in f".{k}" for part in grown) for k in missing):
         raise RuntimeError(f"--init: weights that do not fit: {unexpected or missing}")  # _load_init prevents it
     if other_size:
@@ -187,8 +193,10 @@ def _load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Calla
         added.append(f"{new_mixers} text mixer layer{'s' if new_mixers > 1 else ''}")
     if model.layout is not None and source.layout is None:
         say("--init: the checkpoint has no layout predictor; the run's layout stage trains a new one")
+    if model.upscaler is not None and source.upscaler is None:
+        say("--init: the checkpoint has no upscaler; the run's upscaling stage trains a new one")
     if added:
-        grown_tensors = sum(not k.startswith("layout.") for k in missing)
+        grown_tensors = sum(not k.startswith(("layout.", "upscaler.")) for k in missing)
         say(f"--init: {' and '.join(added)} added ({grown_tensors} tensors), starting as the identity")
 
 
@@ -254,6 +262,11 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         raise InputError(f"{opts.out} already holds a training run: add --resume to continue it, "
                          "or choose another -o folder")
     data = load_training_set(report.items, cfg.image_size)
+    if cfg.train.upscale_steps:
+        small = load_images_2x(data, report.items, report.sizes, cfg.image_size)
+        if small and dist.is_main:
+            opts.say(f"upscaling stage: {len(small)} image(s) smaller than {2 * cfg.image_size} px left out "
+                     f"(e.g. {small[0].path})")
     if device.type == "cuda":  # a few hundred MB at most: no host-to-device copy per step
         data.images = data.images.to(device)
         torch.backends.cuda.matmul.allow_tf32 = True  # the CLIP stage runs in float32
@@ -278,6 +291,10 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         raise InputError(f"train.layout_steps is {cfg.train.layout_steps} but no training image has object "
                          "regions (metadata.jsonl \"regions\"; `diffgen data emoji` writes them): the layout "
                          "predictor learns from them; set it to 0 or add them")
+    if cfg.train.upscale_steps and not set(data.indices_2x) & set(train_idx):
+        raise InputError(f"train.upscale_steps is {cfg.train.upscale_steps} but no training image is at least "
+                         f"{2 * cfg.image_size} px on its shorter side (twice image_size): the upscaler learns "
+                         "from them (`diffgen data emoji --size` renders larger scenes); set it to 0 or add them")
     if not cfg.train.steps and opts.init is None and resume is None:
         raise InputError("train.steps is 0: without --init there is no U-Net to keep; give --init CHECKPOINT "
                          "or a number of steps")
@@ -288,7 +305,7 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
         _load_init_weights(model, source, opts.say if dist.is_main else lambda _: None)
     elif source is not None:
         _load_text_tower(model, source, opts.say if dist.is_main else lambda _: None)
-    if resume is not None and resume.stage in ("diffusion", "layout"):
+    if resume is not None and resume.stage in ("diffusion", "layout", "upscale"):
         from diffgen.training.stages import without_prefix
 
         model.load_state_dict(without_prefix(resume.tensors, "model"))

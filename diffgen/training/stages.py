@@ -73,12 +73,13 @@ class Stage:
     time_limited: bool = False
     sample_every: int | None = None  # force the metrics out at these steps too (for sample grids)
     params: list[torch.Tensor] = field(default_factory=list)  # clipped to grad_clip
+    indices: list[int] | None = None  # the images its batches walk (default: every training image)
 
 
 def run_stage(run: Run, stage: Stage, start: int) -> int:
     """Steps ``start`` .. ``stage.steps`` (fewer when the time limit stops it); returns the steps done."""
     t = run.cfg.train
-    plan = run.plan(stage.batch_size)
+    plan = run.plan(stage.batch_size, stage.indices)
     deadline = run.started + run.opts.time_limit if stage.time_limited and run.opts.time_limit else None
     meter = StageMeter(stage.name, stage.steps, start, plan.global_batch, run.log, run.dist, run.device,
                        run.opts.progress, deadline)

@@ -25,8 +25,8 @@ from diffgen.fileio import atomic_write
 from diffgen.hashing import content_hash
 
 STATE_VERSION = 1
-_STATE_NAME = re.compile(r"^state-(clip|diffusion|layout)-(\d{8})\.json$")
-STAGE_ORDER = {"clip": 0, "diffusion": 1, "layout": 2}
+_STATE_NAME = re.compile(r"^state-(clip|diffusion|layout|upscale)-(\d{8})\.json$")
+STAGE_ORDER = {"clip": 0, "diffusion": 1, "layout": 2, "upscale": 3}
 
 
 @dataclass

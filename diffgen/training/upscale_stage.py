@@ -1,0 +1,71 @@
+"""Stage 4: the upscaler (engine/upscaler.py) learns the folder's images at twice the model's size
+from their base images, on random crops (it is convolutional, so crops teach it what whole images
+need, at a fraction of the cost). It runs last and touches nothing else: with ``--init`` and
+``train.steps = 0`` it adds an upscaler to a trained model.
+
+Like the other stages it keeps an EMA of the weights (shipped), saves ``state-upscale-N`` states
+and resumes exactly: each step's crops, augmentation levels and noise come from the step's
+generator.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from diffgen.training.batches import lr_at
+from diffgen.training.run import Run
+from diffgen.training.stages import Stage, run_stage, with_prefix, without_prefix
+from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
+
+
+def random_crops(images: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """One ``crop`` x ``crop`` window per image of (B, C, S, S), at even offsets (so a crop's
+    2 x 2 blocks are the whole image's), drawn from ``generator``: (B, C, crop, crop)."""
+    side = images.shape[-1]
+    slots = (side - crop) // 2 + 1
+    offsets = (torch.randint(slots, (images.shape[0], 2), generator=generator) * 2).tolist()
+    return torch.stack([image[:, y:y + crop, x:x + crop] for image, (y, x) in zip(images, offsets)])
+
+
+def train_upscale(run: Run, resume: TrainingState | None) -> int:
+    """The upscaling stage from its start or from ``resume``; returns the steps done."""
+    t, cfg = run.cfg.train, run.cfg.upscale
+    upscaler = run.model.upscaler
+    assert upscaler is not None and run.data.images_2x is not None, "prepare_run checks the config and data"
+    upscaler.train().requires_grad_(True)
+    ema = copy.deepcopy(upscaler).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(upscaler.parameters(), lr=t.upscale_lr, weight_decay=t.weight_decay)
+    start = 0
+    if resume is not None:  # the model weights were restored when the run was prepared
+        ema.load_state_dict(without_prefix(resume.tensors, "ema_upscaler"))
+        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
+        restore_rng(resume.tensors)
+        start = resume.step
+    net = DistributedDataParallel(upscaler) if run.dist.enabled else upscaler
+    positions = {index: row for row, index in enumerate(run.data.indices_2x)}
+    usable = [i for i in run.train_idx if i in positions]  # prepare_run checked there are some
+    params, ema_params = list(upscaler.parameters()), list(ema.parameters())
+
+    def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor:
+        high = random_crops(run.data.images_2x[[positions[i] for i in idx]], cfg.crop, gen)
+        # through the DDP wrapper's forward, so that the gradients are averaged across processes
+        return upscaler.loss(high.to(run.device).float() / 127.5 - 1, gen, forward=net).mean()
+
+    def update_ema(step: int) -> None:
+        decay = min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+
+    def tensors() -> dict[str, torch.Tensor]:
+        return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), "ema_upscaler")}
+
+    done = run_stage(run, Stage("upscale", t.upscale_steps, t.upscale_batch_size, net, optimizer,
+                                lambda step: lr_at(step, t.upscale_lr, t.warmup_steps), loss, tensors,
+                                after_step=update_ema, time_limited=True, params=params, indices=usable), start)
+    upscaler.load_state_dict(ema.state_dict())  # ship the EMA weights
+    upscaler.eval().requires_grad_(False)
+    return done
+
