@@ -9,6 +9,9 @@
 #   cat OUT/model.safetensors.part* > runs/speedrun/NAME/model.safetensors; cp OUT/summary.json runs/speedrun/NAME/
 #   .venv/bin/python benchmarks/speedrun.py NAME --score-run --trained-on "1 GPU" --minutes MINUTES \
 #       --eval-steps 20 --eval-seeds 2
+# The upscaler of the default model (configs/upscale-stage.toml: its stage alone, on 128 px scenes):
+#   SIZE=128 RECIPE=pairs COUNT=20000 CONFIG=upscale-stage UPSCALE_BATCH=512 MINUTES=8 OUT=$OUT \
+#       bash benchmarks/gpu_recipe.sh
 # A dry run of the plumbing on a CPU:
 #   DEVICE=cpu MINUTES=0.3 COUNT=200 BATCH=4 PY=.venv/bin/python OUT=/tmp/dry bash benchmarks/gpu_recipe.sh
 set -euo pipefail
@@ -20,16 +23,21 @@ COUNT=${COUNT:-30000}
 BATCH=${BATCH:-512}
 RECIPE=${RECIPE:-composed}
 CONFIG=${CONFIG:-gpu64-continue}
+SIZE=${SIZE:-64}
+UPSCALE_BATCH=${UPSCALE_BATCH:-}
 PY=${PY:-python3}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT"
 {
   date -u +"start %H:%M:%S"
-  $PY -m diffgen data emoji "$WORK/data" --count "$COUNT" --size 64 --seed 0 --recipe "$RECIPE"
+  $PY -m diffgen data emoji "$WORK/data" --count "$COUNT" --size "$SIZE" --seed 0 --recipe "$RECIPE"
   date -u +"data built %H:%M:%S"
   # gpu64-continue: the shipped model's layers, batch 512, its EMA kept, the state written at the end
   $PY -m diffgen config show "$CONFIG" > "$WORK/recipe.toml"
-  $PY -m diffgen train "$WORK/data" -o "$WORK/run" --config "$CONFIG" --device "$DEVICE" \
+  if [ -n "$UPSCALE_BATCH" ]; then  # the upscaling stage's batch (--batch-size sets the U-Net's)
+    sed -i "s/^upscale_batch_size = .*/upscale_batch_size = $UPSCALE_BATCH/" "$WORK/recipe.toml"
+  fi
+  $PY -m diffgen train "$WORK/data" -o "$WORK/run" --config "$WORK/recipe.toml" --device "$DEVICE" \
     --init checkpoints/default.safetensors --batch-size "$BATCH" --time-limit "$MINUTES" --weights-dtype float16
   date -u +"trained %H:%M:%S"
 } 2>&1 | tee "$OUT/log.txt"

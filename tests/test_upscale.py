@@ -353,3 +353,18 @@ def test_tasks_with_and_without_the_upscale_are_batched_apart():
 
     a, b = ImageTask(0, "x", 0), dataclasses.replace(ImageTask(1, "x", 1), upscale=False)
     assert a.batch_key() != b.batch_key()
+
+
+def test_emoji_scenes_render_at_128_px_but_never_enlarge_the_glyphs(tmp_path):
+    from diffgen.emoji.dataset import build_emoji_dataset
+    from diffgen.emoji.scenes import find_font
+    from diffgen.errors import DiffgenError, InputError
+
+    try:
+        find_font()
+    except DiffgenError:
+        pytest.skip("Noto Color Emoji is not installed (.ci/run installs it)")
+    summary = build_emoji_dataset(tmp_path / "big", count=3, size=128, seed=1)
+    assert summary["size"] == 128 and Image.open(tmp_path / "big" / "images" / "000000.png").size == (128, 128)
+    with pytest.raises(InputError, match="larger than the font's"):
+        build_emoji_dataset(tmp_path / "huge", count=3, size=256)

@@ -8,7 +8,17 @@ import json
 import random
 from pathlib import Path
 
-from diffgen.emoji.scenes import DATA_RECIPES, SceneComposer, concepts, find_font, heldout_pairs, render_sprites
+from diffgen.emoji.scenes import (
+    DATA_RECIPES,
+    PAIR_LAYOUT,
+    PAIR_SCALES,
+    SINGLE_SIZES,
+    SceneComposer,
+    concepts,
+    find_font,
+    heldout_pairs,
+    render_sprites,
+)
 from diffgen.errors import InputError
 
 ATTRIBUTION = ("Emoji artwork: Noto Color Emoji, (c) Google, Apache License 2.0 "
@@ -26,6 +36,14 @@ def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
         raise InputError(f"unknown data recipe '{recipe}' (choose from: {', '.join(DATA_RECIPES)})")
     items = concepts()
     sprites = render_sprites(find_font(font), items)
+    # the glyphs are bitmaps (about 136 x 128): a scene drawing one larger than that would be
+    # enlarged art, blurred, and an upscaler trained on it would learn the blur
+    largest = max(max(f for _, f in SINGLE_SIZES), max(e for spots in PAIR_LAYOUT.values() for e, _, _ in spots)
+                  * PAIR_SCALES[1])
+    native = min(max(sprite.size) for sprite in sprites.values())
+    if round(largest * size) > native:
+        raise InputError(f"--size {size} would draw glyphs larger than the font's {native} px bitmaps; "
+                         f"use --size {int(native / largest)} or less")
     held = heldout_pairs(items)
     composer = SceneComposer(sprites, items, size, held, DATA_RECIPES[recipe])
     rng = random.Random(seed)

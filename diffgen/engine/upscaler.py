@@ -167,13 +167,15 @@ def upscale(upscaler: Upscaler, base: torch.Tensor, generators: list[torch.Gener
     cond_noise = torch.stack([torch.randn(padded.shape[1:], generator=g) for g in generators]).to(device)
     start = torch.stack([torch.randn(3, SCALE * padded.shape[2], SCALE * padded.shape[3], generator=g)
                          for g in generators]).to(device)
-    base_up = enlarge(padded + aug_sigma * cond_noise)
+    # oneDNN's CPU convolutions run faster on channels-last (NHWC) images (about 10% here)
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    base_up = enlarge(padded + aug_sigma * cond_noise).contiguous(memory_format=layout)
     aug = torch.full((b,), float(aug_sigma), device=device)
     sigmas = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max)
 
     def denoise(r: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=device).reshape(-1).expand(b)
-        return upscaler(r, sigma, base_up, aug)
+        return upscaler(r.contiguous(memory_format=layout), sigma, base_up, aug)
 
     residual = sample_dpmpp_2m(denoise, start * sigmas[0].item(), sigmas)
     high = enlarge(padded) + residual
