@@ -1,7 +1,10 @@
-"""Shared fixtures: the tiny config and a tiny random-weight model."""
+"""Shared fixtures: the tiny config, a tiny random-weight model, and tiny training runs made once
+per session for the tests that only need a trained checkpoint or a reference to compare with.
+Helpers (not fixtures) are in helpers.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,14 @@ import torch
 
 from diffgen.config import Config, load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import ROOT, TRAIN_CONFIG, cli, make_shapes_folder, randomize_zero_params, train_args
+
+# One CPU thread in this process and in the processes it starts (OMP_NUM_THREADS is inherited),
+# unless set otherwise: the tiny models gain nothing from a second thread, and on a machine whose
+# cores are busy with other work, OpenMP threads waiting for each other's turn made the suite
+# several times slower (docs/BENCHMARKS.md, "Test suite").
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
@@ -23,19 +33,6 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return build_model(tiny_config)
-
-
-def randomize_zero_params(module: torch.nn.Module, seed: int = 0) -> None:
-    """Give zero-initialised layers small random weights, as they would have after training.
-
-    Zero-initialised output layers make a fresh network ignore its inputs; tests that check how
-    inputs reach the output need them non-zero.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if torch.count_nonzero(p) == 0:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 @pytest.fixture(scope="session")
@@ -53,37 +50,45 @@ def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
     return path
 
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 20)}
-SHAPES = ("square", "circle", "triangle")
-
-
-def make_shapes_folder(folder: Path, count: int = 24, size: int = 16, seed: int = 0) -> Path:
-    """A captioned folder of coloured shapes on white, with .txt captions (two lines each)."""
-    import random
-
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        colour = list(COLOURS)[i % len(COLOURS)]
-        shape = SHAPES[(i // len(COLOURS)) % len(SHAPES)]
-        image = Image.new("RGB", (size, size), "white")
-        draw = ImageDraw.Draw(image)
-        r = rng.randint(size // 4, size // 3)
-        cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
-        box = [cx - r, cy - r, cx + r, cy + r]
-        if shape == "square":
-            draw.rectangle(box, fill=COLOURS[colour])
-        elif shape == "circle":
-            draw.ellipse(box, fill=COLOURS[colour])
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=COLOURS[colour])
-        image.save(folder / f"img{i:03d}.png")
-        (folder / f"img{i:03d}.txt").write_text(f"a {colour} {shape}\n{colour} {shape} on white\n")
-    return folder
-
-
 @pytest.fixture()
 def shapes_folder(tmp_path) -> Path:
+    """A shapes folder of the test's own, free to change."""
     return make_shapes_folder(tmp_path / "shapes")
+
+
+@pytest.fixture(scope="session")
+def shared_shapes(tmp_path_factory) -> Path:
+    """The shapes folder that the session's shared runs trained on. Read it, never change it."""
+    return make_shapes_folder(tmp_path_factory.mktemp("shared") / "shapes")
+
+
+@pytest.fixture(scope="session")
+def shared_config(tmp_path_factory) -> Path:
+    """The quick tiny training config (helpers.TRAIN_CONFIG) as a file. Never change it."""
+    path = tmp_path_factory.mktemp("shared-config") / "train.toml"
+    path.write_text(TRAIN_CONFIG)
+    return path
+
+
+def _train_once(tmp_path_factory, shapes: Path, config: Path, name: str, steps: int, clip_steps: int) -> Path:
+    out = tmp_path_factory.mktemp("shared-runs", numbered=True) / name
+    result = cli(*train_args(shapes, out, config, steps=steps, clip_steps=clip_steps))
+    assert result.exit_code == 0, result.output
+    (out.parent / "stdout.txt").write_text(result.stdout)  # beside the run folder, not in it
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shared_shapes, shared_config) -> Path:
+    """The folder of one tiny run, 6 CLIP steps and 40 diffusion steps on ``shared_shapes`` with
+    ``shared_config``: a trained checkpoint for ``--init`` and ``--text-encoder``, and the
+    uninterrupted reference of the SIGKILL and SIGTERM tests. Read it, never change it."""
+    return _train_once(tmp_path_factory, shared_shapes, shared_config, "trained", steps=40, clip_steps=6)
+
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory, shared_shapes, shared_config) -> Path:
+    """The folder of one tiny run, 2 CLIP steps and 8 diffusion steps on ``shared_shapes`` with
+    ``shared_config``, states at steps 4 and 8: the uninterrupted reference of the exact-resume
+    tests. Read it, never change it."""
+    return _train_once(tmp_path_factory, shared_shapes, shared_config, "straight", steps=8, clip_steps=2)

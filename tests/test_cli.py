@@ -14,22 +14,8 @@ from typer.testing import CliRunner
 
 from diffgen import checkpoint, cli
 from diffgen.checkpoint import save_model
-from diffgen.cli import app
 
-runner = CliRunner()
-
-
-def run(*args: str, env: dict | None = None):
-    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200", **(env or {})})
-
-
-def sample(ckpt, out, *args):
-    return run("sample", "-c", ckpt, "-o", out, "--steps", "3", "--seed", "7", "-q", *args)
-
-
-def pngs(folder):
-    return sorted(p for p in folder.glob("*.png") if "trajectory" not in p.name and "grid" not in p.name)
-
+from .helpers import pngs, run, sample
 
 # --- speed of the front door -------------------------------------------------------------------
 
@@ -317,6 +303,7 @@ def test_rerun_with_other_settings_refuses_to_mix(tiny_checkpoint, tmp_path):
     assert pngs(tmp_path)[0].read_bytes() != before
 
 
+@pytest.mark.slow
 def test_replay_is_byte_identical_for_an_image_made_in_a_batch(tmp_path):
     """With the 64 px default model (large enough for CPU kernels to block by batch size), images
     made in a batch of 4 are replayed alone; the recipe's batch placement makes them exact."""

@@ -7,7 +7,7 @@ import pytest
 from diffgen.config import Config, config_from_dict, config_to_toml, load_config
 from diffgen.errors import ConfigError
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 def test_default_toml_matches_dataclass_defaults():

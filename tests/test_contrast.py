@@ -1,6 +1,6 @@
 """Caption contrast (train.negative_weight): negative captions from metadata.jsonl, the rows of a
-batch that take part, the logistic loss on the denoising-loss gap, and a training run that uses it
-and resumes exactly."""
+batch that take part, the logistic loss on the denoising-loss gap. A training run that uses it and
+resumes exactly: test_resume.py ("contrast")."""
 
 from __future__ import annotations
 
@@ -15,23 +15,7 @@ from diffgen.data import TrainingSet, scan_folder
 from diffgen.engine.denoiser import Conditioning, Denoiser, contrast_loss, denoising_loss, noised
 from diffgen.training.batches import pick_negatives
 
-from .conftest import COLOURS, make_shapes_folder, randomize_zero_params
-from .test_train import _weights, cli, diffusion_metrics, train_args, train_config
-
-
-def with_negatives(folder: Path) -> Path:
-    """The shapes folder captioned by metadata.jsonl instead of .txt files, each image with the
-    same shape in another colour as its negative caption."""
-    rows = []
-    for txt in sorted(folder.glob("*.txt")):
-        caption = txt.read_text().splitlines()[0]  # "a red square"
-        colour = caption.split()[1]
-        other = list(COLOURS)[(list(COLOURS).index(colour) + 1) % len(COLOURS)]
-        rows.append({"file_name": txt.with_suffix(".png").name, "text": [caption],
-                     "negative_text": caption.replace(colour, other)})
-        txt.unlink()
-    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return folder
+from .helpers import cli, make_shapes_folder, randomize_zero_params, train_args, train_config, with_negatives
 
 
 def test_metadata_negative_text_is_read_and_a_bad_one_is_named(tmp_path):
@@ -108,38 +92,6 @@ def test_contrast_rows_are_those_with_negatives_a_kept_caption_and_enough_noise(
     assert picks == {"not a", "also not a"}
     plain = TrainingSet(data.images, data.captions, data.paths)
     assert pick_negatives(plain, [0, 1], ["a", "b"], sigma, 0.5, torch.Generator()) == ([], [])
-
-
-def test_a_run_with_the_contrast_trains_and_resumes_exactly(tmp_path):
-    folder = with_negatives(make_shapes_folder(tmp_path / "shapes"))
-    config = tmp_path / "contrast.toml"
-    config.write_text(train_config(train={"negative_weight": 1.0}, denoiser={"p_mean": 0.0}))
-    straight = tmp_path / "straight"
-    result = cli(*train_args(folder, straight, config, steps=8, clip_steps=2))
-    assert result.exit_code == 0, result.output
-    halves = tmp_path / "halves"
-    assert cli(*train_args(folder, halves, config, steps=4, clip_steps=2)).exit_code == 0
-    resumed = cli(*train_args(folder, halves, config, steps=8, clip_steps=2), "--resume")
-    assert resumed.exit_code == 0, resumed.output
-    a, b = _weights(straight / "model.safetensors"), _weights(halves / "model.safetensors")
-    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
-    # metrics.jsonl logs the two terms apart: loss = denoising + weight x contrast
-    rows = diffusion_metrics(straight)
-    assert len(rows) == 8 and any(r["contrast"] > 0 for r in rows)
-    assert all(math.isclose(r["loss"], r["denoising"] + 1.0 * r["contrast"], rel_tol=1e-5) for r in rows)
-    # and the loss curve draws the contrast as a line of its own
-    from diffgen.training.metrics import RunLog
-    curves = RunLog(straight, enabled=True, resume_from=("diffusion", 8)).curves()
-    assert curves["diffusion contrast"] == (list(range(1, 9)), [r["contrast"] for r in rows])
-    # the contrast changed the training: the same run without it ends elsewhere
-    plain = tmp_path / "plain.toml"
-    plain.write_text(train_config(denoiser={"p_mean": 0.0}))
-    other = tmp_path / "other"
-    assert cli(*train_args(folder, other, plain, steps=8, clip_steps=2)).exit_code == 0
-    c = _weights(other / "model.safetensors")
-    assert not any("contrast" in json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines())
-    assert "diffusion contrast" not in RunLog(other, enabled=True, resume_from=("diffusion", 8)).curves()
-    assert max((a[k].float() - c[k].float()).abs().max().item() for k in a if k.startswith("denoiser.")) > 1e-4
 
 
 def test_the_contrast_on_data_without_negatives_is_one_line_exit_2(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from diffgen.checkpoint import default_checkpoint, load_model, read_checkpoint
 from diffgen.config import load_config
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 @pytest.fixture()

@@ -11,7 +11,9 @@ from diffgen.engine.edit import keep_known, sdedit_sigmas, sdedit_start, steps_t
 from diffgen.engine.samplers import SAMPLERS, STOCHASTIC_SAMPLERS
 from diffgen.engine.schedule import karras_sigmas
 
-from .test_samplers import MU, S, gaussian_denoiser
+from .helpers import GAUSSIAN_MU as MU
+from .helpers import GAUSSIAN_S as S
+from .helpers import gaussian_denoiser
 
 
 def test_steps_to_run_counts_like_a1111():

@@ -7,35 +7,23 @@ import random
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from diffgen.data import scan_folder
 from diffgen.emoji.dataset import build_emoji_dataset
 from diffgen.emoji.scenes import (
     FONT_CANDIDATES,
-    Concept,
     SceneComposer,
     article,
     concepts,
     heldout_pairs,
 )
 
-ITEMS = [Concept("x", "panda", "pandas", "animal"), Concept("x", "bicycle", "bicycles", "vehicle"),
-         Concept("x", "apple", "apples", "food"), Concept("x", "dog", "dogs", "animal"),
-         Concept("x", "grapes", "grapes", "food"), Concept("x", "house", "houses", "building")]
+from .helpers import scene_composer as composer
+from .helpers import scene_items
+from .helpers import scene_sprites as sprites
 
-
-def sprites() -> dict[str, Image.Image]:
-    out = {}
-    for i, c in enumerate(ITEMS):
-        image = Image.new("RGBA", (20, 16 + i), (0, 0, 0, 0))
-        ImageDraw.Draw(image).ellipse([0, 0, 19, 15 + i], fill=(40 * i, 200 - 30 * i, 90, 255))
-        out[c.name] = image
-    return out
-
-
-def composer(held=frozenset()) -> SceneComposer:
-    return SceneComposer(sprites(), ITEMS, 32, set(held))
+ITEMS = scene_items()
 
 
 def test_scenes_are_deterministic_and_captioned():

@@ -11,25 +11,11 @@ from PIL import Image, ImageDraw
 from diffgen.emoji.matching import SpriteMatcher
 from diffgen.emoji.scenes import Concept, SceneComposer
 
-COLOUR = (200, 120, 30, 255)
-SHAPES = {
-    "square": lambda d: d.rectangle([0, 0, 29, 29], fill=COLOUR),
-    "disk": lambda d: d.ellipse([0, 0, 29, 29], fill=COLOUR),
-    "triangle": lambda d: d.polygon([(15, 0), (29, 29), (0, 29)], fill=COLOUR),
-    "ring": lambda d: (d.ellipse([0, 0, 29, 29], fill=COLOUR), d.ellipse([9, 9, 20, 20], fill=(0, 0, 0, 0))),
-    "cross": lambda d: (d.rectangle([11, 0, 18, 29], fill=COLOUR), d.rectangle([0, 11, 29, 18], fill=COLOUR)),
-}
+from .helpers import SPRITE_COLOUR as COLOUR
+from .helpers import SPRITE_SHAPES as SHAPES
+from .helpers import shape_sprites as sprites
+
 ITEMS = [Concept("x", name, name + "s", "object") for name in SHAPES]
-
-
-def sprites(shapes: dict | None = None) -> dict[str, Image.Image]:
-    """RGBA sprites (30 px) drawn from ``shapes`` (default: SHAPES)."""
-    out = {}
-    for name, draw in (shapes or SHAPES).items():
-        image = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
-        draw(ImageDraw.Draw(image))
-        out[name] = image
-    return out
 
 
 @pytest.mark.parametrize("name", list(SHAPES))

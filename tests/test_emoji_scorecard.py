@@ -12,9 +12,12 @@ from diffgen.emoji.judge import load_judge, pil_batch, save_judge, train_judge
 from diffgen.emoji.scenes import DATA_RECIPES, Concept, SceneComposer
 from diffgen.emoji.scorecard import ImageAsk, Scorecard, pair_objects
 
-from .test_emoji_eval import COLOUR
-from .test_emoji_eval import SHAPES as MATCHING_SHAPES
-from .test_emoji_eval import sprites as matching_sprites
+from .helpers import SPRITE_COLOUR as COLOUR
+from .helpers import SPRITE_SHAPES as MATCHING_SHAPES
+from .helpers import shape_sprites as matching_sprites
+
+# every test here uses the shape judge, which trains for about half a minute of CPU
+pytestmark = pytest.mark.slow
 
 SHAPES = {**MATCHING_SHAPES, "bar": lambda d: d.rectangle([0, 10, 29, 19], fill=COLOUR)}
 ITEMS = [Concept("x", name, name + "s", "animal" if name in ("disk", "ring") else "vehicle") for name in SHAPES]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from diffgen.cli import app
 from diffgen.evaluate import frechet_distance, kernel_inception_distance, prompt_agreement
 
-from .conftest import ROOT, make_shapes_folder
+from .helpers import ROOT, make_shapes_folder
 
 
 def test_frechet_distance_closed_forms():

@@ -1,12 +1,11 @@
 """The grounding loss (train.grounding_weight): object regions from the emoji composer and from
 metadata.jsonl, names to token positions, boxes to attention-resolution masks, the loss against
-hand-computed values, the kept attention weights, and a training run that uses it and resumes
-exactly."""
+hand-computed values, the kept attention weights, and the loss in training runs. A training run
+that uses it and resumes exactly: test_resume.py ("grounding", "grounding_pass")."""
 
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
@@ -17,16 +16,24 @@ from PIL import Image, ImageChops
 from diffgen.data import TrainingSet, scan_folder
 from diffgen.training.grounding import GroundingTargets, TokenSpans, grounding_loss, kept_attention
 
-from .conftest import make_shapes_folder, randomize_zero_params
-from .test_emoji_data import ITEMS, composer
-from .test_train import assert_resumes_exactly, cli, diffusion_metrics, train_args, train_config
+from .helpers import (
+    cli,
+    diffusion_metrics,
+    make_shapes_folder,
+    randomize_zero_params,
+    scene_composer,
+    scene_items,
+    train_args,
+    train_config,
+    with_regions,
+)
 
 
 @pytest.mark.parametrize("relation", ["left of", "above", "on", "next to"])
 def test_a_pair_scenes_regions_name_each_object_where_it_is_drawn(relation):
-    by_name = {c.name: c for c in ITEMS}
+    by_name = {c.name: c for c in scene_items()}
     apple, house = by_name["apple"], by_name["house"]
-    scene = composer().pair_scene(random.Random(2), apple, house, relation)
+    scene = scene_composer().pair_scene(random.Random(2), apple, house, relation)
     background = Image.new("RGB", scene.image.size, scene.image.getpixel((0, 0)))
     drawn = ImageChops.difference(scene.image, background).getbbox()
     assert len(scene.regions) == len(scene.captions)
@@ -46,7 +53,7 @@ def test_a_pair_scenes_regions_name_each_object_where_it_is_drawn(relation):
 
 
 def test_single_and_count_scenes_have_a_region_per_drawn_copy():
-    comp, rng = composer(), random.Random(0)
+    comp, rng = scene_composer(), random.Random(0)
     scenes = [comp.scene(rng) for _ in range(300)]
     singles = [s for s in scenes if len(s.regions[0]) == 1]
     counts = [s for s in scenes if s.captions[0].split()[0] in ("two", "three", "four")]
@@ -58,22 +65,6 @@ def test_single_and_count_scenes_have_a_region_per_drawn_copy():
     for scene in singles:  # "a dog", "dog", "a small dog", "... on a red background": the same box
         assert len({tuple(r[0][2:]) for r in scene.regions}) == 1
         assert all(c[r[0][0]:r[0][1]] in c.split(" on ")[0] for c, r in zip(scene.captions, scene.regions))
-
-
-def with_regions(folder: Path) -> Path:
-    """The shapes folder captioned by metadata.jsonl, each shape's word with the box it is drawn in."""
-    rows = []
-    for txt in sorted(folder.glob("*.txt")):
-        caption = txt.read_text().splitlines()[0]  # "a red square"
-        image = Image.open(txt.with_suffix(".png")).convert("RGB")
-        x0, y0, x1, y1 = ImageChops.difference(image, Image.new("RGB", image.size, "white")).getbbox()
-        side = image.width
-        start = caption.rindex(" ") + 1
-        rows.append({"file_name": txt.with_suffix(".png").name, "text": [caption],
-                     "regions": [[[start, len(caption), x0 / side, y0 / side, x1 / side, y1 / side]]]})
-        txt.unlink()
-    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return folder
 
 
 def test_metadata_regions_are_read_and_bad_ones_are_named(tmp_path):
@@ -193,19 +184,6 @@ def test_grounding_targets_skip_dropped_captions_and_images_without_regions():
     assert targets.tokens[0].nonzero().flatten().tolist() == [2]  # start token, "a", then "dog"
 
 
-def test_a_run_with_the_grounding_loss_trains_and_resumes_exactly(tmp_path):
-    folder = with_regions(make_shapes_folder(tmp_path / "shapes"))
-    config = tmp_path / "grounding.toml"
-    config.write_text(train_config(train={"grounding_weight": 0.5}))
-    straight = assert_resumes_exactly(folder, config, tmp_path)
-    rows = diffusion_metrics(straight)
-    assert len(rows) == 8 and all(0 < r["grounding"] <= 1 for r in rows)
-    assert all(math.isclose(r["loss"], r["denoising"] + 0.5 * r["grounding"], rel_tol=1e-5) for r in rows)
-    from diffgen.training.metrics import RunLog
-    curves = RunLog(straight, enabled=True, resume_from=("diffusion", 8)).curves()
-    assert curves["diffusion grounding"] == (list(range(1, 9)), [r["grounding"] for r in rows])
-
-
 def test_the_grounding_loss_on_data_without_regions_is_one_line_exit_2(tmp_path):
     folder = make_shapes_folder(tmp_path / "shapes")
     config = tmp_path / "grounding.toml"
@@ -226,19 +204,6 @@ def test_grounding_min_sigma_leaves_out_images_below_it(tmp_path):
     assert result.exit_code == 0, result.output
     rows = diffusion_metrics(tmp_path / "run")
     assert len(rows) == 4 and all(r["grounding"] == 0 and r["loss"] == r["denoising"] for r in rows)
-
-
-def test_the_grounding_pass_names_images_at_high_noise_and_resumes_exactly(tmp_path):
-    """With a floor of sigma 50 the training draws (ln sigma ~ N(-1.2, 1.2^2)) almost never
-    count; the pass's images, drawn in [50, 80], carry the term on every step."""
-    folder = with_regions(make_shapes_folder(tmp_path / "shapes"))
-    config = tmp_path / "grounding.toml"
-    config.write_text(train_config(train={"grounding_weight": 0.5, "grounding_min_sigma": 50.0,
-                                          "grounding_pass_images": 4}))
-    straight = assert_resumes_exactly(folder, config, tmp_path)
-    rows = diffusion_metrics(straight)
-    assert len(rows) == 8 and all(0 < r["grounding"] <= 1 for r in rows)
-    assert all(math.isclose(r["loss"], r["denoising"] + 0.5 * r["grounding"], rel_tol=1e-5) for r in rows)
 
 
 def test_the_grounding_pass_needs_a_noise_floor_below_sigma_max():

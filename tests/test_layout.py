@@ -10,7 +10,7 @@ from diffgen.engine.model import PromptCache
 from diffgen.sampling.layout import LayoutBias, Placement, laid_out
 from diffgen.training.grounding import GroundingTargets, TokenSpans, inside_shares, kept_attention
 
-from .conftest import randomize_zero_params
+from .helpers import randomize_zero_params
 
 PROMPT = "a dog to the left of a cat"
 LEFT, RIGHT = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)

@@ -1,24 +1,21 @@
 """Layout-conditioned training (train.layout_bias): captions naming two or more objects are denoised
 with sampling's attention bias toward their regions; the bias matches the sampler's for the same
-boxes, it changes the training loss, and a run with it resumes exactly."""
+boxes. That it changes the training, and that a run with it resumes exactly: test_resume.py
+("layout_bias")."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageChops
-from safetensors.torch import load_file
 
 from diffgen.data import TrainingSet
 from diffgen.sampling.layout import LayoutBias, Placement
 from diffgen.training.grounding import TokenSpans
 from diffgen.training.stages import layout_bias_of
 
-from .conftest import make_shapes_folder
-from .test_train import assert_resumes_exactly, cli, diffusion_metrics, train_args, train_config
+from .helpers import cli, make_shapes_folder, train_args, train_config
 
 PAIR = "a dog to the left of a cat"
 DOG, CAT = PAIR.index("dog"), PAIR.index("cat")
@@ -49,42 +46,6 @@ def test_only_captions_naming_two_objects_get_the_bias_and_it_is_the_samplers():
     torch.testing.assert_close(values[:1], sampler(1, 16))
     left = torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 4).flatten() == 1
     assert torch.equal(values[0, 0, :, 2], torch.where(left, 4.0, -4.0))  # "dog" is the third token
-
-
-def with_pair_regions(folder: Path) -> Path:
-    """The shapes folder captioned "a SHAPE beside a blank" by metadata.jsonl: the shape's word with
-    the box it is drawn in, "blank" with the image's other half."""
-    rows = []
-    for txt in sorted(folder.glob("*.txt")):
-        shape = txt.read_text().split()[2]  # "a red square" -> "square"
-        image = Image.open(txt.with_suffix(".png")).convert("RGB")
-        x0, y0, x1, y1 = (v / image.width for v in
-                          ImageChops.difference(image, Image.new("RGB", image.size, "white")).getbbox())
-        caption = f"a {shape} beside a blank"
-        blank = (0.5, 0.0, 1.0, 1.0) if x0 + x1 < 1 else (0.0, 0.0, 0.5, 1.0)
-        rows.append({"file_name": txt.with_suffix(".png").name, "text": [caption],
-                     "regions": [[[2, 2 + len(shape), x0, y0, x1, y1],
-                                  [len(caption) - 5, len(caption), *blank]]]})
-        txt.unlink()
-    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return folder
-
-
-def test_a_run_with_the_layout_bias_trains_on_biased_attention_and_resumes_exactly(tmp_path):
-    folder = with_pair_regions(make_shapes_folder(tmp_path / "shapes"))
-    plain, laid = tmp_path / "plain.toml", tmp_path / "laid.toml"
-    plain.write_text(train_config())
-    laid.write_text(train_config(train={"layout_bias": 6.0}))
-    assert cli(*train_args(folder, tmp_path / "plain", plain, steps=8, clip_steps=2)).exit_code == 0
-    straight = assert_resumes_exactly(folder, laid, tmp_path)
-    # the same batches, noise and starting weights: the transformer blocks' output layers start at
-    # zero, so the first step's loss is the same with and without the bias, and the runs' weights
-    # differ only because the bias moved the attention's gradients
-    assert diffusion_metrics(tmp_path / "plain")[0]["loss"] == pytest.approx(diffusion_metrics(straight)[0]["loss"],
-                                                                            rel=1e-6)
-    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(straight / "model.safetensors")
-    moved = [(a[k].float() - b[k].float()).abs().max().item() for k in a if ".cross_attn.to_v." in k]
-    assert moved and min(moved) > 1e-4
 
 
 def test_the_layout_bias_on_data_without_regions_is_one_line_exit_2(tmp_path):

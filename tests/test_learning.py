@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from diffgen.engine.denoiser import Conditioning, edm_loss
@@ -29,6 +30,7 @@ def evaluation_loss(model, images, cond) -> float:
                         generator=gen).mean().item()
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(tiny_model):
     torch.manual_seed(0)
     images, captions = fixed_batch(tiny_model.config.image_size)

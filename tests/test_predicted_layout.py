@@ -27,9 +27,7 @@ from diffgen.engine.model import build_model
 from diffgen.sampling.predicted_layout import predict_layout
 from diffgen.training.grounding import TokenSpans
 
-from .conftest import randomize_zero_params
-from .test_cli import pngs, run, sample
-from .test_train import train_config
+from .helpers import pngs, randomize_zero_params, run, sample, train_config
 
 NOUNS = ("dog", "cat", "owl", "fox", "car", "tree", "star", "moon")
 HELD_OUT = {("dog", "cat"), ("cat", "dog")}

@@ -7,9 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from diffgen.progress import LineProgress
 
-from .test_train import TRAIN_CONFIG
+from .helpers import TRAIN_CONFIG
 
 
 def test_line_progress_reports_counts_fields_and_eta():
@@ -27,6 +29,7 @@ def test_line_progress_reports_counts_fields_and_eta():
     assert quiet.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_train_stdout_is_only_its_json_summary(shapes_folder, tmp_path):
     config = tmp_path / "train.toml"
     config.write_text(TRAIN_CONFIG)

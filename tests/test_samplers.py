@@ -14,14 +14,12 @@ import torch
 from diffgen.engine.samplers import SAMPLERS, STOCHASTIC_SAMPLERS, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES, karras_sigmas
 
-MU, S = 0.3, 0.5
+from .helpers import GAUSSIAN_MU as MU
+from .helpers import GAUSSIAN_S as S
+from .helpers import gaussian_denoiser
+
 SIGMA_MAX = 80.0
 DETERMINISTIC = sorted(set(SAMPLERS) - STOCHASTIC_SAMPLERS)
-
-
-def gaussian_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    s2 = sigma.reshape(-1, *([1] * (x.dim() - 1))) ** 2
-    return (S**2 * x + s2 * MU) / (S**2 + s2)
 
 
 def start_noise(batch: int, seed: int = 0) -> torch.Tensor:

@@ -20,15 +20,7 @@ from diffgen.cli import app
 from diffgen.fileio import atomic_write
 from diffgen.training.state import load_latest_state
 
-from .test_train import TRAIN_CONFIG, train_args
-
-
-def wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+from .helpers import train_args, wait_for
 
 
 def png_count(folder: Path) -> int:
@@ -78,21 +70,22 @@ def test_a_signal_during_an_atomic_write_waits_for_the_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
-def test_sigterm_saves_the_training_state_and_resume_is_exact(shapes_folder, tmp_path):
-    config_file = tmp_path / "train.toml"
-    config_file.write_text(TRAIN_CONFIG)
-    reference = tmp_path / "reference"
-    assert CliRunner().invoke(app, train_args(shapes_folder, reference, config_file, steps=30)).exit_code == 0
+@pytest.mark.slow
+def test_sigterm_saves_the_training_state_and_resume_is_exact(shared_shapes, shared_config, trained_run, tmp_path):
+    """Resumed after SIGTERM: the weights of the uninterrupted run (conftest.trained_run, the same
+    data, config and steps)."""
+    reference = trained_run
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "diffgen", *train_args(shapes_folder, out, config_file, steps=30)],
+    proc = subprocess.Popen([sys.executable, "-m", "diffgen",
+                             *train_args(shared_shapes, out, shared_config, steps=40)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: bool(list((out / "state").glob("state-diffusion-*.json"))), proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "terminated", stderr
     state = load_latest_state(out / "state")
-    assert state is not None and state.stage == "diffusion" and state.step < 30
-    resumed = CliRunner().invoke(app, [*train_args(shapes_folder, out, config_file, steps=30), "--resume"])
+    assert state is not None and state.stage == "diffusion" and state.step < 40
+    resumed = CliRunner().invoke(app, [*train_args(shared_shapes, out, shared_config, steps=40), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     ref, got = load_file(str(reference / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) < 1e-5
@@ -131,7 +124,6 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(tiny_checkpoint
 def test_a_temporary_newer_than_the_run_is_left_to_its_writer(tmp_path):
     """Under torchrun the first process cleans the folder while the others may already be writing."""
     import os
-    import time
 
     from diffgen.fileio import remove_stale_temporaries
 
@@ -176,6 +168,7 @@ def peak_rss_mb(args: list[str], tmp: Path, images: int) -> float:
         proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_number_of_images_or_prompts(tiny_checkpoint, tmp_path):
     small = peak_rss_mb(["a cat", "-n", "4", "--seed", "0", "-c", str(tiny_checkpoint)], tmp_path / "a", 1)
     huge_n = peak_rss_mb(["a cat", "-n", "1000000000", "--seed", "0", "-c", str(tiny_checkpoint)], tmp_path / "b", 4)

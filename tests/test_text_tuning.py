@@ -1,5 +1,5 @@
-"""`train.text_lr_scale`: the text tower trains with the U-Net, ships its EMA, resumes exactly, and
-runs under DDP; the image tower stays as it was."""
+"""`train.text_lr_scale`: the text tower trains with the U-Net, ships its EMA, and runs under DDP;
+the image tower stays as it was. That it resumes exactly: test_resume.py ("text_tuning")."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from diffgen.engine.clip_text import is_image_tower_key
 from diffgen.errors import ConfigError
 from diffgen.training.state import load_latest_state
 
-from .conftest import ROOT
-from .test_train import _free_port, _weights, cli, train_args, train_config
+from .helpers import ROOT, cli, free_port, train_args, train_config, weights
 
 
 @pytest.fixture()
@@ -29,12 +28,9 @@ def tuned_config(tmp_path):
 
 
 @pytest.fixture()
-def first_model(shapes_folder, tmp_path):
-    config_file = tmp_path / "frozen-text.toml"
-    config_file.write_text(train_config())
-    first = tmp_path / "first"
-    assert cli(*train_args(shapes_folder, first, config_file, steps=4, clip_steps=4)).exit_code == 0
-    return first / "model.safetensors"
+def first_model(trained_run):
+    """A trained checkpoint whose text tower was frozen in its diffusion stage (the session's run)."""
+    return trained_run / "model.safetensors"
 
 
 def state_path(run):
@@ -50,7 +46,7 @@ def test_the_text_tower_trains_and_ships_its_average(shapes_folder, tmp_path, tu
     out = tmp_path / "tuned"
     result = cli(*train_args(shapes_folder, out, tuned_config, steps=6), "--init", str(first_model))
     assert result.exit_code == 0, result.output
-    base, tuned = _weights(first_model), _weights(out / "model.safetensors")
+    base, tuned = weights(first_model), weights(out / "model.safetensors")
     text_keys = _text_keys(base)
     image_keys = [k for k in base if is_image_tower_key(k)]
     assert text_keys and image_keys
@@ -84,29 +80,18 @@ def test_the_text_tower_learns_at_its_fraction_of_the_rate(shapes_folder, tmp_pa
     assert text_group["lr"] == pytest.approx(0.25 * unet_group["lr"], rel=1e-9)
 
 
-def test_a_resumed_text_tuning_run_matches_an_uninterrupted_one(shapes_folder, tmp_path, tuned_config,
-                                                                  first_model):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert cli(*train_args(shapes_folder, straight, tuned_config, steps=8), "--init", str(first_model)).exit_code == 0
-    assert cli(*train_args(shapes_folder, split, tuned_config, steps=4), "--init", str(first_model)).exit_code == 0
-    resumed = cli(*train_args(shapes_folder, split, tuned_config, steps=8), "--resume")
-    assert resumed.exit_code == 0, resumed.output
-    a, b = _weights(straight / "model.safetensors"), _weights(split / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-6
-
-
+@pytest.mark.slow
 def test_two_process_ddp_keeps_the_text_towers_identical(shapes_folder, tmp_path, tuned_config, first_model):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "diffgen",
+           f"--master_port={free_port()}", "-m", "diffgen",
            *train_args(shapes_folder, out, tuned_config, steps=3), "--init", str(first_model)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert summary["ranks_identical"] is True  # the whole model, text tower included
-    tuned, base = _weights(out / "model.safetensors"), _weights(first_model)
+    tuned, base = weights(out / "model.safetensors"), weights(first_model)
     assert any(not torch.equal(tuned[k], base[k]) for k in _text_keys(base))
 
 

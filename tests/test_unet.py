@@ -10,7 +10,7 @@ import torch
 from diffgen.config import Config
 from diffgen.engine.unet import POSITION_FREQUENCIES, TextMixer, TransformerBlock, UNet, position_features
 
-from .conftest import randomize_zero_params
+from .helpers import randomize_zero_params
 
 
 @pytest.fixture()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -47,16 +48,13 @@ def test_bad_grids_are_one_line_exit_2(tiny_checkpoint, tmp_path):
         assert result.exit_code == 2 and message in result.output, (args, result.output)
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_files_one_process_writes(tiny_checkpoint, tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    from .helpers import free_port
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red square\na blue circle\na green triangle\n")
