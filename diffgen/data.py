@@ -243,9 +243,9 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
         hashes.setdefault(hashlib.sha1(path.read_bytes()).hexdigest(), []).append(path)
     report.duplicates = [group for group in hashes.values() if len(group) > 1]
     if check_tokens and report.items:
-        from diffgen.engine.clip_text import tokenizer_module
+        from diffgen.engine.clip_text import simple_tokenizer
 
-        tokenizer = tokenizer_module().SimpleTokenizer(context_length=context_length)
+        tokenizer = simple_tokenizer(context_length)
         for item in report.items:
             longest = max(len(tokenizer.encode(c)) + 2 for c in item.captions)
             if longest > context_length:

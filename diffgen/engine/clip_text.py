@@ -14,10 +14,12 @@ package's ``__init__`` (the file imports only the standard library, ftfy, regex,
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from collections import OrderedDict
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,6 +54,13 @@ def tokenizer_module() -> ModuleType:
         del sys.modules[_TOKENIZER_MODULE]
         raise
     return module
+
+
+@functools.lru_cache(maxsize=4)
+def simple_tokenizer(context_length: int) -> Any:
+    """open_clip's BPE tokenizer for ``context_length``, built once per process (0.1 s each: its
+    vocabulary file is decompressed and parsed), shared by every model and data check."""
+    return tokenizer_module().SimpleTokenizer(context_length=context_length)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from diffgen.config import Config, TextConfig
-from diffgen.engine.clip_text import CLIPTextTower, tokenizer_module
+from diffgen.engine.clip_text import CLIPTextTower, simple_tokenizer
 from diffgen.errors import InputError, TextEncoderError
 
 # How long to wait for the weights host before declaring the machine offline. open_clip and
@@ -161,7 +161,7 @@ class TextEncoder(nn.Module):
         """open_clip's BPE tokenizer, built on first use (0.1 s; a model sized on the meta
         device to check a checkpoint's shapes never needs one)."""
         if self._tokenizer is None:
-            self._tokenizer = tokenizer_module().SimpleTokenizer(context_length=self.context_length)
+            self._tokenizer = simple_tokenizer(self.context_length)
         return self._tokenizer
 
     @property
