@@ -5,8 +5,12 @@ from text, and the cost.
     python benchmarks/upscale_quality.py pipeline -c MODEL --judge runs/speedrun/judge.safetensors
     python benchmarks/upscale_quality.py cost -c MODEL
 
-fidelity: each real 64 px scene (a folder `diffgen data emoji --size 64` wrote) upscaled and compared
-with the same scene rendered at 128 px (the same command with --size 128 and the same seed): PSNR
+fidelity: each real 64 px scene upscaled and compared with the same scene rendered at 128 px (a
+folder `diffgen data emoji --size 128` wrote, seeded apart from the training data). The 64 px scene
+is the 128 px render's 2x2 means (`--low reduce`, the usual super-resolution protocol) or the
+same scene rendered at 64 px (`--low FOLDER`, the same command with --size 64 and the same seed;
+its sprites sit on the 64 px pixel grid, up to half a pixel from where the 128 px render puts
+them, which no method can know). PSNR
 and SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, on each RGB channel) for the upscaler
 and for bicubic and Lanczos resizing, with standard errors over the images; how far the upscale's
 2x2 means stray from its input (mean absolute difference in levels); a picture of 16 side by side.
@@ -19,6 +23,7 @@ cost: seconds per image at 64 px and at 128 px (base + upscale), batch 1 and 8, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -28,12 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_folder(folder: Path, count: int) -> list[Image.Image]:
-    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()[:count]]
+def load_folder(folder: Path, count: int, offset: int = 0) -> list[Image.Image]:
+    lines = (folder / "metadata.jsonl").read_text().splitlines()[offset:offset + count]
+    rows = [json.loads(line) for line in lines]
     return [Image.open(folder / row["file_name"]).convert("RGB") for row in rows]
 
 
@@ -96,17 +103,27 @@ def fidelity(args: argparse.Namespace) -> dict:
     from diffgen.sampling.images import labelled_grid, to_pil
 
     model = load_model(args.checkpoint, "cpu", image_tower=False)
-    lows, highs = load_folder(args.low, args.count), load_folder(args.high, args.count)
+    highs = load_folder(args.high, args.count, args.offset)
     size = highs[0].width
+    if args.low.name == "reduce":  # the standard protocol: each 2x2 block's mean, as a PNG holds it
+        lows = to_pil(levels(reduce(to_tensor(highs))) / 127.5 - 1)
+    else:  # the same scenes rendered at the base size (sprites placed to that size's pixel grid)
+        lows = load_folder(args.low, args.count, args.offset)
     truth, low = levels(to_tensor(highs)), to_tensor(lows)
-    results: dict = {"images": len(lows), "low": str(args.low), "high": str(args.high)}
+    results: dict = {"images": len(lows), "offset": args.offset, "low": str(args.low), "high": str(args.high)}
     made = {"bicubic": pil_resize(lows, size, Image.Resampling.BICUBIC),
             "lanczos": pil_resize(lows, size, Image.Resampling.LANCZOS)}
-    for steps in args.steps:
-        for aug in args.aug:
-            start = time.perf_counter()
-            made[f"upscaler {steps} steps aug {aug}"] = upscale_levels(model, low, list(range(len(lows))), steps, aug)
-            print(f"upscaler {steps} steps aug {aug}: {time.perf_counter() - start:.1f} s", flush=True)
+    trained = model.upscaler.cfg
+    for sigma_max in args.sigma_max or [trained.sigma_max]:
+        # the sampler's starting level is a sampling choice (training draws its own levels)
+        model.upscaler.cfg = dataclasses.replace(trained, sigma_max=sigma_max)
+        for steps in args.steps:
+            for aug in args.aug:
+                name = f"upscaler {steps} steps aug {aug}" + (f" sigma_max {sigma_max}" if args.sigma_max else "")
+                start = time.perf_counter()
+                made[name] = upscale_levels(model, low, list(range(len(lows))), steps, aug)
+                print(f"{name}: {time.perf_counter() - start:.1f} s", flush=True)
+    model.upscaler.cfg = trained
     for name, images in made.items():
         got = levels(images)
         p, s = psnr(got, truth), ssim(got, truth)
@@ -159,9 +176,20 @@ def pipeline(args: argparse.Namespace) -> dict:
             tasks = [ImageTask(index=k, prompt=ask.prompt, seed=seed, upscale=False)
                      for k, (ask, seed) in enumerate(zip(asks, seeds))]
             start = time.perf_counter()
-            with torch.inference_mode():
-                base = torch.stack([image for _, image, _ in generate(model, tasks, 8)])
-            base = levels(base) / 127.5 - 1  # the 64 px PNGs' pixels, which the pipeline upscales
+            cached = args.base_cache / f"{section}-{repeat}.safetensors" if args.base_cache else None
+            if cached is not None and cached.is_file():
+                base = load_file(str(cached))["base"]
+            else:
+                with torch.inference_mode():
+                    base = torch.stack([image for _, image, _ in generate(model, tasks, 8)])
+                base = levels(base) / 127.5 - 1  # the 64 px PNGs' pixels, which the pipeline upscales
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    save_file({"base": base.contiguous()}, str(cached))
+            if args.base_only:
+                print(f"{section} seeds from {seeds[0]}: {len(asks)} base images in "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
+                continue
             high = upscale_levels(model, base, seeds, None, None)
             reduced = [image.resize((size, size), Image.Resampling.LANCZOS) for image in to_pil(high)]
             differences.append((levels(to_tensor(reduced)) - levels(base)).abs().mean().item())
@@ -178,6 +206,8 @@ def pipeline(args: argparse.Namespace) -> dict:
         results[section] = {f"{label} {key}": rate_se(*value) for (label, key), value in counts.items()}
         print(section, json.dumps({k: [round(v, 3) for v in pair] for k, pair in results[section].items()}),
               flush=True)
+    if args.base_only:
+        return results
     results["reduced_128_vs_64_levels"] = float(np.mean(differences))
     print(f"Lanczos-reduced 128 px vs 64 px: mean absolute difference {results['reduced_128_vs_64_levels']:.2f} "
           "levels", flush=True)
@@ -217,14 +247,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("fidelity", "pipeline", "cost"))
     parser.add_argument("-c", "--checkpoint", type=Path, default=ROOT / "checkpoints" / "default.safetensors")
-    parser.add_argument("--low", type=Path, default=ROOT / "data" / "eval64")
+    parser.add_argument("--low", type=Path, default=Path("reduce"),
+                        help="'reduce' (the 128 px scenes' 2x2 means) or a folder of the same scenes at 64 px")
     parser.add_argument("--high", type=Path, default=ROOT / "data" / "eval128")
-    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--offset", type=int, default=100,
+                        help="fidelity: the first scene used (scenes 0-99 are where the sampling settings were chosen)")
     parser.add_argument("--steps", type=int, nargs="+", default=[4])
     parser.add_argument("--aug", type=float, nargs="+", default=[0.03])
+    parser.add_argument("--sigma-max", type=float, nargs="+", default=None,
+                        help="fidelity: sampler starting levels to compare (default: the model's)")
     parser.add_argument("--picture", type=Path, default=None)
     parser.add_argument("--judge", type=Path, default=ROOT / "runs" / "speedrun" / "judge.safetensors")
     parser.add_argument("--pairs", type=int, default=96)
+    parser.add_argument("--base-cache", type=Path, default=None,
+                        help="pipeline: keep the 64 px images here and reuse them (the U-Net and text tower "
+                             "are the upscaling stage's --init model's, so they do not change with the upscaler)")
+    parser.add_argument("--base-only", action="store_true", help="pipeline: only make and cache the 64 px images")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="cost: timed repeats (the best is kept)")
     parser.add_argument("--json", type=Path, default=None)

@@ -368,3 +368,24 @@ def test_emoji_scenes_render_at_128_px_but_never_enlarge_the_glyphs(tmp_path):
     assert summary["size"] == 128 and Image.open(tmp_path / "big" / "images" / "000000.png").size == (128, 128)
     with pytest.raises(InputError, match="larger than the font's"):
         build_emoji_dataset(tmp_path / "huge", count=3, size=256)
+
+
+def test_a_resumed_run_may_change_how_the_upscaler_samples_but_not_how_it_trains(tmp_path, base_checkpoint):
+    data = write_folder(tmp_path / "data", 12, 16)
+    assert train(data, tmp_path / "run", write_config(tmp_path / "a.toml", upscale_steps=2), base_checkpoint
+                 ).exit_code == 0
+    sampling = tiny_upscale_config(steps=0, checkpoint_every=2, upscale_steps=2)
+    sampling = dataclasses.replace(sampling, upscale=dataclasses.replace(sampling.upscale, steps=2, sigma_max=1.0))
+    (tmp_path / "b.toml").write_text(config_to_toml(sampling))
+    again = cli("train", data, "-o", tmp_path / "run", "--config", tmp_path / "b.toml", "--resume", "--device", "cpu",
+                "-q")
+    assert again.exit_code == 0, again.output
+    from diffgen.checkpoint import read_checkpoint
+
+    _, config, _ = read_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert (config.upscale.steps, config.upscale.sigma_max) == (2, 1.0)
+    training = dataclasses.replace(sampling, upscale=dataclasses.replace(sampling.upscale, p_mean=0.0))
+    (tmp_path / "c.toml").write_text(config_to_toml(training))
+    refused = cli("train", data, "-o", tmp_path / "run", "--config", tmp_path / "c.toml", "--resume", "--device",
+                  "cpu", "-q")
+    assert refused.exit_code == 2 and "another config" in refused.output

@@ -27,6 +27,9 @@ from diffgen.training.state import TrainingState, optimizer_to_tensors, require_
 
 # Settings a resumed run may change: how long it goes on and how often it saves or samples.
 RESUMABLE_CHANGES = ("steps", "layout_steps", "upscale_steps", "sample_every", "checkpoint_every")
+# [upscale] keys that only say how the upscaler samples (training never reads them): a resumed run
+# may set them to what its measurements chose, and the model it writes carries them.
+UPSCALE_SAMPLING_KEYS = ("steps", "sigma_min", "sigma_max", "aug_sigma")
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -86,7 +89,8 @@ class Run:
 
 def _without_schedule(config: dict[str, Any]) -> dict[str, Any]:
     train = {k: v for k, v in config["train"].items() if k not in RESUMABLE_CHANGES}
-    return {**config, "train": train}
+    upscale = {k: v for k, v in config["upscale"].items() if k not in UPSCALE_SAMPLING_KEYS}
+    return {**config, "train": train, "upscale": upscale}
 
 
 def _resolve_text_encoder(cfg: Config, spec: str | None) -> tuple[Config, DiffusionModel | None]:
