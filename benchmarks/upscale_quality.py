@@ -117,8 +117,8 @@ def fidelity(args: argparse.Namespace) -> dict:
     for sigma_max in args.sigma_max or [trained.sigma_max]:
         # the sampler's starting level is a sampling choice (training draws its own levels)
         model.upscaler.cfg = dataclasses.replace(trained, sigma_max=sigma_max)
-        for steps in args.steps:
-            for aug in args.aug:
+        for steps in args.steps or [trained.steps]:
+            for aug in args.aug or [trained.aug_sigma]:
                 name = f"upscaler {steps} steps aug {aug}" + (f" sigma_max {sigma_max}" if args.sigma_max else "")
                 start = time.perf_counter()
                 made[name] = upscale_levels(model, low, list(range(len(lows))), steps, aug)
@@ -253,8 +253,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--offset", type=int, default=100,
                         help="fidelity: the first scene used (scenes 0-99 are where the sampling settings were chosen)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[4])
-    parser.add_argument("--aug", type=float, nargs="+", default=[0.03])
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="fidelity: default the model's")
+    parser.add_argument("--aug", type=float, nargs="+", default=None, help="fidelity: default the model's")
     parser.add_argument("--sigma-max", type=float, nargs="+", default=None,
                         help="fidelity: sampler starting levels to compare (default: the model's)")
     parser.add_argument("--picture", type=Path, default=None)

@@ -29,9 +29,14 @@ def test_the_default_model_loads_with_the_config_it_was_trained_with(shipped):
     tensors, config, metadata = read_checkpoint(shipped)
     # made by gpu64 from scratch, continued with gpu64-continue (the same model, another batch),
     # given its layout predictor by layout-stage (that U-Net and text tower, kept as they were),
-    # then its U-Net continued by layout-tune (the same model; training noise centred on sigma 1)
-    assert config == load_config(ROOT / "configs" / "layout-tune.toml")
+    # its U-Net continued by layout-tune (the same model; training noise centred on sigma 1), then
+    # given its upscaler by upscale-stage (everything else kept as it was)
+    assert config == load_config(ROOT / "configs" / "upscale-stage.toml")
+    tuned = load_config(ROOT / "configs" / "layout-tune.toml")
+    assert (config.image_size, config.text, config.unet, config.denoiser, config.layout) == \
+        (tuned.image_size, tuned.text, tuned.unet, tuned.denoiser, tuned.layout)
     assert config.layout == load_config(ROOT / "configs" / "layout-stage.toml").layout
+    assert config.upscale.base_channels > 0 and metadata["training"]["upscale_steps"] == config.train.upscale_steps
     for earlier in ("gpu64", "gpu64-continue", "layout-stage"):
         before = load_config(ROOT / "configs" / f"{earlier}.toml")
         assert (config.image_size, config.text, config.unet) == (before.image_size, before.text, before.unet)
@@ -42,4 +47,5 @@ def test_the_default_model_loads_with_the_config_it_was_trained_with(shipped):
     card = (ROOT / "checkpoints" / "README.md").read_text()
     assert model.content_hash[:10] in card
     assert model.layout is not None and f"{int(model.layout.trained_steps):,}" in card
-    assert metadata["training"]["init"]["content_hash"][:10] in card  # the U-Net's own run
+    assert metadata["training"]["init"]["content_hash"][:10] in card  # the model the upscaler was added to
+    assert model.upscaler is not None and f"{config.train.upscale_steps:,}" in card

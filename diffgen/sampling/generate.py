@@ -128,17 +128,26 @@ def _upscale_batch(model: DiffusionModel, batch: list[ImageTask], images: torch.
     The upscaler sees each base image as its PNG would hold it (rounded to 8-bit levels), so
     ``diffgen upscale`` of a ``--no-upscale`` PNG gives the same picture; its noise comes from the
     image's own upscale generator (``upscale_generator(seed)``), apart from the base image's draws.
-    Inpainting keeps its known region: the input at the 2x size where the mask keeps it."""
+    Inpainting with an input of at least the 2x size keeps its known region: the input at that
+    size where the mask keeps it (a smaller input's kept region is the upscaler's, from the same
+    pixels the base image kept)."""
     assert model.upscaler is not None
     levels = ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
     high = upscale(model.upscaler, levels, [upscale_generator(t.seed) for t in batch])
     edit = batch[0].edit
-    if edit is not None and edit.mask:
+    if edit is not None and edit.mask and min(_image_size(edit.init_image)) >= high.shape[-1]:
         loaded = [t.edit.load(high.shape[-1]) for t in batch]
         known = torch.stack([image for image, _ in loaded]).to(high.device)
         mask = torch.stack([m for _, m in loaded]).to(high.device)
         high = mask * high + (1 - mask) * known
     return high
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
 
 
 def _layout_bias(model: DiffusionModel, batch: list[ImageTask], predicted: dict[str, PredictedLayout | None]
