@@ -389,3 +389,21 @@ def test_a_resumed_run_may_change_how_the_upscaler_samples_but_not_how_it_trains
     refused = cli("train", data, "-o", tmp_path / "run", "--config", tmp_path / "c.toml", "--resume", "--device",
                   "cpu", "-q")
     assert refused.exit_code == 2 and "another config" in refused.output
+
+
+def test_strength_0_returns_the_input_at_twice_the_size(tmp_path, upscaling_checkpoint):
+    large = Image.new("RGB", (16, 16), (200, 40, 40))
+    ImageDraw.Draw(large).rectangle([0, 0, 7, 15], fill=(20, 200, 90))
+    large.save(tmp_path / "large.png")
+    large.resize((8, 8), Image.Resampling.BOX).save(tmp_path / "small.png")
+    for name in ("large", "small"):
+        result = sample(upscaling_checkpoint, tmp_path / name, "a disc", "-n", "1", "--init-image",
+                        tmp_path / f"{name}.png", "--strength", "0")
+        assert result.exit_code == 0, result.output
+    (from_large,) = pngs(tmp_path / "large")
+    (from_small,) = pngs(tmp_path / "small")
+    assert Image.open(from_large).tobytes() == large.tobytes()  # the input itself
+    assert Image.open(from_small).size == (16, 16)  # the base-size input, upscaled like any base image
+    upscaled = cli("upscale", "-c", upscaling_checkpoint, tmp_path / "small.png", "-o", tmp_path / "u", "--seed", "5")
+    assert upscaled.exit_code == 0
+    assert Image.open(from_small).tobytes() == Image.open(tmp_path / "u" / "small.png").tobytes()

@@ -95,8 +95,11 @@ def generate(
         if first.edit is not None:  # batch_key: every task of the batch has the same edit settings
             x, sigmas, denoise, known = _start_edit(batch, noise, sigmas, denoise, size, device)
             if len(sigmas) == 1:  # strength 0: no step runs, the input comes back (at the output's size)
-                if upscaled:
+                if upscaled and min(_image_size(first.edit.init_image)) >= 2 * size:
                     known = torch.stack([t.edit.load(2 * size)[0] for t in batch])
+                elif upscaled:  # a smaller input is enlarged as every base image is
+                    with torch.inference_mode():
+                        known = _upscale_batch(model, batch, known)
                 for row, task in enumerate(batch):
                     yield task, known[row].float().cpu(), ([] if trajectory else None)
                 continue
