@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffgen.config import UpscaleConfig
-from diffgen.engine.denoiser import edm_scalings
+from diffgen.engine.denoiser import edm_scalings, loss_weight
 from diffgen.engine.unet import FourierEmbedding, ResBlock, group_norm, zero_init
 
 SCALE = 2  # each upscaling stage doubles the side
@@ -112,10 +112,6 @@ class Upscaler(nn.Module):
         self.cfg = cfg
         self.net = UpscaleNet(cfg)
 
-    @property
-    def sigma_data(self) -> float:
-        return self.cfg.sigma_data
-
     def forward(self, r: torch.Tensor, sigma: torch.Tensor, base_up: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
         """r (B,3,2H,2W) noisy residual, sigma (B,), base_up (B,3,2H,2W) the noised base image
         enlarged, aug (B,) its noise level -> the residual's estimate (B,3,2H,2W)."""
@@ -140,8 +136,8 @@ class Upscaler(nn.Module):
         base_noised = base + aug[:, None, None, None] * cond_noise
         noisy = residual + sigma[:, None, None, None] * noise
         estimate = (forward or self)(noisy, sigma, enlarge(base_noised), aug)
-        weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2  # EDM's lambda = 1 / c_out^2
-        return (weight[:, None, None, None] * (estimate.float() - residual.float()) ** 2).mean(dim=(1, 2, 3))
+        weight = loss_weight(sigma[:, None, None, None], cfg.sigma_data)
+        return (weight * (estimate.float() - residual.float()) ** 2).mean(dim=(1, 2, 3))
 
 
 def upscale(upscaler: Upscaler, base: torch.Tensor, generators: list[torch.Generator],
@@ -150,8 +146,8 @@ def upscale(upscaler: Upscaler, base: torch.Tensor, generators: list[torch.Gener
 
     Row b's conditioning noise and starting noise come from ``generators[b]`` (CPU), so an image's
     upscale depends on its own seed only. DPM-Solver++(2M) on the Karras schedule over the
-    upscaler's sigma range; any side works (the input is padded by reflection to the network's
-    multiple and the result cropped)."""
+    upscaler's sigma range; any side works (the input is padded, repeating its edge pixels, to the
+    network's multiple and the result cropped)."""
     from diffgen.engine.samplers import sample_dpmpp_2m
     from diffgen.engine.schedule import karras_sigmas
 

@@ -112,6 +112,12 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr * min(1.0, (step + 1) / max(1, warmup_steps))
 
 
+def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
+    """The EMA decay after ``step``: ``decay``, ramped up from 0 over the first steps with ``warmup``
+    (right for a fresh network; a run from a trained checkpoint keeps averaging from it)."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 def cosine_lr(step: int, total: int, base_lr: float, warmup_steps: int) -> float:
     """Linear warm-up, then cosine decay to 10% (used for the short CLIP stage)."""
     if step < warmup_steps:

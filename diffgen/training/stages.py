@@ -31,6 +31,7 @@ from diffgen.training import distributed
 from diffgen.training.batches import (
     NoiseGenerator,
     cosine_lr,
+    ema_decay_at,
     image_batch,
     lr_at,
     pick_captions,
@@ -254,7 +255,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
         return total, {"denoising": denoising, **parts}
 
     def update_ema(step: int) -> None:
-        decay = min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
+        decay = ema_decay_at(step, t.ema_decay, t.ema_warmup)
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         if tuning:

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from diffgen.training.batches import lr_at
+from diffgen.training.batches import ema_decay_at, lr_at
 from diffgen.training.run import Run
 from diffgen.training.stages import Stage, run_stage, with_prefix, without_prefix
 from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
@@ -55,9 +55,8 @@ def train_upscale(run: Run, resume: TrainingState | None) -> int:
         return upscaler.loss(high.to(run.device).float() / 127.5 - 1, gen, forward=net).mean()
 
     def update_ema(step: int) -> None:
-        decay = min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
+            torch._foreach_lerp_(ema_params, params, 1 - ema_decay_at(step, t.ema_decay, t.ema_warmup))
 
     def tensors() -> dict[str, torch.Tensor]:
         return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), "ema_upscaler")}
