@@ -21,8 +21,7 @@ import torch
 from PIL import Image
 
 from diffgen.engine.text import TextEncoding
-from diffgen.sampling.layout import DEFAULT_STRENGTH as DEFAULT_LAYOUT_STRENGTH
-from diffgen.sampling.layout import Layout
+from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH, Layout
 from diffgen.sampling.settings import DEFAULTS, SamplingSettings
 
 

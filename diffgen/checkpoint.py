@@ -26,6 +26,15 @@ from diffgen.engine.model import DiffusionModel, build_model
 from diffgen.errors import CheckpointError, ConfigError, DiffgenError
 from diffgen.fileio import atomic_write
 from diffgen.hashing import content_hash, file_sha256
+from diffgen.state import (
+    EMA_TEXT_PREFIX,
+    EMA_UNET_PREFIX,
+    EMA_UPSCALER_PREFIX,
+    TrainingState,
+    read_state,
+    with_prefix,
+    without_prefix,
+)
 
 FORMAT_NAME = "diffgen"
 FORMAT_VERSION = 1
@@ -227,9 +236,7 @@ def default_checkpoint() -> Path:
 def _load_training_state(path: Path) -> DiffusionModel:
     """A diffusion- or upscaling-stage training state as a model: its config from the state JSON, the
     text encoder from the state, the stage's EMA weights (what the run would ship at that step)."""
-    from diffgen.training.state import TrainingState, _read_state
-
-    state = _read_state(path.parent, path.with_suffix(".json")) if path.with_suffix(".json").is_file() else \
+    state = read_state(path.parent, path.with_suffix(".json")) if path.with_suffix(".json").is_file() else \
         "its JSON file is missing"
     if not isinstance(state, TrainingState):
         raise CheckpointError(f"{path} cannot be loaded: {state}")
@@ -238,15 +245,12 @@ def _load_training_state(path: Path) -> DiffusionModel:
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{path}: the state's config is unusable ({exc})") from None
     model = build_model(config, load_pretrained_text=False)
-    weights = {k[len("model."):]: v for k, v in state.tensors.items() if k.startswith("model.")}
-    weights.update({f"denoiser.net.{k[len('ema.'):]}": v for k, v in state.tensors.items() if k.startswith("ema.")})
-    weights.update({f"upscaler.{k[len('ema_upscaler.'):]}": v for k, v in state.tensors.items()
-                    if k.startswith("ema_upscaler.")})
-    # a run that trains the text tower too keeps its average beside the U-Net's
-    from diffgen.training.text_tuning import EMA_PREFIX
-
-    weights.update({f"text_encoder.{k[len(EMA_PREFIX) + 1:]}": v for k, v in state.tensors.items()
-                    if k.startswith(f"{EMA_PREFIX}.")})
+    # the raw weights, then each average over its module (a run that trains the text tower too
+    # keeps that tower's average beside the U-Net's)
+    weights = without_prefix(state.tensors, "model")
+    weights.update(with_prefix(without_prefix(state.tensors, EMA_UNET_PREFIX), "denoiser.net"))
+    weights.update(with_prefix(without_prefix(state.tensors, EMA_UPSCALER_PREFIX), "upscaler"))
+    weights.update(with_prefix(without_prefix(state.tensors, EMA_TEXT_PREFIX), "text_encoder"))
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from diffgen.engine.regions import Region
 from diffgen.errors import InputError
 
 if TYPE_CHECKING:
@@ -30,19 +30,6 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 METADATA_NAME = "metadata.jsonl"
-
-
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image side
-Region = tuple[int, int, float, float, float, float]  # a caption's characters start:end, then its Box
-
-
-def boxes_by_name(regions: Sequence[Region]) -> dict[tuple[int, int], list[Box]]:
-    """A caption's regions grouped by the characters that name them: a name drawn several times
-    ("three apples") has several boxes."""
-    named: dict[tuple[int, int], list[Box]] = {}
-    for start, end, *box in regions:
-        named.setdefault((start, end), []).append(tuple(box))  # type: ignore[arg-type]
-    return named
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageChops
 
 from diffgen.data import TrainingSet, scan_folder
-from diffgen.training.grounding import GroundingTargets, TokenSpans, grounding_loss, kept_attention
+from diffgen.engine.regions import GroundingTargets, TokenSpans
+from diffgen.training.grounding import grounding_loss, grounding_targets, kept_attention
 
 from .helpers import (
     cli,
@@ -179,7 +180,7 @@ def test_grounding_targets_skip_dropped_captions_and_images_without_regions():
             return [0] * len(text.split())
 
     spans = TokenSpans(Words(), 77)
-    targets = GroundingTargets.of(data, [0, 1, 2], ["a dog", "", "an owl"], spans, torch.device("cpu"))
+    targets = grounding_targets(data, [0, 1, 2], ["a dog", "", "an owl"], spans, torch.device("cpu"))
     assert targets.rows.tolist() == [0] and targets.boxes == [[(0.0, 0.0, 0.5, 0.5)]]
     assert targets.tokens[0].nonzero().flatten().tolist() == [2]  # start token, "a", then "dog"
 

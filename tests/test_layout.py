@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from diffgen.engine.layout_bias import LayoutBias, laid_out
 from diffgen.engine.model import PromptCache
-from diffgen.sampling.layout import LayoutBias, Placement, laid_out
-from diffgen.training.grounding import GroundingTargets, TokenSpans, inside_shares, kept_attention
+from diffgen.engine.regions import GroundingTargets, Placement, TokenSpans
+from diffgen.training.grounding import inside_shares, kept_attention
 
 from .helpers import randomize_zero_params
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from diffgen.data import TrainingSet
-from diffgen.sampling.layout import LayoutBias, Placement
-from diffgen.training.grounding import TokenSpans
+from diffgen.engine.layout_bias import LayoutBias
+from diffgen.engine.regions import Placement, TokenSpans
 from diffgen.training.stages import layout_bias_of
 
 from .helpers import cli, make_shapes_folder, train_args, train_config

@@ -24,8 +24,8 @@ from diffgen.checkpoint import load_model, save_model
 from diffgen.config import LayoutConfig, config_from_dict, config_to_dict, config_to_toml
 from diffgen.engine.layout_net import RELAXED_SHARE, LayoutGuess, LayoutTargets, layout_loss
 from diffgen.engine.model import build_model
+from diffgen.engine.regions import TokenSpans
 from diffgen.sampling.predicted_layout import predict_layout
-from diffgen.training.grounding import TokenSpans
 
 from .helpers import pngs, randomize_zero_params, run, sample, train_config
 

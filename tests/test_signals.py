@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from diffgen.cli import app
 from diffgen.fileio import atomic_write
-from diffgen.training.state import load_latest_state
+from diffgen.state import load_latest_state
 
 from .helpers import train_args, wait_for
 

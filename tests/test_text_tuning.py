@@ -15,7 +15,7 @@ from diffgen.checkpoint import load_model
 from diffgen.config import config_from_dict, config_to_dict, load_config
 from diffgen.engine.clip_text import is_image_tower_key
 from diffgen.errors import ConfigError
-from diffgen.training.state import load_latest_state
+from diffgen.state import load_latest_state
 
 from .helpers import ROOT, cli, free_port, train_args, train_config, weights
 

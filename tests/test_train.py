@@ -14,7 +14,7 @@ import torch
 
 from diffgen.checkpoint import load_model
 from diffgen.engine.denoiser import Conditioning
-from diffgen.training.state import _state_files, load_latest_state
+from diffgen.state import load_latest_state, state_files
 
 from .helpers import (
     TRAIN_CONFIG,
@@ -71,7 +71,7 @@ def test_sigkill_then_resume_gives_the_same_weights(shared_shapes, shared_config
     state = load_latest_state(out / "state")
     assert state is not None and state.stage == stage
     # whatever survived is complete: each state JSON vouches for tensors whose hash it records
-    assert all(p.with_suffix(".safetensors").exists() for p in _state_files(out / "state"))
+    assert all(p.with_suffix(".safetensors").exists() for p in state_files(out / "state"))
     resumed = cli(*train_args(shared_shapes, out, shared_config, steps=40), "--resume")
     assert resumed.exit_code == 0, resumed.output
     ref, got = weights(trained_run / "model.safetensors"), weights(out / "model.safetensors")
@@ -96,7 +96,7 @@ def test_two_process_ddp_with_gloo(shapes_folder, tmp_path, config_file):
     assert summary["global_batch_size"] == 2 * 8
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["stage"] == "diffusion"] == list(range(1, 9))
-    assert len(_state_files(out / "state")) == 2
+    assert len(state_files(out / "state")) == 2
 
 
 @pytest.mark.parametrize("case", ["missing", "no_captions", "all_corrupt", "bad_key", "bad_value",

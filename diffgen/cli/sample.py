@@ -24,8 +24,7 @@ from diffgen.cli.common import (
 )
 from diffgen.errors import InputError
 from diffgen.fileio import folder_lock, remove_stale_temporaries
-from diffgen.sampling.layout import DEFAULT_STRENGTH as DEFAULT_LAYOUT_STRENGTH
-from diffgen.sampling.layout import Layout
+from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH, Layout
 from diffgen.sampling.settings import DEFAULTS, SAMPLER_NAMES, SCHEDULE_NAMES, SamplingSettings
 
 # A grid holds every image of the run in memory and in one picture; past this it helps nobody.

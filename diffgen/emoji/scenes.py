@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
 
-from diffgen.data import Box, Region
 from diffgen.emoji.concepts import CONCEPT_TABLE, SYNONYMS
+from diffgen.engine.regions import Box, Region
 from diffgen.errors import DiffgenError, InputError
 
 FONT_CANDIDATES = (

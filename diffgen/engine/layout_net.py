@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffgen.data import Region, boxes_by_name
+from diffgen.engine.regions import Region, boxes_by_name
 
 # The share of the box loss that the layouts other than the closest one still get, so that none
 # is left untrained (a layout that never wins would never move).

@@ -17,12 +17,14 @@ import torch
 
 from diffgen.engine.edit import keep_known, sdedit_sigmas, sdedit_start
 from diffgen.engine.guidance import Denoise, classifier_free_guidance
+from diffgen.engine.layout_bias import LayoutBias, laid_out
 from diffgen.engine.model import DiffusionModel, PromptCache
+from diffgen.engine.regions import Placement, TokenSpans
 from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES
 from diffgen.engine.upscaler import upscale, upscale_generator
 from diffgen.errors import InputError
-from diffgen.sampling.layout import DEFAULT_STRENGTH, LayoutBias, Placement, laid_out
+from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.sampling.predicted_layout import PredictedLayout, predict_layout
 from diffgen.sampling.tasks import ImageTask, batches, recipe, same_image, upscales
 
@@ -158,7 +160,6 @@ def _layout_bias(model: DiffusionModel, batch: list[ImageTask], predicted: dict[
     """The attention bias of the batch's layouts, given or predicted (rows without one get none),
     or None if no task has one. Tasks of one batch share the layout strength (ImageTask.batch_key);
     ``predicted`` caches the predictor's layout of each prompt."""
-    from diffgen.training.grounding import TokenSpans
 
     placements: list[list[Placement]] = []
     for task in batch:
@@ -174,7 +175,7 @@ def _layout_bias(model: DiffusionModel, batch: list[ImageTask], predicted: dict[
     if not any(placements):
         return None
     text = model.text_encoder
-    strength = next((t.layout.strength for t in batch if t.layout is not None), DEFAULT_STRENGTH)
+    strength = next((t.layout.strength for t in batch if t.layout is not None), DEFAULT_LAYOUT_STRENGTH)
     return LayoutBias.of([t.prompt for t in batch], placements, TokenSpans(text.tokenizer, text.context_length),
                          strength, model.device)
 

@@ -19,7 +19,7 @@ import torch
 
 from diffgen.engine.layout_net import valid_positions
 from diffgen.engine.model import DiffusionModel
-from diffgen.sampling.layout import Placement
+from diffgen.engine.regions import Placement, TokenSpans
 
 # A word names an object where its tokens' mean objectness is above this probability; adjacent
 # such words name one object ("fire engine").
@@ -56,7 +56,6 @@ def predict_layout(model: DiffusionModel, prompt: str) -> PredictedLayout | None
     characters are not the tokens' then)."""
     from diffgen.engine.prompt_weights import has_weights
     from diffgen.sampling.tasks import has_layout_predictor
-    from diffgen.training.grounding import TokenSpans
 
     if not has_layout_predictor(model) or has_weights(prompt):
         return None

@@ -53,14 +53,14 @@ def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> Pr
     if "guidance" in data:
         overrides["guidance"] = float(data["guidance"])
     if "place" in data:  # {"dog": [x0, y0, x1, y1], ...}: this line's layout (sampling/layout.py)
-        from diffgen.sampling.layout import DEFAULT_STRENGTH, Layout
+        from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH, Layout
 
         boxes = data["place"].values()
         if not data["place"] or any(not isinstance(b, list) or len(b) != 4 or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in b) for b in boxes):
             raise InputError(f"{where}: 'place' maps names to boxes [x0, y0, x1, y1]")
         overrides["layout"] = Layout(tuple((name, *box) for name, box in data["place"].items()),
-                                     float(data.get("layout_strength", DEFAULT_STRENGTH)))
+                                     float(data.get("layout_strength", DEFAULT_LAYOUT_STRENGTH)))
     elif "layout_strength" in data:
         raise InputError(f"{where}: 'layout_strength' needs a 'place'")
     return PromptSpec(data["prompt"].strip(), n, data.get("seed"), overrides)

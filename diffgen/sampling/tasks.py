@@ -16,7 +16,7 @@ from diffgen.engine.edit import steps_to_run
 from diffgen.errors import InputError
 from diffgen.sampling.edits import EditSource
 from diffgen.sampling.images import image_filename
-from diffgen.sampling.layout import DEFAULT_STRENGTH, Layout
+from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH, Layout
 from diffgen.sampling.prompts import PromptSpec
 from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
 
@@ -68,7 +68,8 @@ class ImageTask:
     def batch_key(self) -> tuple:
         """Tasks with equal keys can share a batch (same step count, sampler, guidance, edit, layout
         strength and upscale; each image of a batch may have its own layout, or none)."""
-        strength = self.layout.strength if self.layout is not None else DEFAULT_STRENGTH if self.auto_layout else None
+        strength = (self.layout.strength if self.layout is not None
+                    else DEFAULT_LAYOUT_STRENGTH if self.auto_layout else None)
         return (self.steps, self.sampler, self.schedule, self.guidance, self.edit, strength, self.upscale)
 
     def validate(self) -> ImageTask:

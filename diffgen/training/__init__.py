@@ -5,7 +5,7 @@ frozen text encoder (training/stages.py), stage 3, where the config has one, the
 (training/layout_stage.py), stage 4, where it has one, the upscaler (training/upscale_stage.py); a
 run is prepared and finished in training/run.py;
 batches, seeds and learning rates are in training/batches.py, metrics and the progress bar in
-training/metrics.py, the state files in training/state.py. Resume is exact and DDP runs under
+training/metrics.py, the state files in state.py. Resume is exact and DDP runs under
 torchrun.
 """
 

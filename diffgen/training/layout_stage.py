@@ -14,11 +14,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffgen.engine.layout_net import LayoutTargets, layout_loss
+from diffgen.engine.regions import TokenSpans
+from diffgen.state import TrainingState, optimizer_from_tensors, restore_rng, with_prefix
 from diffgen.training.batches import lr_at, pick_captions
-from diffgen.training.grounding import TokenSpans
 from diffgen.training.run import Run
-from diffgen.training.stages import Stage, run_stage, with_prefix
-from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
+from diffgen.training.stages import Stage, run_stage
 
 
 def train_layout(run: Run, resume: TrainingState | None) -> int:

@@ -13,9 +13,9 @@ import torch
 
 from diffgen.data import TrainingSet
 from diffgen.fileio import atomic_write
+from diffgen.state import STAGE_ORDER
 from diffgen.training import distributed
 from diffgen.training.batches import image_batch
-from diffgen.training.state import STAGE_ORDER
 
 
 class PendingLosses:

@@ -20,10 +20,10 @@ from diffgen.config import Config, config_from_dict, config_to_dict, config_to_t
 from diffgen.data import TrainingSet, load_images_2x, load_training_set, scan_folder, split_fingerprint, split_holdout
 from diffgen.engine.model import DiffusionModel, build_model
 from diffgen.errors import InputError
+from diffgen.state import TrainingState, optimizer_to_tensors, require_state, rng_tensors, save_state, without_prefix
 from diffgen.training import distributed
 from diffgen.training.batches import BatchPlan
 from diffgen.training.metrics import RunLog
-from diffgen.training.state import TrainingState, optimizer_to_tensors, require_state, rng_tensors, save_state
 
 # Settings a resumed run may change: how long it goes on and how often it saves or samples.
 RESUMABLE_CHANGES = ("steps", "layout_steps", "upscale_steps", "sample_every", "checkpoint_every")
@@ -310,7 +310,6 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
     elif source is not None:
         _load_text_tower(model, source, opts.say if dist.is_main else lambda _: None)
     if resume is not None and resume.stage in ("diffusion", "layout", "upscale"):
-        from diffgen.training.stages import without_prefix
 
         model.load_state_dict(without_prefix(resume.tensors, "model"))
     if dist.is_main:  # from here on the run writes into its folder: hold it until the run ends

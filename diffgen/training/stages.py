@@ -22,11 +22,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffgen import devices
-from diffgen.data import TrainingSet, boxes_by_name
+from diffgen.data import TrainingSet
 from diffgen.engine.denoiser import Denoiser, contrast_loss, denoising_loss, noised, noised_between
+from diffgen.engine.layout_bias import LayoutBias, attention_biased
 from diffgen.engine.model import DiffusionModel, PromptCache
+from diffgen.engine.regions import TokenSpans, boxes_by_name
 from diffgen.errors import Terminated
-from diffgen.sampling.layout import LayoutBias, attention_biased
+from diffgen.state import (
+    EMA_UNET_PREFIX,
+    TrainingState,
+    optimizer_from_tensors,
+    restore_rng,
+    with_prefix,
+    without_prefix,
+)
 from diffgen.training import distributed
 from diffgen.training.batches import (
     NoiseGenerator,
@@ -38,21 +47,10 @@ from diffgen.training.batches import (
     pick_negatives,
     step_generator,
 )
-from diffgen.training.grounding import GroundingTargets, TokenSpans, grounding_loss, kept_attention
+from diffgen.training.grounding import grounding_loss, grounding_targets, kept_attention
 from diffgen.training.metrics import StageMeter
 from diffgen.training.run import Run, save_run_state
-from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
 from diffgen.training.text_tuning import TextTuning
-
-
-def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """``{prefix.name: tensor}``: how a module's weights are named inside a state or checkpoint."""
-    return {f"{prefix}.{k}": v for k, v in tensors.items()}
-
-
-def without_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors named ``prefix.*``, with the prefix removed (the inverse of ``with_prefix``)."""
-    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 @dataclass
@@ -189,7 +187,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
                                   fused=True if run.device.type == "cuda" else None)
     start = 0
     if resume is not None:  # the model weights were restored when the run was prepared
-        ema.load_state_dict(without_prefix(resume.tensors, "ema"))
+        ema.load_state_dict(without_prefix(resume.tensors, EMA_UNET_PREFIX))
         if tuning:
             tuning.load(resume.tensors)
         optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
@@ -245,8 +243,8 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
             # the contrast's rows neither (their captions are not the pictures')
             named = [c if s >= t.grounding_min_sigma else "" for c, s in zip(captions, sigma[:n].tolist())]
             named += [""] * len(rows) + captions[:extra]
-            targets = GroundingTargets.of(run.data, idx + [idx[r] for r in rows] + idx[:extra], named,
-                                          spans, run.device)
+            targets = grounding_targets(run.data, idx + [idx[r] for r in rows] + idx[:extra], named,
+                                        spans, run.device)
             parts["grounding"] = grounding_loss(attention, targets)
         if not parts:
             return denoising
@@ -262,7 +260,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
             tuning.update_ema(decay)
 
     def tensors() -> dict[str, torch.Tensor]:
-        return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), "ema"),
+        return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), EMA_UNET_PREFIX),
                 **(tuning.tensors() if tuning else {})}
 
     def grid(step: int, last: bool) -> None:
@@ -287,7 +285,7 @@ def layout_bias_of(data: TrainingSet, indices: list[int], captions: list[str], s
     objects with regions: the prompts the layout predictor lays out when sampling. Other rows, and
     any rows after the batch's images, get none."""
     laid = [c if c and len(boxes_by_name(data.regions_of(i, c))) >= 2 else "" for i, c in zip(indices, captions)]
-    bias = LayoutBias(GroundingTargets.of(data, indices, laid, spans, device), len(indices), strength, device)
+    bias = LayoutBias(grounding_targets(data, indices, laid, spans, device), len(indices), strength, device)
     bias.active = True
     return bias
 

@@ -24,8 +24,7 @@ from diffgen.engine.clip_text import is_image_tower_key
 from diffgen.engine.denoiser import Conditioning
 from diffgen.engine.text import TextEncoder
 from diffgen.errors import InputError
-
-EMA_PREFIX = "ema_text"
+from diffgen.state import EMA_TEXT_PREFIX
 
 
 class TextTuning:
@@ -63,17 +62,17 @@ class TextTuning:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The EMA as state tensors (the raw weights are in the model's own)."""
-        return {f"{EMA_PREFIX}.{name}": v for name, v in self.ema.items()}
+        return {f"{EMA_TEXT_PREFIX}.{name}": v for name, v in self.ema.items()}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore the EMA from a training state."""
-        missing = [name for name in self.ema if f"{EMA_PREFIX}.{name}" not in tensors]
+        missing = [name for name in self.ema if f"{EMA_TEXT_PREFIX}.{name}" not in tensors]
         if missing:
             raise InputError(f"--resume: the training state has no text-tower EMA ({len(missing)} tensors missing); "
                              "it was written with train.text_lr_scale = 0")
         with torch.no_grad():
             for name, value in self.ema.items():
-                value.copy_(tensors[f"{EMA_PREFIX}.{name}"])
+                value.copy_(tensors[f"{EMA_TEXT_PREFIX}.{name}"])
 
     @contextmanager
     def averaged(self) -> Iterator[None]:

@@ -15,10 +15,17 @@ import copy
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from diffgen.state import (
+    EMA_UPSCALER_PREFIX,
+    TrainingState,
+    optimizer_from_tensors,
+    restore_rng,
+    with_prefix,
+    without_prefix,
+)
 from diffgen.training.batches import ema_decay_at, lr_at
 from diffgen.training.run import Run
-from diffgen.training.stages import Stage, run_stage, with_prefix, without_prefix
-from diffgen.training.state import TrainingState, optimizer_from_tensors, restore_rng
+from diffgen.training.stages import Stage, run_stage
 
 
 def random_crops(images: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
@@ -40,7 +47,7 @@ def train_upscale(run: Run, resume: TrainingState | None) -> int:
     optimizer = torch.optim.AdamW(upscaler.parameters(), lr=t.upscale_lr, weight_decay=t.weight_decay)
     start = 0
     if resume is not None:  # the model weights were restored when the run was prepared
-        ema.load_state_dict(without_prefix(resume.tensors, "ema_upscaler"))
+        ema.load_state_dict(without_prefix(resume.tensors, EMA_UPSCALER_PREFIX))
         optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
         restore_rng(resume.tensors)
         start = resume.step
@@ -59,7 +66,7 @@ def train_upscale(run: Run, resume: TrainingState | None) -> int:
             torch._foreach_lerp_(ema_params, params, 1 - ema_decay_at(step, t.ema_decay, t.ema_warmup))
 
     def tensors() -> dict[str, torch.Tensor]:
-        return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), "ema_upscaler")}
+        return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), EMA_UPSCALER_PREFIX)}
 
     done = run_stage(run, Stage("upscale", t.upscale_steps, t.upscale_batch_size, net, optimizer,
                                 lambda step: lr_at(step, t.upscale_lr, t.warmup_steps), loss, tensors,

@@ -6,6 +6,9 @@ data position, the tensors' content hash). Both are written to temporary names a
 JSON last: a state exists only once its JSON does, and the JSON names the hash its tensors must
 have. A run killed at any moment therefore leaves the previous state intact, and loading skips
 anything incomplete.
+
+Training (training/) writes and resumes states; checkpoint.py loads one as a model, so this module
+sits below both. The tensors of a module are stored under ``<prefix>.<name>`` (``with_prefix``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from diffgen.hashing import content_hash
 STATE_VERSION = 1
 _STATE_NAME = re.compile(r"^state-(clip|diffusion|layout|upscale)-(\d{8})\.json$")
 STAGE_ORDER = {"clip": 0, "diffusion": 1, "layout": 2, "upscale": 3}
+# The prefixes of a state's averaged weights: what a run ships, and what loading a state as a model reads
+EMA_UNET_PREFIX, EMA_TEXT_PREFIX, EMA_UPSCALER_PREFIX = "ema", "ema_text", "ema_upscaler"
 
 
 @dataclass
@@ -35,6 +40,16 @@ class TrainingState:
     step: int
     tensors: dict[str, torch.Tensor]
     info: dict[str, Any]
+
+
+def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``{prefix.name: tensor}``: how a module's weights are named inside a state or checkpoint."""
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def without_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named ``prefix.*``, with the prefix removed (the inverse of ``with_prefix``)."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list]:
@@ -84,13 +99,13 @@ def save_state(folder: Path, state: TrainingState, keep: int = 2) -> Path:
     info["info_hash"] = _info_hash(info)
     json_path = folder / f"{stem}.json"
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
-    for old in _state_files(folder)[:-keep]:
+    for old in state_files(folder)[:-keep]:
         old.unlink(missing_ok=True)  # the JSON first: from here on the state no longer exists
         old.with_suffix(".safetensors").unlink(missing_ok=True)
     return json_path
 
 
-def _state_files(folder: Path) -> list[Path]:
+def state_files(folder: Path) -> list[Path]:
     """State JSON files, oldest first (by stage, then step)."""
     found = []
     for path in folder.glob("state-*.json"):
@@ -108,7 +123,7 @@ def _info_hash(info: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _read_state(folder: Path, json_path: Path) -> TrainingState | str:
+def read_state(folder: Path, json_path: Path) -> TrainingState | str:
     """The state a JSON file vouches for, or why it cannot be used."""
     try:
         info = json.loads(json_path.read_text())
@@ -131,8 +146,8 @@ def _read_state(folder: Path, json_path: Path) -> TrainingState | str:
 def load_latest_state(folder: Path, say: Callable[[str], None] | None = None) -> TrainingState | None:
     """The newest usable state in ``folder``, or None. Damaged ones are skipped, and ``say`` is
     told which file was skipped and why (falling back silently would hide lost work)."""
-    for json_path in reversed(_state_files(folder)):
-        state = _read_state(folder, json_path)
+    for json_path in reversed(state_files(folder)):
+        state = read_state(folder, json_path)
         if isinstance(state, TrainingState):
             return state
         if say is not None:
