@@ -1,7 +1,9 @@
 """Speed of one diffusion training step on a GPU, in variants, with achieved TFLOP/s.
 
-The step is the one `diffgen train` runs (EDM loss under bf16 autocast, backward, gradient
-clipping, fused AdamW, EMA) on random images and prompts: speed does not depend on the data.
+The step is the one `diffgen train` runs (the diffusion stage's loss as training/stages.py computes
+it: ``noised`` with the config's denoiser section, then ``denoising_loss``, under the config's
+precision; backward, gradient clipping, fused AdamW, EMA) on random images and prompts: speed does
+not depend on the data.
 Variants: ``base`` (as trained: NCHW), ``channels_last``, ``batch2x`` (twice the config's
 batch), ``compile`` (torch.compile of the U-Net, compile time reported apart), and
 ``channels_last+compile``. Also prints the most expensive GPU kernels of the base step.
@@ -21,8 +23,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffgen import devices
 from diffgen.config import load_config
-from diffgen.engine.denoiser import Conditioning, Denoiser, edm_loss
+from diffgen.engine.denoiser import Conditioning, Denoiser, denoising_loss, noised
 from diffgen.engine.model import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,20 +51,21 @@ def make_step(cfg, device: torch.device, batch: int, channels_last: bool, compil
     cond = Conditioning(cond.tokens.detach(), cond.pooled.detach())
     x0 = (torch.rand(batch, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1).to(memory_format=fmt)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        Denoiser(unet, cfg.denoiser.sigma_data)(x0, torch.ones(batch, device=device), cond)
+        Denoiser.from_config(unet, cfg)(x0, torch.ones(batch, device=device), cond)
     forward_flops = counter.get_total_flops()
     net = torch.compile(unet) if compile_net else unet
-    denoiser = Denoiser(net, cfg.denoiser.sigma_data)
+    denoiser = Denoiser.from_config(net, cfg)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     params, ema_params = list(unet.parameters()), list(ema.parameters())
     gen = torch.Generator(device=device).manual_seed(0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    d, t = cfg.denoiser, cfg.train
 
     def step() -> torch.Tensor:
-        with autocast:
-            loss = edm_loss(denoiser, x0, cond, cfg.denoiser.p_mean, cfg.denoiser.p_std, generator=gen).mean()
+        noisy, sigma = noised(x0, d.p_mean, d.p_std, gen, d.high_noise_share, (d.high_noise_min_sigma, d.sigma_max))
+        with devices.autocast(device, t.precision):
+            loss = denoising_loss(denoiser, noisy, sigma, x0, cond).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():

@@ -22,7 +22,7 @@ from PIL import Image
 
 from diffgen.checkpoint import default_checkpoint, load_model
 from diffgen.emoji.scenes import NUMBERS
-from diffgen.engine.denoiser import loss_weight
+from diffgen.engine.denoiser import denoising_loss
 from diffgen.engine.model import PromptCache
 from diffgen.sampling.images import from_pil
 
@@ -54,7 +54,6 @@ def main() -> None:
             group.append(row)
     model = load_model(args.checkpoint or default_checkpoint())
     prompts = PromptCache(model.text_encoder)
-    sd = model.config.denoiser.sigma_data
 
     print(f"{args.images} scenes per kind from {args.data}; EDM-weighted loss with the caption / with the "
           "empty prompt, and their ratio\n")
@@ -70,9 +69,9 @@ def main() -> None:
             for s in SIGMAS:
                 sigma = torch.full((len(items),), s)
                 x = (x0 + s * noise).contiguous(memory_format=torch.channels_last)
-                weight = loss_weight(s, sd)
-                with_caption = (weight * (model.denoiser(x, sigma, cond) - x0) ** 2).mean().item()
-                empty = (weight * (model.denoiser(x, sigma, uncond) - x0) ** 2).mean().item()
+                # the training loss itself (training/stages.py): lambda(sigma) * mean (D - x0)^2
+                with_caption = denoising_loss(model.denoiser, x, sigma, x0, cond).mean().item()
+                empty = denoising_loss(model.denoiser, x, sigma, x0, uncond).mean().item()
                 cells.append(f"{with_caption:.3f} / {empty:.3f} ({empty / with_caption:.2f}x)")
             print(f"| {kind} ({len(items)}) | " + " | ".join(cells) + " |", flush=True)
 

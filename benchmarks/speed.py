@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffgen import devices
 from diffgen.checkpoint import save_model
 from diffgen.config import Config, load_config
-from diffgen.engine.denoiser import Conditioning, edm_loss
+from diffgen.engine.denoiser import Conditioning, denoising_loss, noised
 from diffgen.engine.model import build_model
 from diffgen.sampling.generate import ImageTask, generate
 
@@ -93,7 +94,11 @@ def sampling_rows(name: str, batches: list[int], steps: int, peak: float) -> lis
 
 
 def training_rows(names: list[str], steps: int = 3) -> list[str]:
+    """One diffusion training step per config: the loss as training/stages.py computes it (``noised``
+    with the config's denoiser section, ``denoising_loss``) under the config's precision, backward,
+    gradient clipping, AdamW."""
     rows = []
+    cpu = torch.device("cpu")
     for name in names:
         cfg = load_config(CONFIGS[name])
         torch.manual_seed(0)
@@ -103,15 +108,20 @@ def training_rows(names: list[str], steps: int = 3) -> list[str]:
         batch = cfg.train.batch_size if name != "gpu64" else 8  # gpu64's batch does not fit a CPU run
         x = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
         cond = Conditioning(*[t.detach() for t in unet_inputs(cfg, model, batch)[1].__dict__.values()])
+        d, train, gen = cfg.denoiser, cfg.train, torch.Generator().manual_seed(0)
 
         def step():
-            loss = edm_loss(model.denoiser, x, cond).mean()
-            optimizer.zero_grad()
+            noisy, sigma = noised(x, d.p_mean, d.p_std, gen, d.high_noise_share, (d.high_noise_min_sigma, d.sigma_max))
+            with devices.autocast(cpu, train.precision):
+                loss = denoising_loss(model.denoiser, noisy, sigma, x, cond).mean()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), train.grad_clip)
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         seconds = time_it(step, steps)
         params = sum(p.numel() for p in unet.parameters())
-        rows.append(f"| {name} | {cfg.image_size} | {params / 1e6:.2f} M | {batch} | {seconds:.3f} | "
+        precision = "bf16" if devices.uses_bf16(cpu, train.precision) else "fp32"
+        rows.append(f"| {name} | {cfg.image_size} | {params / 1e6:.2f} M | {batch} | {precision} | {seconds:.3f} | "
                     f"{batch / seconds:.1f} |")
     return rows
 
@@ -162,9 +172,9 @@ def main() -> None:
             print(row, flush=True)
     if args.sampling:
         return
-    print("\n### Training step (U-Net + EDM loss + AdamW, CPU)\n")
-    print("| config | px | U-Net params | batch | s/step | images/s |")
-    print("|---|---|---|---|---|---|")
+    print("\n### Training step (U-Net + the diffusion stage's loss + AdamW, CPU)\n")
+    print("| config | px | U-Net params | batch | precision | s/step | images/s |")
+    print("|---|---|---|---|---|---|---|")
     for row in training_rows(["tiny", "default"] if args.quick else ["tiny", "default", "gpu64"]):
         print(row)
     print("\n### Start-up\n")

@@ -8,7 +8,7 @@ the predictor (sampling/predicted_layout.py) for the layout the sampler would us
   each box's centre inside the region the scorecard judges that object in ("placed").
 It also writes the mean box of each relation's first and second object.
 
-Run: .venv/bin/python benchmarks/layout_accuracy.py checkpoints/default.safetensors --pairs 96
+Run: .venv/bin/python benchmarks/probes/layout_accuracy.py checkpoints/default.safetensors --pairs 96
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import json
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def object_words(card, concept: str) -> str:

@@ -9,7 +9,7 @@ seen pairs, tested on held-out pairs (never in the data, in either order). "righ
 of test captions with both places named correctly, "swapped" with the two objects exchanged; a
 reader that sees the objects but not their order scores the two alike.
 
-Run: .venv/bin/python benchmarks/text_order_probe.py checkpoints/default.safetensors
+Run: .venv/bin/python benchmarks/probes/text_order_probe.py checkpoints/default.safetensors
 """
 
 from __future__ import annotations

@@ -1,17 +1,20 @@
 """How far a layout takes the pair prompts: the scorecard's pairs sampled with each object's
-region given to the sampler (sampling/layout.py), judged like the scorecard judges them.
+region given to the sampler (the CLI's --place: sampling/layout.py), judged like the scorecard
+judges them.
 
 The regions are the halves the scorecard judges each object in, so this measures what a perfect
 layout would buy the model (an upper bound for any way of predicting one), at each attention-bias
-strength and noise floor asked for. Strength 0 is plain sampling, the scorecard's own number.
+strength asked for. Strength 0 is plain sampling, the scorecard's own number. Images come from
+``diffgen.sampling.generate`` with the CLI's sampler settings (image k from seed k, at the base
+size), the bias at every step as the CLI applies it.
 
 With ``--boxes predicted`` the boxes are instead the model's layout predictor's for image k's seed
 (sampling/predicted_layout.py), optionally scaled about their centres (``--box-scales``): at scale 1
-that is the CLI's default sampling.
+and strength 6 that is the CLI's default sampling.
 
-Run: .venv/bin/python benchmarks/layout_probe.py checkpoints/default.safetensors --pairs 96 \
-         --strengths 0,3,6 --min-sigmas 0
-     .venv/bin/python benchmarks/layout_probe.py checkpoints/default.safetensors --pairs 96 \
+Run: .venv/bin/python benchmarks/probes/layout_probe.py checkpoints/default.safetensors --pairs 96 \
+         --strengths 0,3,6
+     .venv/bin/python benchmarks/probes/layout_probe.py checkpoints/default.safetensors --pairs 96 \
          --boxes predicted --box-scales 1,1.3 --strengths 6
 """
 
@@ -19,18 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository, two folders up
 
 
 def placements_of(card, ask):
     """Each object's name span in the prompt and the region it is judged in, as fractions."""
-    from diffgen.sampling.layout import Placement
+    from diffgen.engine.regions import Placement
 
     out, offset = [], 0
     for obj in ask.objects:
@@ -59,38 +63,32 @@ def predicted_placements(model, prompt: str, seed: int, scale: float):
     return out
 
 
-def sample_laid_out(model, prompts, placements, strength: float, min_sigma: float, steps: int = 20,
-                    guidance: float = 3.0, batch_size: int = 16):
-    """Image k from seed k with the CLI's sampler settings and the layout's attention bias."""
-    from diffgen.engine.guidance import classifier_free_guidance
-    from diffgen.engine.model import PromptCache
-    from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
-    from diffgen.engine.schedule import SCHEDULES
-    from diffgen.sampling.generate import channels_last
-    from diffgen.sampling.images import to_pil
-    from diffgen.sampling.layout import LayoutBias, laid_out
-    from diffgen.sampling.settings import DEFAULTS
-    from diffgen.training.grounding import TokenSpans
+def layout_of(prompt: str, placements, strength: float):
+    """The CLI's layout (``--place NAME=BOX`` per object) for ``placements``; None for plain sampling
+    (strength 0, or no placements). A name that occurs earlier in the prompt (a "corn" inside
+    "unicorn") is placed there, as the CLI would place it: such prompts are reported on stderr."""
+    from diffgen.sampling.layout import Layout
 
-    cfg, text_model = model.config, model.text_encoder
-    spans = TokenSpans(text_model.tokenizer, text_model.context_length)
-    text = PromptCache(text_model, weighted=True)
-    text.encode_all(list(prompts) + [""])
-    size, channels = cfg.image_size, cfg.unet.in_channels
-    images = []
-    for first in range(0, len(prompts), batch_size):
-        batch = list(range(first, min(first + batch_size, len(prompts))))
-        generators = [torch.Generator().manual_seed(k) for k in batch]
-        sigmas = SCHEDULES[DEFAULTS.schedule](steps, model.denoiser.sigma_min, model.denoiser.sigma_max)
-        x = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators]) * sigmas[0].item()
-        denoise = channels_last(classifier_free_guidance(
-            model.denoiser, text([prompts[k] for k in batch]), text([""] * len(batch)), guidance))
-        bias = LayoutBias.of([prompts[k] for k in batch], [placements[k] for k in batch], spans, strength,
-                             torch.device("cpu"))
-        with torch.inference_mode(), laid_out(model.denoiser.net, denoise, bias, min_sigma) as biased:
-            out = SAMPLERS[DEFAULTS.sampler](biased, x, sigmas, seeded_noise_sampler(generators, x), None)
-        images += to_pil(out.float())
-    return images
+    if strength == 0 or not placements:
+        return None
+    layout = Layout(tuple((prompt[p.start:p.end], *p.box) for p in placements), strength)
+    if layout.placements(prompt) != list(placements):
+        print(f"note: a name of {prompt!r} occurs earlier in it; the CLI's layout places that one", file=sys.stderr)
+    return layout
+
+
+def sample(model, prompts: list[str], layouts, steps: int = 20, guidance: float = 3.0, batch_size: int = 16):
+    """Image k of ``prompts`` from seed k with the CLI's sampler settings and image k's layout (no
+    predicted layout where none is given), at the model's base size."""
+    from diffgen.sampling.generate import generate
+    from diffgen.sampling.images import to_pil
+    from diffgen.sampling.tasks import ImageTask
+
+    tasks = [ImageTask(index=k, prompt=prompt, seed=k, steps=steps, guidance=guidance, layout=layout,
+                       auto_layout=False, upscale=False)
+             for k, (prompt, layout) in enumerate(zip(prompts, layouts, strict=True))]
+    with torch.inference_mode():
+        return [to_pil(image[None])[0] for _, image, _ in generate(model, tasks, batch_size=batch_size)]
 
 
 def main() -> None:
@@ -98,7 +96,6 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--pairs", type=int, default=96, help="seen and held-out pairs each")
     parser.add_argument("--strengths", default="0,3,6", help="attention-logit biases to try (comma-separated)")
-    parser.add_argument("--min-sigmas", default="0", help="noise floors of the bias (comma-separated)")
     parser.add_argument("--sections", default="pairs_seen,pairs_heldout")
     parser.add_argument("--boxes", choices=("given", "predicted"), default="given",
                         help="the judging regions, or the model's layout predictor's boxes for image k's seed")
@@ -113,16 +110,17 @@ def main() -> None:
     from pair_failures import classify, load_card, readings
 
     model, card = load_card(args.checkpoint, args.judge, args.pairs)
-    settings = [(m, s, b) for m in args.min_sigmas.split(",") for s in args.strengths.split(",")
+    settings = [(s, b) for s in args.strengths.split(",")
                 for b in (args.box_scales.split(",") if args.boxes == "predicted" else ["1"])]
-    for min_sigma, strength, scale in ((float(m), float(s), float(b)) for m, s, b in settings):
-        report: dict = {"strength": strength, "min_sigma": min_sigma, "boxes": args.boxes, "box_scale": scale}
+    for strength, scale in ((float(s), float(b)) for s, b in settings):
+        report: dict = {"strength": strength, "boxes": args.boxes, "box_scale": scale}
         clock = time.perf_counter()
         for section in args.sections.split(","):
             asks = card.sections[section]
             places = [placements_of(card, a) for a in asks] if args.boxes == "given" else \
                 [predicted_placements(model, a.prompt, k, scale) for k, a in enumerate(asks)]
-            images = sample_laid_out(model, [a.prompt for a in asks], places, strength, min_sigma)
+            images = sample(model, [a.prompt for a in asks],
+                            [layout_of(a.prompt, p, strength) for a, p in zip(asks, places, strict=True)])
             scores = card.judge_section(section, images)
             kinds = {label: Counter(classify(a.objects[0].concept, a.objects[1].concept, *r)
                                     for a, r in zip(asks, found, strict=True))
@@ -133,7 +131,7 @@ def main() -> None:
             if args.out is not None:
                 from diffgen.sampling.images import labelled_grid, save_png
                 save_png(labelled_grid(images[:32], [a.prompt for a in asks[:32]]),
-                         args.out / f"{section}-s{strength:g}-m{min_sigma:g}.png")
+                         args.out / f"{section}-s{strength:g}-x{scale:g}.png")
         report["seconds"] = round(time.perf_counter() - clock, 1)
         print(json.dumps(report), flush=True)
 

@@ -1,12 +1,14 @@
 """Training-step speed on this CPU: where the work happens and what the arithmetic costs.
 
-One U-Net training step (EDM loss, backward, AdamW) is timed for each variant, alternating the
-variants over several rounds in one process so that a slow moment of the machine hits them all.
+One U-Net training step (the diffusion stage's loss as training/stages.py computes it: ``noised``
+with the config's denoiser section, then ``denoising_loss``; backward, AdamW) is timed for each
+variant, alternating the variants over several rounds in one process so that a slow moment of the
+machine hits them all.
 Variants: the shipped 64 px config (fp32, bf16 autocast, channels-last), the same U-Net on 32 px
 pixels, and U-Nets that work on 16x16 or 8x8 latents (what a small autoencoder would hand them).
 Text conditioning is random (B, 77, D) states: its cost is not part of the U-Net step.
 
-Run: .venv/bin/python benchmarks/cpu_train_speed.py [--threads 2] [--batch 32] [--rounds 3] [--only NAME ...]
+Run: .venv/bin/python benchmarks/probes/cpu_train_speed.py [--threads 2] [--batch 32] [--rounds 3] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffgen.config import Config, UNetConfig, load_config
-from diffgen.engine.denoiser import Conditioning, Denoiser, edm_loss
+from diffgen.engine.denoiser import Conditioning, Denoiser, denoising_loss, noised
 from diffgen.engine.unet import UNet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository, two folders up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +75,7 @@ def make_step(v: Variant, cfg: Config, batch: int) -> tuple[Callable[[], None], 
     """A closure running one training step; the U-Net's parameter count and GFLOP per forward."""
     torch.manual_seed(0)
     net = UNet(v.unet, v.size, cfg.text.width, cfg.text.embed_dim).train()
-    denoiser = Denoiser(net, cfg.denoiser.sigma_data)
+    denoiser = Denoiser.from_config(net, cfg)
     x = torch.randn(batch, v.unet.in_channels, v.size, v.size)
     cond = Conditioning(torch.randn(batch, cfg.text.context_length, cfg.text.width),
                         torch.randn(batch, cfg.text.embed_dim))
@@ -87,10 +89,12 @@ def make_step(v: Variant, cfg: Config, batch: int) -> tuple[Callable[[], None], 
         denoiser = torch.compile(denoiser)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if v.bf16 else contextlib.nullcontext()
+    d, gen = cfg.denoiser, torch.Generator().manual_seed(0)
 
     def step() -> None:
+        noisy, sigma = noised(x, d.p_mean, d.p_std, gen, d.high_noise_share, (d.high_noise_min_sigma, d.sigma_max))
         with autocast:
-            loss = edm_loss(denoiser, x, cond).mean()
+            loss = denoising_loss(denoiser, noisy, sigma, x, cond).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

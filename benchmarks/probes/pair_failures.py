@@ -11,7 +11,7 @@ matching and the shape judge):
 It prints the shares for seen and held-out pairs and writes a grid of the images, captioned with
 the judge's reading, so the numbers can be checked by eye.
 
-Run: .venv/bin/python benchmarks/pair_failures.py checkpoints/default.safetensors --pairs 96 \
+Run: .venv/bin/python benchmarks/probes/pair_failures.py checkpoints/default.safetensors --pairs 96 \
          --out runs/pair-failures
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository, two folders up
 KINDS = ("both", "swapped", "doubled", "one", "neither")
 
 

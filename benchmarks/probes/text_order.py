@@ -8,7 +8,7 @@ occurrence of the same word) in the other. Near 1.0 the encoder gives the same b
 another order: the U-Net's cross-attention, which sees no token positions of its own, is left to
 guess which object goes where.
 
-Run: .venv/bin/python benchmarks/text_order.py checkpoints/default.safetensors [other.safetensors ...]
+Run: .venv/bin/python benchmarks/probes/text_order.py checkpoints/default.safetensors [other.safetensors ...]
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ cross-attention blocks, comes more from inside their own objects' boxes than fro
 other's (chance 0.5). A model can route the words to their places in attention before its
 pictures follow.
 
-Run: .venv/bin/python benchmarks/order_loss.py checkpoints/default.safetensors [other.safetensors ...]
+Run: .venv/bin/python benchmarks/probes/order_loss.py checkpoints/default.safetensors [other.safetensors ...]
      [--measures layout]
 """
 
@@ -50,20 +50,20 @@ LAYOUT_SIGMAS = (80.0, 20.0, 8.0)  # where the sampler places the objects
 @torch.inference_mode()
 def caption_losses(model, images: torch.Tensor, captions: list[list[str]], draws: int, seed: int = 0
                    ) -> torch.Tensor:
-    """(images, captions per image) EDM losses summed over SIGMAS x ``draws`` noise samples, the
-    same noise for every caption of an image."""
-    denoiser, sd = model.denoiser, model.denoiser.sigma_data
+    """(images, captions per image) denoising losses (the training loss, training/stages.py) summed
+    over SIGMAS x ``draws`` noise samples, the same noise for every caption of an image."""
+    from diffgen.engine.denoiser import denoising_loss
+
     gen = torch.Generator().manual_seed(seed)
     n, k = images.shape[0], len(captions[0])
     conds = [model.encode_prompts([row[j] for row in captions])[0] for j in range(k)]
     total = torch.zeros(n, k)
     for sigma in SIGMAS:
+        levels = torch.full((n,), sigma)
         for _ in range(draws):
             noisy = images + sigma * torch.randn(images.shape, generator=gen)
             for j, cond in enumerate(conds):
-                x0_hat = denoiser(noisy, torch.full((n,), sigma), cond)
-                weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
-                total[:, j] += weight * (x0_hat - images).square().mean(dim=(1, 2, 3))
+                total[:, j] += denoising_loss(model.denoiser, noisy, levels, images, cond)
     return total
 
 
@@ -141,8 +141,9 @@ def layout_scores(model, card, section: str, batch: int = 32) -> dict[str, float
 def attention_scores(model, card, section: str, batch: int = 32) -> dict[str, float]:
     """The section's attention order at each of LAYOUT_SIGMAS (see the module docstring)."""
     from diffgen.data import TrainingSet
+    from diffgen.engine.regions import GroundingTargets, TokenSpans
     from diffgen.sampling.images import from_pil
-    from diffgen.training.grounding import GroundingTargets, TokenSpans, inside_shares, kept_attention
+    from diffgen.training.grounding import grounding_targets, inside_shares, kept_attention
 
     scenes = []
     for k, ask in enumerate(card.sections[section]):
@@ -159,7 +160,7 @@ def attention_scores(model, card, section: str, batch: int = 32) -> dict[str, fl
         right = []
         for start in range(0, len(scenes), batch):
             idx = list(range(start, min(start + batch, len(scenes))))
-            targets = GroundingTargets.of(data, idx, captions[start:start + batch], spans, torch.device("cpu"))
+            targets = grounding_targets(data, idx, captions[start:start + batch], spans, torch.device("cpu"))
             if targets.rows.tolist() != [row for row in range(len(idx)) for _ in (0, 1)]:
                 raise RuntimeError("every pair caption should name its two objects once each")
             swapped = GroundingTargets(targets.rows, targets.tokens,
