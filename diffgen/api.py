@@ -13,16 +13,15 @@
 from __future__ import annotations
 
 import json
-import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from diffgen.engine.text import TextEncoding
-from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH, Layout
-from diffgen.sampling.settings import DEFAULTS, SamplingSettings
+from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
+from diffgen.sampling.settings import DEFAULT_BATCH_SIZE, DEFAULTS, SamplingSettings
 
 
 class Model:
@@ -52,58 +51,70 @@ class Model:
 
     def sample(self, prompts: str | Sequence[str], n: int = 1, seed: int | None = None, *,
                steps: int = DEFAULTS.steps, guidance: float = DEFAULTS.guidance, sampler: str = DEFAULTS.sampler,
-               schedule: str = DEFAULTS.schedule, negative: str = DEFAULTS.negative, batch_size: int = 8,
-               init_image: str | Path | None = None, strength: float | None = None, mask: str | Path | None = None,
-               mask_blur: int = 0, place: Mapping[str, Sequence[float]] | None = None,
-               layout_strength: float = DEFAULT_LAYOUT_STRENGTH, auto_layout: bool = True,
-               upscale: bool = True) -> list[Image.Image]:
+               schedule: str = DEFAULTS.schedule, negative: str = DEFAULTS.negative,
+               batch_size: int = DEFAULT_BATCH_SIZE, init_image: str | Path | None = None,
+               strength: float | None = None, mask: str | Path | None = None, mask_blur: int = 0,
+               place: Mapping[str, Sequence[float]] | None = None, layout_strength: float = DEFAULT_LAYOUT_STRENGTH,
+               auto_layout: bool = True, upscale: bool = True, seeds: Sequence[int] | None = None,
+               callback: Callable[[int, int], None] | None = None) -> list[Image.Image]:
         """``n`` images per prompt; image k (counted across prompts and repeats) uses seed + k.
 
-        Without ``seed`` a random one is drawn; each image's ``info`` holds its recipe (the PNG
-        text chunks ``parameters`` and ``diffgen``; ``diffgen.sampling.images.save_png`` writes
-        them into the file). ``init_image`` (a file) makes it image-to-image (``strength`` 0-1,
-        default 0.75) and, with ``mask`` (white = repaint), inpainting. ``place`` lays out named
-        objects, ``{"dog": (0, 0, 0.5, 1), "cat": (0.5, 0, 1, 1)}``: each name a phrase of every
-        prompt, its box (x0, y0, x1, y1) in fractions of the image side (sampling/layout.py).
-        Without it, a prompt that names two or more objects is laid out by the model's layout
-        predictor where it has one (``auto_layout=False``: not; sampling/predicted_layout.py).
-        Where the model has an upscaler, each image is enlarged 2x by it (``upscale=False``: the
-        base size; engine/upscaler.py).
+        Without ``seed`` a random one is drawn; ``seeds`` gives every image its own instead (one per
+        image, in order). Each image's ``info`` holds its recipe (the PNG text chunks ``parameters``
+        and ``diffgen``; ``diffgen.sampling.images.save_png`` writes them into the file).
+        ``init_image`` (a file) makes it image-to-image (``strength`` 0-1, default 0.75) and, with
+        ``mask`` (white = repaint), inpainting. ``place`` lays out named objects,
+        ``{"dog": (0, 0, 0.5, 1), "cat": (0.5, 0, 1, 1)}``: each name a phrase of every prompt, its
+        box (x0, y0, x1, y1) in fractions of the image side (sampling/layout.py). Without it, a
+        prompt that names two or more objects is laid out by the model's layout predictor where it
+        has one (``auto_layout=False``: not; sampling/predicted_layout.py). Where the model has an
+        upscaler, each image is enlarged 2x by it (``upscale=False``: the base size).
+        ``callback(done, total)`` is called after every sampler step with the sampler steps done
+        and to do over all images (a progress bar's numbers).
         """
+        from dataclasses import replace
+
         from diffgen.errors import InputError
-        from diffgen.sampling.edits import EditSource
         from diffgen.sampling.prompts import PromptSpec
-        from diffgen.sampling.tasks import ImageTask, plan_tasks
+        from diffgen.sampling.request import sample_request
+        from diffgen.sampling.tasks import plan_tasks
 
-        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts) \
+            if isinstance(prompts, Sequence) else None
         if not prompt_list or any(not isinstance(p, str) or not p.strip() for p in prompt_list):
-            raise InputError("give one or more non-empty prompts")
-        if n < 1 or batch_size < 1:
-            raise InputError("n and batch_size must be at least 1")
-        settings = SamplingSettings(steps, sampler, schedule, guidance, negative).validate()
-        edit = None
-        if init_image is not None:
-            edit = EditSource.from_files(Path(init_image), strength, Path(mask) if mask else None, mask_blur)
-        elif strength is not None or mask is not None or mask_blur:
-            raise InputError("strength, mask and mask_blur need an init_image")
-        layout = None
-        if place:
-            if any(len(box) != 4 for box in place.values()):
-                raise InputError("each place is a box of four numbers: x0, y0, x1, y1")
-            layout = Layout(tuple((name, *box) for name, box in place.items()), layout_strength)  # type: ignore[misc]
-        seed = secrets.randbelow(2**31) if seed is None else seed
-        tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], seed,
-                           ImageTask.of(0, "", 0, settings, edit, layout, auto_layout, upscale))
-        return self._images(tasks, batch_size)
+            raise InputError("prompts must be a non-empty prompt or a list of them")
+        for name, value in (("n", n), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+        request = sample_request(SamplingSettings(steps, sampler, schedule, guidance, negative), seed,
+                                 init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur,
+                                 place=place, layout_strength=layout_strength, auto_layout=auto_layout,
+                                 upscale=upscale)
+        tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], request.seed, request.task())
+        if seeds is not None:
+            seeds = list(seeds) if isinstance(seeds, Sequence) and not isinstance(seeds, str) else None
+            if seeds is None or len(seeds) != len(tasks):
+                raise InputError(f"seeds must be a list of {len(tasks)} seeds, one per image")
+            tasks = [replace(task, seed=s).validate() for task, s in zip(tasks, seeds)]
+        return self._images(tasks, batch_size, callback)
 
-    def _images(self, tasks: list, batch_size: int) -> list[Image.Image]:
+    def _images(self, tasks: list, batch_size: int, callback: Callable[[int, int], None] | None = None
+                ) -> list[Image.Image]:
         """Each task's image with its recipe in ``info``, computed in batches as the CLI computes them."""
         from diffgen.sampling.generate import batches, generate, recipe
         from diffgen.sampling.images import PARAMETERS_KEY, RECIPE_KEY, a1111_parameters, to_pil
 
+        total, done = sum(task.sampler_steps for task in tasks), 0
+
+        def advanced(images: int) -> None:  # the sampler took a step for ``images`` images
+            nonlocal done
+            done += images
+            if callback is not None:
+                callback(done, total)
+
         images = []
         for batch in batches(tasks, batch_size):
-            for row, (task, image, _) in enumerate(generate(self.diffusion_model, batch, batch_size)):
+            for row, (task, image, _) in enumerate(generate(self.diffusion_model, batch, batch_size, advanced)):
                 picture = to_pil(image[None])[0]
                 made = recipe(task, self.diffusion_model, self.name, (len(batch), row))
                 picture.info.update({PARAMETERS_KEY: a1111_parameters(made),
@@ -111,13 +122,14 @@ class Model:
                 images.append(picture)
         return images
 
-    def setting_grid(self, prompt: str, axes: dict[str, Sequence], seed: int = 0, *, batch_size: int = 8,
+    def setting_grid(self, prompt: str, axes: dict[str, Sequence], seed: int = 0, *,
+                     batch_size: int = DEFAULT_BATCH_SIZE,
                      **settings) -> tuple[list[Image.Image], list[Image.Image]]:
         """AUTOMATIC1111's X/Y/Z plot: (cells, grids). ``axes`` maps up to three setting names
         (guidance, steps, sampler, schedule, seed, strength) to their values, X first; every cell
         is the image ``sample`` gives for its settings; one labelled grid per Z value."""
         from diffgen.errors import InputError
-        from diffgen.sampling.tasks import ImageTask
+        from diffgen.sampling.request import sample_request
         from diffgen.sampling.xy import Axis, axis_grid, cell_tasks
 
         unknown = set(settings) - {"steps", "guidance", "sampler", "schedule", "negative"}
@@ -126,8 +138,7 @@ class Model:
                              f"{', '.join(sorted(unknown))}")
         kwargs = settings
         plan_axes = [Axis(name, tuple(values)) for name, values in axes.items()]
-        defaults = ImageTask.of(0, "", 0, SamplingSettings(**kwargs).validate())
-        tasks = cell_tasks(prompt, seed, plan_axes, defaults)
+        tasks = cell_tasks(prompt, seed, plan_axes, sample_request(SamplingSettings(**kwargs), seed).task())
         cells = self._images(tasks, batch_size)
         x, y, z = (plan_axes + [None, None])[:3]
         per_grid = len(x.values) * (len(y.values) if y is not None else 1)
@@ -158,5 +169,4 @@ def load(path: str | Path | None = None, device: str = "auto") -> Model:
 
     resolved = Path(path) if path is not None else default_checkpoint()
     model = load_model(resolved, pick_device(device), image_tower=False)
-    name = model.metadata.get("name") or (resolved.stem if path is not None else "default")
-    return Model(model, name)
+    return Model(model, model.display_name)

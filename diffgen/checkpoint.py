@@ -214,6 +214,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", image_tower
             f"{', '.join(names)}{' ...' if len(missing or unexpected) > 3 else ''}")
     model.content_hash = metadata["content_hash"]
     model.metadata = metadata
+    model.display_name = str(metadata.get("name") or Path(path).stem)
     # what AUTOMATIC1111 and Civitai call the model hash: the file's SHA-256 (sha256sum matches it)
     model.file_sha256 = file_sha256(Path(path))
     model.requires_grad_(False)
@@ -259,5 +260,6 @@ def _load_training_state(path: Path) -> DiffusionModel:
     model.content_hash = content_hash(model.state_dict(), json.dumps(config_to_dict(config)))
     model.metadata = {"content_hash": model.content_hash, "name": f"{run}-step{state.step}",
                       "training": {"state": str(path), "step": state.step}}
+    model.display_name = model.metadata["name"]
     model.file_sha256 = file_sha256(path)
     return model.requires_grad_(False)

@@ -84,3 +84,33 @@ def test_setting_grid_cells_are_the_sampled_images_and_the_forward_process_draws
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(source)
     strip = model.forward_process(source, sigmas=[0.5, 5], prompt="a red square")
     assert strip.width > 2 * 96
+
+
+def test_seeds_give_each_image_its_own_and_callback_reports_every_step(tiny_checkpoint):
+    model = diffgen.load(tiny_checkpoint, device="cpu")
+    seen: list[tuple[int, int]] = []
+    both = model.sample(["a red square", "a blue circle"], seeds=[11, 4], steps=3, batch_size=1,
+                        callback=lambda done, total: seen.append((done, total)))
+    alone = [model.sample("a red square", seed=11, steps=3, batch_size=1)[0],
+             model.sample("a blue circle", seed=4, steps=3, batch_size=1)[0]]
+    for image, reference in zip(both, alone, strict=True):
+        assert np.array_equal(np.asarray(image), np.asarray(reference))
+    assert [json.loads(image.info["diffgen"])["seed"] for image in both] == [11, 4]
+    assert seen == [(k, 6) for k in range(1, 7)]  # two images of three steps, one at a time
+    with pytest.raises(InputError, match="one per image"):
+        model.sample("a red square", n=2, seeds=[1])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompts": None}, "prompts must be"), ({"prompts": "a cat", "n": "3"}, "n must be"),
+    ({"prompts": "a cat", "seed": "1"}, "seed must be"), ({"prompts": "a cat", "place": "x"}, "place"),
+    ({"prompts": "a cat", "batch_size": 0}, "batch_size must be"),
+    ({"prompts": "a cat", "layout_strength": float("nan"), "place": {"cat": (0, 0, 1, 1)}}, "layout_strength"),
+    ({"prompts": "a cat", "upscale": "no"}, "upscale must be true or false"),
+    ({"prompts": "a cat", "mask_blur": 2}, "strength, mask and mask_blur need an init_image"),
+])
+def test_wrongly_typed_arguments_are_one_input_error(tiny_checkpoint, kwargs, message):
+    """Python users get the CLI's promise: an InputError naming the argument, never a TypeError."""
+    model = diffgen.load(tiny_checkpoint, device="cpu")
+    with pytest.raises(InputError, match=message):
+        model.sample(**kwargs, steps=1)

@@ -18,6 +18,7 @@ from PIL import Image, PngImagePlugin
 from diffgen.errors import InputError
 from diffgen.sampling.images import read_recipe
 from diffgen.sampling.plan import plan_sample
+from diffgen.sampling.request import SampleRequest
 from diffgen.sampling.settings import DEFAULTS
 from diffgen.sampling.tasks import placement_of, task_from_recipe
 
@@ -42,7 +43,7 @@ jsonl_lines = st.one_of(objects.map(json.dumps), st.text(max_size=60),
 def plan_from(path: Path) -> None:
     """Plan a run from the file and take its first tasks; InputError is the only allowed failure."""
     try:
-        plan = plan_sample([], path, None, 2, 0, DEFAULTS)
+        plan = plan_sample([], path, None, 2, SampleRequest(DEFAULTS, 0))
         first = list(itertools.islice(plan.tasks(), 3))
         assert first and plan.count >= len(first) and plan.total_steps >= 1
     except InputError as exc:

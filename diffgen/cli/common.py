@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from diffgen.errors import DiffgenError, InputError, Terminated
-from diffgen.sampling.settings import SamplingSettings
+from diffgen.sampling.settings import SamplingSettings, checked_settings, option_name
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 ThreadsOption = Annotated[Optional[int], typer.Option(
@@ -108,20 +108,14 @@ def remove_empty_up_to(path: Path, stop: Path) -> None:
         path = path.parent
 
 
-def check_run(num_images: int, batch_size: int, seed: int | None) -> None:
+def check_run(num_images: int, batch_size: int) -> None:
     if num_images < 1:
         raise InputError(f"-n/--num-images must be at least 1, got {num_images}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise InputError(f"--seed must be in [0, 2^63), got {seed}")
 
 
 def option_settings(settings: SamplingSettings) -> SamplingSettings:
     """``settings.validate()``, its messages naming the command-line option."""
-    try:
-        return settings.validate()
-    except InputError as exc:
-        text = str(exc)
-        raise InputError(f"--{text}" if text.split()[0] in ("steps", "guidance", "negative") else text) from None
+    return checked_settings(settings, option_name)
 

@@ -30,6 +30,7 @@ class DiffusionModel(nn.Module):
         self.content_hash: str | None = None
         self.metadata: dict = {}
         self.file_sha256: str | None = None  # set when loaded from a file
+        self.display_name = "model"  # what recipes call it: its metadata's name, else its file's stem
 
     @property
     def device(self) -> torch.device:

@@ -16,7 +16,7 @@ from diffgen.hashing import file_sha256
 
 MAX_MASK_BLUR = 64
 # AUTOMATIC1111's default denoising strength for img2img and inpainting
-DEFAULT_STRENGTH = 0.75
+DEFAULT_EDIT_STRENGTH = 0.75
 
 
 def _check_image_file(path: Path, what: str) -> str:
@@ -39,7 +39,7 @@ class EditSource:
 
     init_image: str
     init_sha256: str
-    strength: float = DEFAULT_STRENGTH
+    strength: float = DEFAULT_EDIT_STRENGTH
     mask: str = ""
     mask_sha256: str = ""
     mask_blur: int = 0
@@ -49,7 +49,7 @@ class EditSource:
                    mask_blur: int = 0) -> EditSource:
         """Check the files and settings; the hashes are taken now."""
         source = cls(str(init_image), _check_image_file(Path(init_image), "init image"),
-                     DEFAULT_STRENGTH if strength is None else strength,
+                     DEFAULT_EDIT_STRENGTH if strength is None else strength,
                      str(mask) if mask is not None else "",
                      _check_image_file(Path(mask), "mask") if mask is not None else "", mask_blur)
         return source.validate()

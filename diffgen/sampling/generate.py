@@ -26,6 +26,7 @@ from diffgen.engine.upscaler import upscale, upscale_generator
 from diffgen.errors import InputError
 from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.sampling.predicted_layout import PredictedLayout, predict_layout
+from diffgen.sampling.settings import DEFAULT_BATCH_SIZE
 from diffgen.sampling.tasks import ImageTask, batches, recipe, same_image, upscales
 
 
@@ -211,7 +212,7 @@ class ImageResult:
 
 def write_images(
     model: DiffusionModel, tasks: Iterable[ImageTask], out_dir: Path, model_name: str,
-    batch_size: int = 8, overwrite: bool = False, trajectory: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False, trajectory: bool = False,
     on_step: StepCallback | None = None, replay_placement: tuple[int, int] | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> Iterator[ImageResult]:

@@ -14,8 +14,11 @@ from diffgen.engine.regions import Placement
 from diffgen.errors import InputError
 
 # The attention-logit bias that laid out the scorecard's pairs best with their regions given
-# (benchmarks/layout_probe.py, docs/BENCHMARKS.md).
+# (benchmarks/probes/layout_probe.py, docs/BENCHMARKS.md).
 DEFAULT_LAYOUT_STRENGTH = 6.0
+# A logit bias of 100 already weighs a name's tokens e^100 times more inside its box: more changes
+# nothing but can overflow (in float32 a strength near 3.4e38 is infinite, and the image black).
+MAX_LAYOUT_STRENGTH = 100.0
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,10 @@ class Layout:
 
     def validate(self, prompt: str) -> Layout:
         """This layout, checked against ``prompt``: every name in it, every box inside the image."""
-        if not math.isfinite(self.strength) or self.strength < 0:
-            raise InputError(f"layout strength must be a finite number >= 0, got {self.strength!r}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) \
+                or not 0 <= self.strength <= MAX_LAYOUT_STRENGTH:
+            raise InputError(f"layout strength must be a number from 0 to {MAX_LAYOUT_STRENGTH:g}, "
+                             f"got {self.strength!r}")
         if not self.places:
             raise InputError("a layout needs at least one NAME=X0,Y0,X1,Y1 place")
         for name, x0, y0, x1, y1 in self.places:

@@ -1,19 +1,22 @@
-"""Planning a ``diffgen sample`` run: its prompts (arguments, a prompt file, or a PNG's recipe) into
-a count of images and sampler steps, checked in one pass, and its tasks, produced lazily."""
+"""Planning a ``diffgen sample`` run: its prompts (arguments, a prompt file, or a PNG's recipe) and
+its request (sampling/request.py) into a count of images and sampler steps, checked in one pass,
+and its tasks, produced lazily; or a setting grid's cells."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffgen.errors import InputError
-from diffgen.sampling.edits import EditSource
-from diffgen.sampling.layout import Layout
 from diffgen.sampling.prompts import PromptSpec
-from diffgen.sampling.settings import SamplingSettings
+from diffgen.sampling.request import SEED_LIMIT, SampleRequest
 from diffgen.sampling.tasks import ImageTask, iter_tasks, task_from_recipe
+
+if TYPE_CHECKING:
+    from diffgen.engine.model import DiffusionModel
+    from diffgen.sampling.xy import Axis
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,9 @@ class SamplePlan:
     count: int
     total_steps: int
     seed: int | None
-    random_seed: bool
+    seed_drawn: bool
     replay: dict[str, Any] | None = None
+    replay_source: Path | None = None  # the PNG the recipe came from
 
     fixed: tuple[ImageTask, ...] | None = None  # a setting grid's cells, planned in full
     first_index: int = 0
@@ -40,43 +44,58 @@ class SamplePlan:
             return iter([task_from_recipe(self.replay)])
         return iter_tasks(self.specs(), self.seed, self.defaults, self.first_index)
 
+    def numbered_after(self, out_dir: Path) -> SamplePlan:
+        """This plan with its images numbered after the highest index already in ``out_dir``
+        (``--new-run``: the seeds stay as they were)."""
+        from dataclasses import replace
+
+        return replace(self, first_index=next_free_index(out_dir) if out_dir.is_dir() else 0)
+
+    def model_name(self, model: DiffusionModel) -> str:
+        """What the recipes call the model: a replay keeps the name its recipe gave it."""
+        return self.replay.get("model", model.display_name) if self.replay is not None else model.display_name
+
+    def replay_warning(self, model: DiffusionModel) -> str | None:
+        """For a replay by another model than the recipe's, the warning that the image will differ."""
+        if self.replay is None or self.replay.get("model_hash") == model.content_hash:
+            return None
+        return (f"warning: {self.replay_source} was made by model {str(self.replay.get('model_hash', '?'))[:10]}, "
+                f"this is {(model.content_hash or '?')[:10]}: the image will differ")
+
 
 def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | None, num_images: int,
-                seed: int | None, settings: SamplingSettings, edit: EditSource | None = None,
-                layout: Layout | None = None, auto_layout: bool = True, upscale: bool = True) -> SamplePlan:
+                request: SampleRequest) -> SamplePlan:
     """The plan of a run from prompt arguments and/or a prompt file, or from a PNG's recipe.
 
     Every prompt and setting is checked here, in one pass that keeps only counts, before any
     model is loaded. A replay regenerates one recipe exactly, so it cannot be combined with
     prompts (they would be dropped otherwise)."""
     import itertools
-    import secrets
 
     from diffgen.sampling.images import read_recipe
     from diffgen.sampling.prompts import iter_prompt_file
 
     if replay is not None:
-        if prompts or prompt_file is not None or edit is not None or layout is not None or not auto_layout \
-                or not upscale:
+        if prompts or prompt_file is not None or request.edit is not None or request.layout is not None \
+                or not request.auto_layout or not request.upscale:
             raise InputError("--replay regenerates the image's own prompt and inputs: drop the prompts, -f, "
                              "--init-image, --place, --no-auto-layout and --no-upscale")
         recipe_data = read_recipe(replay)
         task = task_from_recipe(recipe_data)
-        return SamplePlan(lambda: iter(()), task, 1, task.steps, None, False, recipe_data)
+        return SamplePlan(lambda: iter(()), task, 1, task.steps, None, False, recipe_data, replay)
 
     def specs() -> Iterator[PromptSpec]:
         return itertools.chain((PromptSpec(p, num_images) for p in prompts),
                                iter_prompt_file(prompt_file, num_images) if prompt_file is not None else ())
 
-    first = secrets.randbelow(2**31) if seed is None else seed
-    defaults = ImageTask.of(0, "", 0, settings, edit, layout, auto_layout, upscale)
+    first, defaults = request.seed, request.task()
     count = total_steps = 0
     for spec in specs():
         if not spec.prompt.strip():
             raise InputError("empty prompt given; use --negative for what to avoid")
         spec_tasks = iter_tasks([spec], first + count, defaults)  # checks the prompt's settings and seeds
         steps = next(spec_tasks).sampler_steps
-        if spec.seed is not None and spec.seed + spec.num_images > 2**63:
+        if spec.seed is not None and spec.seed + spec.num_images > SEED_LIMIT:
             raise InputError(f"seed {spec.seed} + {spec.num_images} images runs past the largest seed (2^63 - 1)")
         count += spec.num_images
         total_steps += spec.num_images * steps
@@ -84,9 +103,22 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
         if prompt_file is not None and not prompts:
             raise InputError(f"prompt file {prompt_file} has no prompts (only blank or # lines)")
         raise InputError("no prompt given: pass PROMPT ..., -f PROMPT_FILE or --replay IMAGE.png")
-    if first + count > 2**63:
+    if first + count > SEED_LIMIT:
         raise InputError(f"--seed {first} + {count} images runs past the largest seed (2^63 - 1)")
-    return SamplePlan(specs, defaults, count, total_steps, first, seed is None)
+    return SamplePlan(specs, defaults, count, total_steps, first, request.seed_drawn)
+
+
+def plan_grid(prompts: list[str], prompt_file: Path | None, replay: Path | None, axis_texts: list[str],
+              request: SampleRequest) -> tuple[SamplePlan, list[Axis]]:
+    """The plan of a setting grid (``--xy``): one prompt, every combination of the axes, one seed."""
+    from diffgen.sampling.xy import cell_tasks, parse_axis
+
+    if len(prompts) != 1 or prompt_file is not None or replay is not None:
+        raise InputError("--xy draws one prompt: give exactly one PROMPT (no -f, no --replay)")
+    axes = [parse_axis(text) for text in axis_texts]
+    tasks = tuple(cell_tasks(prompts[0], request.seed, axes, request.task()))
+    return SamplePlan(lambda: iter(()), tasks[0], len(tasks), sum(t.sampler_steps for t in tasks), request.seed,
+                      request.seed_drawn, fixed=tasks), axes
 
 
 def next_free_index(out_dir: Path) -> int:

@@ -10,6 +10,7 @@ this module to print its help.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from diffgen.errors import InputError
@@ -34,6 +35,9 @@ SAMPLER_ALIASES = {
 }
 # No real use needs more; the limit keeps a typo from allocating a sigma table of that size.
 MAX_STEPS = 10_000
+# Images through the model at once, unless asked otherwise. A recipe records the batch an image was
+# computed in (its size and row), so --replay reproduces it whatever this is.
+DEFAULT_BATCH_SIZE = 8
 
 
 def sampler_name(name: str) -> str:
@@ -74,3 +78,25 @@ class SamplingSettings:
 
 
 DEFAULTS = SamplingSettings()
+
+
+def python_name(name: str) -> str:
+    """How the Python API names a value: as it is."""
+    return name
+
+
+def option_name(name: str) -> str:
+    """How the command line names a value: ``mask_blur`` -> ``--mask-blur``."""
+    return "--" + name.replace("_", "-")
+
+
+def checked_settings(settings: SamplingSettings, name: Callable[[str], str]) -> SamplingSettings:
+    """``settings.validate()``, its messages naming the values with ``name``."""
+    try:
+        return settings.validate()
+    except InputError as exc:
+        text = str(exc)
+        first = text.split()[0]
+        if first in ("steps", "guidance", "negative", "sampler", "schedule"):
+            raise InputError(name(first) + text[len(first):]) from None
+        raise

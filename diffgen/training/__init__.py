@@ -26,9 +26,9 @@ __all__ = ["TrainOptions", "run_training"]
 
 def run_training(opts: TrainOptions) -> dict[str, Any]:
     """The stages end to end; returns the training summary (also stored in the checkpoint)."""
+    from diffgen import distributed
     from diffgen.devices import pick_device
     from diffgen.errors import InputError
-    from diffgen.training import distributed
 
     started = time.perf_counter()
     if opts.weights_dtype not in WEIGHT_DTYPES:

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
+from diffgen import distributed
 from diffgen.data import TrainingSet
 from diffgen.fileio import atomic_write
 from diffgen.state import STAGE_ORDER
-from diffgen.training import distributed
 from diffgen.training.batches import image_batch
 
 

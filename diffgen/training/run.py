@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
+from diffgen import distributed
 from diffgen.checkpoint import load_model, save_model
 from diffgen.config import Config, config_from_dict, config_to_dict, config_to_toml
 from diffgen.data import TrainingSet, load_images_2x, load_training_set, scan_folder, split_fingerprint, split_holdout
 from diffgen.engine.model import DiffusionModel, build_model
 from diffgen.errors import InputError
 from diffgen.state import TrainingState, optimizer_to_tensors, require_state, rng_tensors, save_state, without_prefix
-from diffgen.training import distributed
 from diffgen.training.batches import BatchPlan
 from diffgen.training.metrics import RunLog
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from diffgen import devices
+from diffgen import devices, distributed
 from diffgen.data import TrainingSet
 from diffgen.engine.denoiser import Denoiser, contrast_loss, denoising_loss, noised, noised_between
 from diffgen.engine.layout_bias import LayoutBias, attention_biased
@@ -36,7 +36,6 @@ from diffgen.state import (
     with_prefix,
     without_prefix,
 )
-from diffgen.training import distributed
 from diffgen.training.batches import (
     NoiseGenerator,
     cosine_lr,
@@ -296,13 +295,13 @@ def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:
     side by side."""
     from diffgen.sampling.generate import ImageTask, generate
     from diffgen.sampling.images import labelled_grid, save_png, to_pil
-    from diffgen.sampling.settings import DEFAULTS
+    from diffgen.sampling.settings import DEFAULT_BATCH_SIZE, DEFAULTS
 
     view = DiffusionModel(run.cfg, run.model.text_encoder, Denoiser.from_config(ema_unet, run.cfg))
     source = run.held_idx or run.train_idx
     prompts = list(dict.fromkeys(run.data.captions[i][0] for i in source))[:8]
     tasks = [ImageTask.of(k, p, k, DEFAULTS) for k, p in enumerate(prompts)]
-    images = torch.stack([image for _, image, _ in generate(view, tasks, batch_size=8)])
+    images = torch.stack([image for _, image, _ in generate(view, tasks, batch_size=DEFAULT_BATCH_SIZE)])
     path = run.opts.out / "samples" / f"step-{step:08d}.png"
     recipe = {"step": step, "prompts": prompts, "seeds": list(range(len(prompts))), "steps": DEFAULTS.steps,
               "sampler": DEFAULTS.sampler, "guidance": DEFAULTS.guidance}

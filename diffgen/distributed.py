@@ -1,7 +1,10 @@
-"""torch.distributed set-up for `torchrun` (DDP): NCCL on GPUs, gloo on CPUs.
+"""torchrun's processes: who this one is, and torch.distributed set-up for DDP (NCCL on GPUs, gloo
+on CPUs).
 
 Without torchrun's environment (WORLD_SIZE unset or 1) everything here is a no-op, so the same
-training code runs on one CPU, one GPU or many.
+code runs on one CPU, one GPU or many. Training joins a process group (``init_distributed``);
+sampling needs none: each process reads who it is (``torchrun_env``) and takes its share of the
+batches.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from diffgen.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -31,14 +36,37 @@ class DistInfo:
         return self.world_size > 1
 
 
+def torchrun_env() -> DistInfo:
+    """This process's place among torchrun's (rank, world size, local rank) from the environment;
+    one process of one without torchrun. InputError for an environment torchrun would not set."""
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return DistInfo()
+        if "RANK" not in os.environ:
+            raise InputError("WORLD_SIZE is set but RANK is not: start multi-process runs with torchrun")
+        info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise InputError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers (torchrun sets them)") from None
+    if not 0 <= info.rank < world_size or info.local_rank < 0:
+        raise InputError(f"RANK {info.rank} is not in [0, WORLD_SIZE {world_size})")
+    return info
+
+
+def device_of(info: DistInfo, device: str) -> str:
+    """The device a process should use: its own GPU (cuda:LOCAL_RANK) under torchrun when ``device``
+    allows CUDA and there is one; else ``device`` as given."""
+    if info.enabled and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{info.local_rank}"
+    return device
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun describes in the environment, if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo()
-    if "RANK" not in os.environ:
-        raise RuntimeError("WORLD_SIZE is set but RANK is not: start distributed runs with torchrun")
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    info = torchrun_env()
+    if not info.enabled:
+        return info
+    rank, world_size, local_rank = info.rank, info.world_size, info.local_rank
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
