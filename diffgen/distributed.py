@@ -124,3 +124,11 @@ def maybe_no_sync(module: torch.nn.Module, skip_sync: bool) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def wrapped(module: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """``module`` as the step loop runs it: under DDP (gradients averaged across processes) when
+    there are several, else itself."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module) if info.enabled else module

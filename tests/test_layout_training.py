@@ -13,7 +13,7 @@ import torch
 from diffgen.data import TrainingSet
 from diffgen.engine.layout_bias import LayoutBias
 from diffgen.engine.regions import Placement, TokenSpans
-from diffgen.training.stages import layout_bias_of
+from diffgen.training.diffusion_loss import layout_bias_of
 
 from .helpers import cli, make_shapes_folder, train_args, train_config
 

@@ -245,7 +245,7 @@ def test_a_model_differs_in_what_it_computes_not_in_how_it_was_trained():
     import dataclasses
 
     from diffgen.config import Config
-    from diffgen.training.run import model_differences
+    from diffgen.training.starting_weights import model_differences
 
     base = Config()
 

@@ -6,9 +6,10 @@ schedule.py). Stochastic samplers draw fresh noise only through ``noise_sampler(
 so the caller decides where randomness comes from (per-image CPU generators, see
 ``seeded_noise_sampler``). ``callback(info)``, if given, is called once per step with a dict:
 ``i`` (step index), ``sigma``, ``sigma_hat`` (the level the model saw: above sigma after churn),
-``x`` and ``denoised`` (the clean-image estimate, for denoising trajectories). Stochastic samplers
-take ``eta`` (0 = their deterministic counterpart, 1 = the full stochastic step) and ``s_noise``
-(scale of the fresh noise). No sampler knows about text, guidance or devices.
+``x`` and ``denoised`` (the clean-image estimate, for denoising trajectories). The ancestral and
+SDE samplers take ``eta`` (0 = their deterministic counterpart, 1 = the full stochastic step) and
+``s_noise`` (scale of the fresh noise); EDM's stochastic sampler takes its churn (``s_churn``,
+``s_tmin``, ``s_tmax``) and ``s_noise``. No sampler knows about text, guidance or devices.
 
 The probability-flow ODE in the sigma parameterisation (EDM eq. 4, with s(t) = 1, sigma(t) = t) is
     dx/dsigma = (x - D(x, sigma)) / sigma = eps_hat.

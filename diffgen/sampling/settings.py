@@ -1,8 +1,10 @@
-"""Sampling settings: every sampling choice, its default and its check, in one place.
+"""Sampling settings: the sampler's choices (steps, sampler, schedule, guidance, negative prompt),
+their defaults and checks, and the default batch size.
 
 The CLI's option defaults, prompt-file lines, PNG recipes and ``--replay``, training-time sample
-grids, ``eval`` and the Python API all build a ``SamplingSettings``, so a default changes here
-only. Sampler and schedule names come from the registries below (samplers.SAMPLERS and
+grids, ``eval`` and the Python API all build a ``SamplingSettings``, so these defaults change here
+only (the image-editing and layout defaults live with their inputs: sampling/edits.py,
+sampling/layout.py). Sampler and schedule names come from the registries below (samplers.SAMPLERS and
 schedule.SCHEDULES are keyed by them; a test keeps them equal). No torch import: the CLI reads
 this module to print its help.
 """

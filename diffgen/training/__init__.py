@@ -80,7 +80,7 @@ def _train(run: Run) -> dict[str, Any]:
 
     opts, dist, device = run.opts, run.dist, run.device
     run.say(f"{len(run.train_idx)} training images, {len(run.held_idx)} held out; global batch "
-            f"{run.cfg.train.batch_size * run.cfg.train.grad_accum * dist.world_size} on {dist.world_size} "
+            f"{run.global_batch} on {dist.world_size} "
             f"process(es), {device}")
     resume, summary = run.resume, {}
     # a run started with --init (resumed or not) took its text tower from the checkpoint

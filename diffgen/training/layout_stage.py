@@ -11,14 +11,14 @@ interrupted here resumes here, exactly.
 from __future__ import annotations
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
+from diffgen import distributed
 from diffgen.engine.layout_net import LayoutTargets, layout_loss
 from diffgen.engine.regions import TokenSpans
-from diffgen.state import TrainingState, optimizer_from_tensors, restore_rng, with_prefix
+from diffgen.state import TrainingState, with_prefix
 from diffgen.training.batches import lr_at, pick_captions
 from diffgen.training.run import Run
-from diffgen.training.stages import Stage, run_stage
+from diffgen.training.stages import Stage, resumed_at, run_stage
 
 
 def train_layout(run: Run, resume: TrainingState | None) -> int:
@@ -29,12 +29,8 @@ def train_layout(run: Run, resume: TrainingState | None) -> int:
     predictor.train().requires_grad_(True)
     text = run.model.text_encoder.eval()
     optimizer = torch.optim.AdamW(predictor.parameters(), lr=t.layout_lr, weight_decay=t.weight_decay)
-    start = 0
-    if resume is not None:  # the model weights were restored when the run was prepared
-        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
-        restore_rng(resume.tensors)
-        start = resume.step
-    net = DistributedDataParallel(predictor) if run.dist.enabled else predictor
+    start = resumed_at(resume, optimizer)
+    net = distributed.wrapped(predictor, run.dist)
     spans = TokenSpans(text.tokenizer, text.context_length)
     params = list(predictor.parameters())
 

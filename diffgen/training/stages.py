@@ -19,14 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from diffgen import devices, distributed
-from diffgen.data import TrainingSet
-from diffgen.engine.denoiser import Denoiser, contrast_loss, denoising_loss, noised, noised_between
-from diffgen.engine.layout_bias import LayoutBias, attention_biased
+from diffgen import distributed
+from diffgen.engine.denoiser import Denoiser
 from diffgen.engine.model import DiffusionModel, PromptCache
-from diffgen.engine.regions import TokenSpans, boxes_by_name
 from diffgen.errors import Terminated
 from diffgen.state import (
     EMA_UNET_PREFIX,
@@ -37,16 +33,14 @@ from diffgen.state import (
     without_prefix,
 )
 from diffgen.training.batches import (
-    NoiseGenerator,
     cosine_lr,
     ema_decay_at,
     image_batch,
     lr_at,
     pick_captions,
-    pick_negatives,
     step_generator,
 )
-from diffgen.training.grounding import grounding_loss, grounding_targets, kept_attention
+from diffgen.training.diffusion_loss import DiffusionLoss
 from diffgen.training.metrics import StageMeter
 from diffgen.training.run import Run, save_run_state
 from diffgen.training.text_tuning import TextTuning
@@ -129,6 +123,21 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
     return step + 1 if start < stage.steps else start
 
 
+def resumed_at(resume: TrainingState | None, optimizer: torch.optim.Optimizer,
+               weights: dict[str, torch.nn.Module] | None = None) -> int:
+    """The step a stage starts at: 0 for a new stage; for a resumed one its state's step, with
+    ``weights`` (modules by their prefix in the state, e.g. the EMA), the optimizer's moments and
+    the random generators restored. (The model's own weights were restored when the run was
+    prepared.)"""
+    if resume is None:
+        return 0
+    for prefix, module in (weights or {}).items():
+        module.load_state_dict(without_prefix(resume.tensors, prefix))
+    optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
+    restore_rng(resume.tensors)
+    return resume.step
+
+
 def train_clip(run: Run, resume: TrainingState | None) -> None:
     """Stage 1: contrastive training of the CLIP text and image towers."""
     import open_clip
@@ -136,13 +145,8 @@ def train_clip(run: Run, resume: TrainingState | None) -> None:
     t = run.cfg.train
     clip = run.model.text_encoder.clip.train()
     optimizer = torch.optim.AdamW(clip.parameters(), lr=t.clip_lr, weight_decay=t.weight_decay)
-    start = 0
-    if resume is not None:
-        clip.load_state_dict(without_prefix(resume.tensors, "clip"))
-        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
-        restore_rng(resume.tensors)
-        start = resume.step
-    net = DistributedDataParallel(clip) if run.dist.enabled else clip
+    start = resumed_at(resume, optimizer, {"clip": clip})
+    net = distributed.wrapped(clip, run.dist)
     loss_fn = open_clip.loss.ClipLoss(gather_with_grad=True, rank=run.dist.rank, world_size=run.dist.world_size)
     tokenizer = run.model.text_encoder
     token_ids: dict[str, torch.Tensor] = {}
@@ -175,81 +179,27 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     """Stage 2: the U-Net with the EDM loss; EMA; caption dropout for CFG. The text encoder is
     frozen, or trained too at ``train.text_lr_scale`` (training/text_tuning.py).
     Returns the number of steps done (fewer than configured when the time limit stopped it)."""
-    t, d = run.cfg.train, run.cfg.denoiser
+    t = run.cfg.train
     text = run.model.text_encoder.eval().requires_grad_(False)
-    tuning = TextTuning(text, t.text_lr_scale, run.device, run.dist.enabled) if t.text_lr_scale > 0 else None
+    tuning = TextTuning(text, t.text_lr_scale, run.device, run.dist) if t.text_lr_scale > 0 else None
     unet = run.model.denoiser.net.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     groups = [{"params": list(unet.parameters())}] + ([tuning.param_group()] if tuning else [])
     # fused: one kernel for the whole update instead of a few per parameter tensor
     optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay,
                                   fused=True if run.device.type == "cuda" else None)
-    start = 0
-    if resume is not None:  # the model weights were restored when the run was prepared
-        ema.load_state_dict(without_prefix(resume.tensors, EMA_UNET_PREFIX))
-        if tuning:
-            tuning.load(resume.tensors)
-        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
-        restore_rng(resume.tensors)
-        start = resume.step
-    net = DistributedDataParallel(unet) if run.dist.enabled else unet
-    denoiser = Denoiser.from_config(net, run.cfg)
+    start = resumed_at(resume, optimizer, {EMA_UNET_PREFIX: ema})
+    if resume is not None and tuning:
+        tuning.load(resume.tensors)
+    net = distributed.wrapped(unet, run.dist)
     if tuning is None:  # a frozen encoder: each distinct caption encoded once, up front
         encode = PromptCache(text)
         negatives = {n for i in run.train_idx for n in run.data.negatives_of(i)} if t.negative_weight else set()
         encode.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""} | negatives))
     else:  # a trained one: encoded in every step, with gradients
         encode = tuning
-    autocast = devices.autocast(run.device, t.precision)
-    noise_generator = NoiseGenerator(run.device)
+    loss = DiffusionLoss(run, unet, Denoiser.from_config(net, run.cfg), encode)
     ema_params, params = list(ema.parameters()), list(unet.parameters())
-    grounded = t.grounding_weight > 0
-    spans = TokenSpans(text.tokenizer, text.context_length) if grounded or t.layout_bias else None
-    cross_attention = unet.cross_attentions()
-
-    def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        captions = pick_captions(run.data, idx, gen, t.caption_dropout)
-        x0 = image_batch(run.data, idx, run.device)
-        noisy, sigma = noised(x0, d.p_mean, d.p_std, noise_generator(gen), d.high_noise_share,
-                              (d.high_noise_min_sigma, d.sigma_max))
-        rows, negatives = (pick_negatives(run.data, idx, captions, sigma, d.sigma_data, gen)
-                           if t.negative_weight else ([], []))
-        # the contrast's rows ride in the same forward pass, under their negative captions, and so
-        # do the grounding pass's: the batch's first images again, at noise levels only it draws
-        extra = min(t.grounding_pass_images, len(idx)) if grounded else 0
-        cond = encode(captions + negatives + captions[:extra])
-        if rows:
-            noisy, sigma, x0 = (torch.cat([v, v[rows]]) for v in (noisy, sigma, x0))
-        if extra:
-            pass_noisy, pass_sigma = noised_between(x0[:extra], t.grounding_min_sigma, d.sigma_max,
-                                                    noise_generator(gen))
-            noisy, sigma, x0 = torch.cat([noisy, pass_noisy]), torch.cat([sigma, pass_sigma]), \
-                torch.cat([x0, x0[:extra]])
-        bias = layout_bias_of(run.data, idx, captions, spans, t.layout_bias, run.device) \
-            if t.layout_bias and spans is not None else None
-        with autocast, kept_attention(cross_attention, grounded) as attention, \
-                attention_biased(unet, bias) if bias is not None else contextlib.nullcontext():
-            losses = denoising_loss(denoiser, noisy, sigma, x0, cond)
-        n = len(idx)
-        denoising = losses[:n].mean()
-        # the extra terms are logged apart, so that the denoising loss compares across runs
-        parts: dict[str, torch.Tensor] = {}
-        if t.negative_weight:
-            parts["contrast"] = (contrast_loss(losses[rows], losses[n:n + len(rows)], t.negative_sharpness).sum()
-                                 / n if rows else denoising.new_zeros(()))
-        if grounded:
-            # images below the noise floor name nothing, like captions dropped for guidance, and
-            # the contrast's rows neither (their captions are not the pictures')
-            named = [c if s >= t.grounding_min_sigma else "" for c, s in zip(captions, sigma[:n].tolist())]
-            named += [""] * len(rows) + captions[:extra]
-            targets = grounding_targets(run.data, idx + [idx[r] for r in rows] + idx[:extra], named,
-                                        spans, run.device)
-            parts["grounding"] = grounding_loss(attention, targets)
-        if not parts:
-            return denoising
-        total = denoising + t.negative_weight * parts.get("contrast", 0.0) \
-            + t.grounding_weight * parts.get("grounding", 0.0)
-        return total, {"denoising": denoising, **parts}
 
     def update_ema(step: int) -> None:
         decay = ema_decay_at(step, t.ema_decay, t.ema_warmup)
@@ -276,17 +226,6 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     if tuning:
         tuning.ship()
     return steps_done
-
-
-def layout_bias_of(data: TrainingSet, indices: list[int], captions: list[str], spans: TokenSpans,
-                   strength: float, device: torch.device) -> LayoutBias:
-    """Sampling's layout bias (active) for the batch images whose drawn caption names two or more
-    objects with regions: the prompts the layout predictor lays out when sampling. Other rows, and
-    any rows after the batch's images, get none."""
-    laid = [c if c and len(boxes_by_name(data.regions_of(i, c))) >= 2 else "" for i, c in zip(indices, captions)]
-    bias = LayoutBias(grounding_targets(data, indices, laid, spans, device), len(indices), strength, device)
-    bias.active = True
-    return bias
 
 
 def sample_grid(run: Run, ema_unet: torch.nn.Module, step: int) -> Path:

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
+from diffgen import distributed
 from diffgen.engine.clip_text import is_image_tower_key
 from diffgen.engine.denoiser import Conditioning
 from diffgen.engine.text import TextEncoder
@@ -30,7 +30,7 @@ from diffgen.state import EMA_TEXT_PREFIX
 class TextTuning:
     """The text tower's trainable parameters, their EMA, and captions encoded with gradients."""
 
-    def __init__(self, encoder: TextEncoder, lr_scale: float, device: torch.device, distributed: bool):
+    def __init__(self, encoder: TextEncoder, lr_scale: float, device: torch.device, dist: distributed.DistInfo):
         self.encoder, self.lr_scale, self.device = encoder, lr_scale, device
         self.params = {name: p for name, p in encoder.named_parameters()
                        if not is_image_tower_key(f"text_encoder.{name}")}
@@ -39,7 +39,7 @@ class TextTuning:
             p.requires_grad_(True)
         self.ema = {name: p.detach().clone() for name, p in self.params.items()}
         # DDP averages the tower's gradients across processes (only parameters that need them)
-        self.net = DistributedDataParallel(encoder) if distributed else encoder
+        self.net = distributed.wrapped(encoder, dist)
         self.token_ids: dict[str, torch.Tensor] = {}
 
     def param_group(self) -> dict:

@@ -13,19 +13,12 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from diffgen.state import (
-    EMA_UPSCALER_PREFIX,
-    TrainingState,
-    optimizer_from_tensors,
-    restore_rng,
-    with_prefix,
-    without_prefix,
-)
+from diffgen import distributed
+from diffgen.state import EMA_UPSCALER_PREFIX, TrainingState, with_prefix
 from diffgen.training.batches import ema_decay_at, lr_at
 from diffgen.training.run import Run
-from diffgen.training.stages import Stage, run_stage
+from diffgen.training.stages import Stage, resumed_at, run_stage
 
 
 def random_crops(images: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
@@ -45,13 +38,8 @@ def train_upscale(run: Run, resume: TrainingState | None) -> int:
     upscaler.train().requires_grad_(True)
     ema = copy.deepcopy(upscaler).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(upscaler.parameters(), lr=t.upscale_lr, weight_decay=t.weight_decay)
-    start = 0
-    if resume is not None:  # the model weights were restored when the run was prepared
-        ema.load_state_dict(without_prefix(resume.tensors, EMA_UPSCALER_PREFIX))
-        optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
-        restore_rng(resume.tensors)
-        start = resume.step
-    net = DistributedDataParallel(upscaler) if run.dist.enabled else upscaler
+    start = resumed_at(resume, optimizer, {EMA_UPSCALER_PREFIX: ema})
+    net = distributed.wrapped(upscaler, run.dist)
     positions = {index: row for row, index in enumerate(run.data.indices_2x)}
     usable = [i for i in run.train_idx if i in positions]  # prepare_run checked there are some
     params, ema_params = list(upscaler.parameters()), list(ema.parameters())
