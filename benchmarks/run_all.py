@@ -1,7 +1,11 @@
-"""Regenerate docs/BENCHMARKS.md on this machine: speed, start-up, the diffusers peer, and (when a
-dataset is given) quality of the default model. Run through `make bench`.
+"""Regenerate the measured sections of docs/BENCHMARKS.md on this machine: speed, start-up, the
+diffusers peer, and (when a dataset is given) quality of the default model. Run through `make bench`.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--eval-data FOLDER]
+
+Only the sections this script measures are replaced, each in place under its heading; every other
+section of the file (the speedrun, the probes, the upscaler, the test-suite times: written by hand
+from their own benchmarks) is kept as it is.
 """
 
 from __future__ import annotations
@@ -82,9 +86,30 @@ def main() -> None:
                   "Command: `python benchmarks/sprite_match.py --seeds 2` (single objects recognised?)", "",
                   run("sprite_match.py", "--seeds", "2"), ""]
     (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(parts) + "\n")
-    print(f"wrote {ROOT / 'docs' / 'BENCHMARKS.md'}")
+    target = ROOT / "docs" / "BENCHMARKS.md"
+    old = target.read_text() if target.exists() else ""
+    target.write_text(merged(old, "\n".join(parts) + "\n"))
+    print(f"updated {target}")
 
+
+def sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """(the text before the first "## " heading, [(heading line, the section's exact text)])."""
+    import re
+
+    head, *rest = re.split(r"(?m)^(?=## )", text)
+    return head, [(part.split("\n", 1)[0], part) for part in rest]
+
+
+def merged(old: str, new: str) -> str:
+    """``old`` with the header and each section of ``new`` replaced in place (a section is matched
+    by its heading; a new one is added at the end); the other sections of ``old`` stay as they are."""
+    if not old.strip():
+        return new
+    new_head, new_sections = sections(new)
+    _, old_sections = sections(old)
+    fresh = dict(new_sections)
+    kept = [fresh.pop(heading, body) for heading, body in old_sections]
+    return new_head + "".join(kept) + "".join(fresh.values())
 
 if __name__ == "__main__":
     main()
