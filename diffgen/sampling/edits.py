@@ -89,13 +89,13 @@ class EditSource:
         from PIL import ImageFilter
 
         from diffgen.data import load_image
+        from diffgen.engine.pixels import from_uint8
 
         for path, digest, what in ((self.init_image, self.init_sha256, "init image"),
                                    (self.mask, self.mask_sha256, "mask")):
             if path and _check_image_file(Path(path), what) != digest:
                 raise InputError(f"the {what} {path} has changed since this recipe was made (its SHA-256 differs)")
-        image = np.asarray(load_image(Path(self.init_image), size), dtype=np.float32)
-        tensor = torch.from_numpy(image).permute(2, 0, 1) / 127.5 - 1
+        tensor = from_uint8(torch.from_numpy(np.asarray(load_image(Path(self.init_image), size))).permute(2, 0, 1))
         if not self.mask:
             return tensor, None
         mask_image = load_image(Path(self.mask), size, background=(0, 0, 0)).convert("L")

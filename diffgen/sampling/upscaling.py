@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from diffgen.engine.model import DiffusionModel
+from diffgen.engine.pixels import from_uint8
 from diffgen.errors import InputError
 
 # The upscaler's activations grow with the picture (about 1 GB at this size); larger inputs are
@@ -67,7 +68,7 @@ def read_input(path: Path, model: DiffusionModel) -> UpscaleInput:
         text = opened.info.get(RECIPE_KEY)
         rgba = opened.convert("RGBA")
     picture = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    image = torch.from_numpy(np.asarray(picture, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+    image = from_uint8(torch.from_numpy(np.asarray(picture)).permute(2, 0, 1))
     recipe, note = None, ""
     if text is not None:
         try:

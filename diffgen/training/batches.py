@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from diffgen.data import TrainingSet
+from diffgen.engine.pixels import from_uint8
 
 
 def step_generator(seed: int, stage: str, step: int, rank: int) -> torch.Generator:
@@ -104,7 +105,7 @@ def pick_negatives(data: TrainingSet, indices: list[int], captions: list[str], s
 
 def image_batch(data: TrainingSet, indices: list[int], device: torch.device) -> torch.Tensor:
     """uint8 images -> float in [-1, 1] on ``device``."""
-    return data.images[indices].to(device, non_blocking=True).float() / 127.5 - 1
+    return from_uint8(data.images[indices].to(device, non_blocking=True))
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:

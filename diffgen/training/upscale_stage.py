@@ -15,6 +15,7 @@ import copy
 import torch
 
 from diffgen import distributed
+from diffgen.engine.pixels import from_uint8
 from diffgen.state import EMA_UPSCALER_PREFIX, TrainingState, with_prefix
 from diffgen.training.batches import ema_decay_at, lr_at
 from diffgen.training.run import Run
@@ -47,7 +48,7 @@ def train_upscale(run: Run, resume: TrainingState | None) -> int:
     def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor:
         high = random_crops(run.data.images_2x[[positions[i] for i in idx]], cfg.crop, gen)
         # through the DDP wrapper's forward, so that the gradients are averaged across processes
-        return upscaler.loss(high.to(run.device).float() / 127.5 - 1, gen, forward=net).mean()
+        return upscaler.loss(from_uint8(high.to(run.device)), gen, forward=net).mean()
 
     def update_ema(step: int) -> None:
         with torch.no_grad():
