@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -43,6 +44,10 @@ def train(
     time_limit: Annotated[Optional[float], typer.Option(
         help="Minutes: end the diffusion stage once the run has taken this long, saving the state "
         "and the model (--resume goes on to --steps).", show_default=False)] = None,
+    budget: Annotated[Optional[float], typer.Option(
+        help="Minutes for the whole run: the stages share them (CLIP at most 15%, sized by the data), "
+        "and each plans its steps, learning-rate decay and EMA to end in time. Replaces --time-limit.",
+        show_default=False)] = None,
     weights_dtype: Annotated[str, typer.Option(
         help="Storage type of model.safetensors: float32, float16 (half the size) or bfloat16.")] = "float32",
     name: Annotated[Optional[str], typer.Option(
@@ -64,15 +69,18 @@ def train(
         from diffgen.presets import config_path
 
         cfg = load_config(config_path(config)) if config is not None else Config()
-        overrides = {k: v for k, v in (("steps", steps), ("clip_steps", clip_steps),
-                                       ("batch_size", batch_size)) if v is not None}
+        overrides: dict[str, Any] = {k: v for k, v in (("steps", steps), ("clip_steps", clip_steps),
+                                                       ("batch_size", batch_size)) if v is not None}
         for key, value in overrides.items():
             least = 1 if key == "batch_size" else 0
             if value < least:
                 raise InputError(f"--{key.replace('_', '-')} must be at least {least}")
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
-        if time_limit is not None and not time_limit > 0:
-            raise InputError(f"--time-limit must be a positive number of minutes, got {time_limit}")
+        for option, minutes in (("--time-limit", time_limit), ("--budget", budget)):
+            if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+                raise InputError(f"{option} must be a positive number of minutes, got {minutes}")
+        if time_limit is not None and budget is not None:
+            raise InputError("--budget plans the whole run and replaces --time-limit: give one of them")
         if check:
             report = print_data_report(data, cfg.image_size)
             if not report.items:
@@ -86,7 +94,8 @@ def train(
         log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         summary = run_training(TrainOptions(
             data, out, cfg, resume, text_encoder, device, progress=not quiet, say=log,
-            time_limit=None if time_limit is None else 60 * time_limit, weights_dtype=weights_dtype,
+            time_limit=None if time_limit is None else 60 * time_limit,
+            budget=None if budget is None else 60 * budget, weights_dtype=weights_dtype,
             init=init, name=name))
         if not quiet and int(os.environ.get("RANK", "0")) == 0:
             typer.echo(f"model: {out / 'model.safetensors'}", err=True)

@@ -35,6 +35,8 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
         raise InputError(f"unknown weights dtype '{opts.weights_dtype}' (choose from: {', '.join(WEIGHT_DTYPES)})")
     if opts.time_limit is not None and opts.time_limit <= 0:
         raise InputError("the time limit must be positive")
+    if opts.budget is not None and (opts.budget <= 0 or opts.time_limit is not None):
+        raise InputError("the budget must be positive, and it replaces the time limit (give one of them)")
     device = pick_device(opts.device)
     dist = distributed.init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
@@ -101,12 +103,13 @@ def _train(run: Run) -> dict[str, Any]:
         steps_done = run.cfg.train.steps  # the later stages start once the U-Net's steps are done
     elif run.cfg.train.steps:
         steps_done = train_diffusion(run, resume if resume is not None and resume.stage == "diffusion" else None)
-    if steps_done < run.cfg.train.steps:  # the time limit stopped the U-Net: --resume goes on with it
+    # the time limit stopped the U-Net: --resume goes on with it (a budget keeps the later stages their share)
+    if run.finished.get("diffusion") is False and run.budget is None:
         return finish_run(run, summary, steps_done)
     if run.cfg.train.layout_steps and not (resume is not None and resume.stage == "upscale"):
         done = train_layout(run, resume if resume is not None and resume.stage == "layout" else None)
         summary["layout_steps"] = done
-        if done < run.cfg.train.layout_steps:
+        if run.finished.get("layout") is False and run.budget is None:
             return finish_run(run, summary, steps_done)
     if run.cfg.train.upscale_steps:
         summary["upscale_steps"] = train_upscale(run, resume if resume is not None and resume.stage == "upscale"

@@ -16,9 +16,9 @@ from diffgen import distributed
 from diffgen.engine.layout_net import LayoutTargets, layout_loss
 from diffgen.engine.regions import TokenSpans
 from diffgen.state import TrainingState, with_prefix
-from diffgen.training.batches import lr_at, pick_captions
+from diffgen.training.batches import pick_captions
 from diffgen.training.run import Run
-from diffgen.training.stages import Stage, resumed_at, run_stage
+from diffgen.training.stages import Stage, main_lr, resumed_at, run_stage
 
 
 def train_layout(run: Run, resume: TrainingState | None) -> int:
@@ -48,12 +48,12 @@ def train_layout(run: Run, resume: TrainingState | None) -> int:
         targets = LayoutTargets.of(captions, regions, spans, counts, tokens.shape[1]).to(run.device)
         return layout_loss(net(tokens, targets.valid), targets)
 
-    def count(step: int) -> None:
+    def count(step: int, total: int) -> None:
         predictor.trained_steps.fill_(step + 1)
 
     # the learning rate does not depend on layout_steps, so that a resumed run may go on longer
     done = run_stage(run, Stage("layout", t.layout_steps, t.layout_batch_size, net, optimizer,
-                                lambda step: lr_at(step, t.layout_lr, t.warmup_steps), loss,
+                                main_lr(run, t.layout_lr), loss,
                                 lambda: with_prefix(run.model.state_dict(), "model"), after_step=count,
                                 params=params), start)
     predictor.eval().requires_grad_(False)

@@ -137,9 +137,20 @@ class StageMeter:
         self.smoothed: float | None = None
         self.progress = progress(stage, TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} img/s"),
-                                 TimeRemainingColumn(), fields=("loss", "rate"),
-                                 disable=not (show_progress and dist.is_main))
-        self.bar = self.progress.add_task(stage, total=total, completed=start, loss="-", rate="-")
+                                 TimeRemainingColumn(), TextColumn("{task.fields[budget]}"),
+                                 fields=("loss", "rate", "budget"), disable=not (show_progress and dist.is_main))
+        self.bar = self.progress.add_task(stage, total=total, completed=start, loss="-", rate="-",
+                                          budget=self._time_left())
+
+    def _time_left(self) -> str:
+        """What remains of the stage's time (its budget or the time limit), for the progress line."""
+        if self.deadline is None:
+            return ""
+        return f"{max(0.0, self.deadline - time.perf_counter()) / 60:.1f} min left"
+
+    def retotal(self, total: int) -> None:
+        """The stage's step count changed (a budget planned it)."""
+        self.progress.update(self.bar, total=total)
 
     def add(self, step: int, lr: float, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None,
             force: bool = False) -> None:
@@ -156,7 +167,8 @@ class StageMeter:
         for step, lr, loss, parts in rows:
             self.smoothed = loss if self.smoothed is None else 0.98 * self.smoothed + 0.02 * loss
             self.log.write({"stage": self.stage, "step": step, "loss": loss, **parts, "lr": lr, "images_per_s": rate})
-        self.progress.update(self.bar, advance=len(rows), loss=f"{self.smoothed:.4f}", rate=f"{rate:.1f}")
+        self.progress.update(self.bar, advance=len(rows), loss=f"{self.smoothed:.4f}", rate=f"{rate:.1f}",
+                             budget=self._time_left())
 
     def out_of_time(self) -> bool:
         """True on every rank once the deadline has passed (checked at flushes only)."""

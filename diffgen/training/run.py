@@ -31,6 +31,7 @@ from diffgen.engine.model import DiffusionModel, build_model
 from diffgen.errors import InputError
 from diffgen.state import TrainingState, optimizer_to_tensors, require_state, rng_tensors, save_state, without_prefix
 from diffgen.training.batches import BatchPlan
+from diffgen.training.budget import Budget
 from diffgen.training.data_needs import check_data_needs
 from diffgen.training.metrics import RunLog
 from diffgen.training.starting_weights import load_init, load_init_weights, load_text_tower, resolve_text_encoder
@@ -55,6 +56,9 @@ class TrainOptions:
     say: Callable[[str], None] = print  # one-line messages for the user (the main process only)
     # Stop the diffusion stage once the run has taken this many seconds (saved and resumable).
     time_limit: float | None = None
+    # Seconds for the whole run, shared by its stages, each planning its length to end in time
+    # (training/budget.py).
+    budget: float | None = None
     # Storage type of the floating-point weights in model.safetensors (the state stays float32).
     weights_dtype: str = "float32"
     # A diffgen checkpoint whose U-Net and text encoder weights the run starts from (fine-tuning).
@@ -82,6 +86,12 @@ class Run:
     skipped_files: int = 0  # data files named and skipped by the scan
     # set by SIGTERM: the step loop saves the state after the current step and ends the run
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    finished: dict[str, bool] = dataclasses.field(default_factory=dict)  # by stage: ran to its end
+    steps_done: dict[str, int] = dataclasses.field(default_factory=dict)  # by stage, in this process
+
+    @property
+    def budget(self) -> Budget | None:
+        return Budget(self.opts.budget, self.started) if self.opts.budget is not None else None
 
     @property
     def cfg(self) -> Config:
@@ -219,13 +229,14 @@ def _hold_run_folder(out: Path, cfg: Config, stack: contextlib.ExitStack, say: C
 
 
 def save_run_state(run: Run, stage: str, step: int, tensors: dict[str, torch.Tensor],
-                   optimizer: torch.optim.Optimizer, plan: BatchPlan) -> None:
-    """The training state after ``step`` (main process; every rank waits for it)."""
+                   optimizer: torch.optim.Optimizer, plan: BatchPlan, planned: int | None = None) -> None:
+    """The training state after ``step`` (main process; every rank waits for it); ``planned``, the
+    stage's step count as a budget planned it."""
     if run.dist.is_main:
         opt_tensors, groups = optimizer_to_tensors(optimizer, "optim")
         info = {"config": config_to_dict(run.cfg), "optimizer_groups": groups,
                 "data_position": plan.position(step), "num_images": len(run.data),
-                **({"init": run.init} if run.init else {})}
+                **({"init": run.init} if run.init else {}), **({"planned_steps": planned} if planned else {})}
         save_state(run.opts.out / "state", TrainingState(stage, step, {**tensors, **opt_tensors, **rng_tensors()},
                                                          info))
     distributed.barrier(run.dist)
@@ -241,12 +252,13 @@ def finish_run(run: Run, summary: dict[str, Any], steps_done: int) -> dict[str, 
         "skipped_files": run.skipped_files, "steps": steps_done,
         "held_out_split": split_fingerprint(run.opts.data, run.data.paths, run.held_idx),
         "configured_steps": cfg.train.steps,
-        "clip_steps": cfg.train.clip_steps if "clip_retrieval" in summary else 0,
+        "clip_steps": run.steps_done.get("clip", cfg.train.clip_steps) if "clip_retrieval" in summary else 0,
         "world_size": dist.world_size,
         "global_batch_size": run.global_batch,
         "final_loss": next((r["loss"] for r in reversed(run.log.rows) if r["stage"] == "diffusion"), None),
         "ranks_identical": distributed.weights_agree(run.model, dist),
         "device": str(run.device), "seconds_this_process": round(time.perf_counter() - run.started, 2),
+        **({"budget_seconds": run.opts.budget} if run.opts.budget is not None else {}),
         **({"init": run.init} if run.init else {}),
     })
     if dist.is_main:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,16 @@ from diffgen.training.batches import (
     pick_captions,
     step_generator,
 )
+from diffgen.training.budget import (
+    CLIP_EPOCHS,
+    CLIP_SHARE,
+    PLAN_AT,
+    TIMED_FROM,
+    decayed_lr,
+    ema_decay,
+    planned_steps,
+)
+from diffgen.training.budget import clip_steps as budget_clip_steps
 from diffgen.training.diffusion_loss import DiffusionLoss
 from diffgen.training.metrics import StageMeter
 from diffgen.training.run import Run, save_run_state
@@ -55,11 +66,11 @@ class Stage:
     batch_size: int  # per process and micro-batch
     net: torch.nn.Module  # what runs forward and backward (DDP-wrapped under torchrun)
     optimizer: torch.optim.Optimizer
-    lr: Callable[[int], float]
+    lr: Callable[[int, int], float]  # (step, the stage's step count: planned under a budget) -> lr
     # mean loss of one micro-batch, or (that loss, its named parts, logged beside it in metrics.jsonl)
     loss: Callable[[list[int], torch.Generator], torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]]
     tensors: Callable[[], dict[str, torch.Tensor]]  # the weights a state holds (the optimizer is added)
-    after_step: Callable[[int], None] = lambda step: None
+    after_step: Callable[[int, int], None] = lambda step, total: None  # (step, step count)
     # called with (step, last) at sample_every steps, at states and at the end, before the state is saved
     before_save: Callable[[int, bool], None] = lambda step, last: None
     time_limited: bool = False
@@ -69,19 +80,27 @@ class Stage:
 
 
 def run_stage(run: Run, stage: Stage, start: int) -> int:
-    """Steps ``start`` .. ``stage.steps`` (fewer when the time limit stops it); returns the steps done."""
+    """Steps ``start`` .. ``stage.steps`` (fewer when the time limit stops it, or the budget plans
+    fewer: see training/budget.py); returns the steps done and records in ``run.finished`` whether
+    the stage ran to its end."""
     t = run.cfg.train
     plan = run.plan(stage.batch_size, stage.indices)
-    deadline = run.started + run.opts.time_limit if stage.time_limited and run.opts.time_limit else None
-    meter = StageMeter(stage.name, stage.steps, start, plan.global_batch, run.log, run.dist, run.device,
+    budget = run.budget
+    resumed = run.resume if run.resume is not None and run.resume.stage == stage.name else None
+    planned = resumed.info.get("planned_steps") if resumed is not None and budget is not None else None
+    total = planned or stage.steps
+    deadline = budget.deadline(stage.name, run.cfg) if budget is not None else \
+        run.started + run.opts.time_limit if stage.time_limited and run.opts.time_limit else None
+    meter = StageMeter(stage.name, total, start, plan.global_batch, run.log, run.dist, run.device,
                        run.opts.progress, deadline)
-    step = start
+    timed_from = time.perf_counter()
+    step = done = start
     with meter.progress:
-        for step in range(start, stage.steps):
-            lr = stage.lr(step)
+        while step < total:
+            lr = stage.lr(step, total)
             for group in stage.optimizer.param_groups:  # a group may run at a fraction of the schedule
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            total = torch.zeros((), device=run.device)
+            loss_sum = torch.zeros((), device=run.device)
             parts: dict[str, torch.Tensor] = {}
             for micro in range(t.grad_accum):
                 idx = plan.batch(step, micro, run.dist.rank)
@@ -91,36 +110,57 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
                     loss, named = result if isinstance(result, tuple) else (result, {})
                     loss = loss / t.grad_accum
                     loss.backward()
-                total += loss.detach()
+                loss_sum += loss.detach()
                 for name, value in named.items():
                     parts[name] = parts.get(name, 0) + value.detach() / t.grad_accum
             torch.nn.utils.clip_grad_norm_(stage.params, t.grad_clip)
             stage.optimizer.step()
             stage.optimizer.zero_grad(set_to_none=True)
-            stage.after_step(step)
+            stage.after_step(step, total)
             done = step + 1
+            if budget is not None and planned is None and done == start + TIMED_FROM:
+                timed_from = time.perf_counter()
+            if budget is not None and planned is None and done == start + PLAN_AT and deadline is not None:
+                total = planned = _plan(run, stage, done, timed_from, deadline)
+                meter.retotal(total)
             save_due = done % t.checkpoint_every == 0
             sample_due = stage.sample_every is not None and done % stage.sample_every == 0
-            meter.add(done, lr, total, parts, force=save_due or sample_due or done == stage.steps)
+            meter.add(done, lr, loss_sum, parts, force=save_due or sample_due or done == total)
             terminated = run.stop.is_set() if not run.dist.enabled else \
                 distributed.any_rank(run.stop.is_set(), run.dist, run.device)
             if terminated:  # SIGTERM: keep this step's work, then end like Ctrl-C
                 meter.flush()
-                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan)
+                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan, planned)
                 run.say(f"terminated after step {done}; the state is saved, --resume continues the run")
                 raise Terminated()
-            last = done == stage.steps or meter.out_of_time()
-            if last and done < stage.steps:
-                run.say(f"time limit reached after {done} of {stage.steps} steps; "
+            last = done == total or meter.out_of_time()
+            if last and done < total and budget is not None:
+                run.say(f"{stage.name}: its share of the budget ended after {done} of {total} steps")
+            elif last and done < total:
+                run.say(f"time limit reached after {done} of {total} steps; "
                         "the state is saved, --resume continues the run")
             if sample_due or save_due or last:
                 stage.before_save(done, last)
             if save_due or last:
-                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan)
+                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan, planned)
                 run.log.loss_curve(run.opts.out / "loss.png")
             if last:
                 break
-    return step + 1 if start < stage.steps else start
+            step = done
+    run.finished[stage.name], run.steps_done[stage.name] = done >= total, done
+    return done
+
+
+def _plan(run: Run, stage: Stage, done: int, timed_from: float, deadline: float) -> int:
+    """The stage's step count under the budget, from the time its last steps took (the mean over
+    processes, so that every one plans the same)."""
+    now = time.perf_counter()
+    timing = torch.tensor([(now - timed_from) / (PLAN_AT - TIMED_FROM), deadline - now], device=run.device)
+    per_step, left = distributed.all_reduce_mean(timing, run.dist).tolist()
+    total = planned_steps(done, stage.steps, per_step, left)
+    run.say(f"{stage.name}: {per_step:.2f} s a step, {left / 60:.1f} min left of its budget: "
+            f"{total} steps planned (configured: {stage.steps})")
+    return total
 
 
 def resumed_at(resume: TrainingState | None, optimizer: torch.optim.Optimizer,
@@ -136,6 +176,22 @@ def resumed_at(resume: TrainingState | None, optimizer: torch.optim.Optimizer,
     optimizer_from_tensors(optimizer, resume.tensors, "optim", resume.info["optimizer_groups"])
     restore_rng(resume.tensors)
     return resume.step
+
+
+def main_lr(run: Run, base_lr: float) -> Callable[[int, int], float]:
+    """The learning rate of a stage's step: warm-up then constant (EDM's schedule; the EMA does the
+    averaging), or under a budget warm-up, constant and a decay that ends with the planned steps."""
+    warmup = run.cfg.train.warmup_steps
+    if run.budget is not None:
+        return lambda step, total: decayed_lr(step, total, base_lr, warmup)
+    return lambda step, total: lr_at(step, base_lr, warmup)
+
+
+def ema_decay_of(run: Run, step: int, total: int) -> float:
+    """The EMA decay after ``step`` (ramped up at the start; under a budget at most as long as a
+    tenth of the planned steps)."""
+    t = run.cfg.train
+    return ema_decay_at(step, ema_decay(t.ema_decay, total) if run.budget is not None else t.ema_decay, t.ema_warmup)
 
 
 def train_clip(run: Run, resume: TrainingState | None) -> None:
@@ -163,13 +219,20 @@ def train_clip(run: Run, resume: TrainingState | None) -> None:
         image_features, text_features, scale = net(image_batch(run.data, idx, run.device), ids)[:3]
         return loss_fn(image_features, text_features, scale)
 
-    def clamp_temperature(step: int) -> None:
+    def clamp_temperature(step: int, total: int) -> None:
         with torch.no_grad():
             clip.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
 
-    warmup = min(t.warmup_steps, t.clip_steps // 10 + 1)
-    run_stage(run, Stage("clip", t.clip_steps, t.clip_batch_size, net, optimizer,
-                         lambda step: cosine_lr(step, t.clip_steps, t.clip_lr, warmup), loss,
+    steps = t.clip_steps
+    if run.budget is not None:
+        steps = budget_clip_steps(t.clip_steps, len(run.train_idx), t.clip_batch_size)
+        captions = len({c for i in run.train_idx for c in run.data.captions[i]})
+        run.say(f"CLIP stage: {captions} distinct caption(s) over {len(run.train_idx)} images"
+                + (" (class labels: a batch holds each many times)" if captions < t.clip_batch_size else "")
+                + f"; at most {steps} steps ({CLIP_EPOCHS} passes) and {CLIP_SHARE:.0%} of the budget")
+    warmup = min(t.warmup_steps, steps // 10 + 1)
+    run_stage(run, Stage("clip", steps, t.clip_batch_size, net, optimizer,
+                         lambda step, total: cosine_lr(step, total, t.clip_lr, warmup), loss,
                          lambda: with_prefix(clip.state_dict(), "clip"), after_step=clamp_temperature,
                          params=list(clip.parameters())), start)
     clip.eval()
@@ -201,8 +264,8 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     loss = DiffusionLoss(run, unet, Denoiser.from_config(net, run.cfg), encode)
     ema_params, params = list(ema.parameters()), list(unet.parameters())
 
-    def update_ema(step: int) -> None:
-        decay = ema_decay_at(step, t.ema_decay, t.ema_warmup)
+    def update_ema(step: int, total: int) -> None:
+        decay = ema_decay_of(run, step, total)
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         if tuning:
@@ -218,7 +281,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
                 sample_grid(run, ema, step)
 
     steps_done = run_stage(run, Stage("diffusion", t.steps, t.batch_size, net, optimizer,
-                                      lambda step: lr_at(step, t.lr, t.warmup_steps), loss, tensors,
+                                      main_lr(run, t.lr), loss, tensors,
                                       after_step=update_ema, before_save=grid, time_limited=True,
                                       sample_every=t.sample_every,
                                       params=params + (list(tuning.params.values()) if tuning else [])), start)

@@ -17,9 +17,8 @@ import torch
 from diffgen import distributed
 from diffgen.engine.pixels import from_uint8
 from diffgen.state import EMA_UPSCALER_PREFIX, TrainingState, with_prefix
-from diffgen.training.batches import ema_decay_at, lr_at
 from diffgen.training.run import Run
-from diffgen.training.stages import Stage, resumed_at, run_stage
+from diffgen.training.stages import Stage, ema_decay_of, main_lr, resumed_at, run_stage
 
 
 def random_crops(images: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
@@ -50,15 +49,15 @@ def train_upscale(run: Run, resume: TrainingState | None) -> int:
         # through the DDP wrapper's forward, so that the gradients are averaged across processes
         return upscaler.loss(from_uint8(high.to(run.device)), gen, forward=net).mean()
 
-    def update_ema(step: int) -> None:
+    def update_ema(step: int, total: int) -> None:
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - ema_decay_at(step, t.ema_decay, t.ema_warmup))
+            torch._foreach_lerp_(ema_params, params, 1 - ema_decay_of(run, step, total))
 
     def tensors() -> dict[str, torch.Tensor]:
         return {**with_prefix(run.model.state_dict(), "model"), **with_prefix(ema.state_dict(), EMA_UPSCALER_PREFIX)}
 
     done = run_stage(run, Stage("upscale", t.upscale_steps, t.upscale_batch_size, net, optimizer,
-                                lambda step: lr_at(step, t.upscale_lr, t.warmup_steps), loss, tensors,
+                                main_lr(run, t.upscale_lr), loss, tensors,
                                 after_step=update_ema, time_limited=True, params=params, indices=usable), start)
     upscaler.load_state_dict(ema.state_dict())  # ship the EMA weights
     upscaler.eval().requires_grad_(False)

@@ -1,0 +1,70 @@
+"""A time budget for the whole run: the shares, the planned length, the schedule that ends with it."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from diffgen.config import Config
+from diffgen.training import budget
+from diffgen.training.budget import Budget
+
+from .helpers import cli, metrics, train_config
+
+
+def test_the_stages_share_the_budget_in_order():
+    cfg = Config()
+    b = Budget(600.0, started=1000.0)
+    margin = max(budget.MARGIN_MIN_S, budget.MARGIN_SHARE * 600)
+    assert b.deadline("clip", cfg) == pytest.approx(1000 + budget.CLIP_SHARE * 600)
+    assert b.deadline("diffusion", cfg) == pytest.approx(1600 - margin)  # nothing after it
+    later = SimpleNamespace(train=SimpleNamespace(layout_steps=10, upscale_steps=10))  # what deadline() reads
+    assert b.deadline("diffusion", later) == pytest.approx(1600 - margin - (budget.LAYOUT_SHARE + budget.UPSCALE_SHARE)
+                                                           * 600)
+    assert b.deadline("layout", later) == pytest.approx(1600 - margin - budget.UPSCALE_SHARE * 600)
+    assert b.deadline("clip", later) < b.deadline("diffusion", later) < b.deadline("layout", later) \
+        < b.deadline("upscale", later) < 1600
+
+
+def test_planned_steps_fit_the_time_left_within_the_configured_steps():
+    assert budget.planned_steps(25, 20000, 0.5, 100.0) == 25 + int(100 * budget.PLAN_SAFETY / 0.5)
+    assert budget.planned_steps(25, 60, 0.5, 100.0) == 60  # never past the configured steps
+    assert budget.planned_steps(25, 20000, 0.5, -3.0) == 26  # out of time: one more step ends the stage
+    assert budget.clip_steps(500, 1348, 128) == 211  # 20 passes over the images
+    assert budget.clip_steps(500, 100_000, 128) == 500
+
+
+def test_the_decayed_schedule_warms_up_holds_and_ends_at_zero():
+    lrs = [budget.decayed_lr(s, 1000, 1e-3, 200) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-3 / 100)  # warm-up at most a tenth of the steps
+    assert lrs[99] == lrs[500] == lrs[799] == 1e-3
+    assert all(a >= b for a, b in zip(lrs[800:], lrs[801:])) and lrs[-1] == pytest.approx(1e-3 / 200)
+    assert budget.ema_decay(0.995, 1000) == pytest.approx(0.99)  # at most a tenth of the steps
+    assert budget.ema_decay(0.995, 100_000) == 0.995
+
+
+def test_a_budgeted_run_plans_its_steps_and_ends_in_time(shared_shapes, tmp_path):
+    config = tmp_path / "long.toml"  # configured far longer than the budget allows
+    config.write_text(train_config(train={"steps": 100_000, "clip_steps": 100_000, "checkpoint_every": 100_000}))
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    result = cli("train", str(shared_shapes), "-o", str(out), "--config", str(config), "--budget", "0.4",
+                 "--device", "cpu", "--threads", "1")
+    wall = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    assert wall < 0.4 * 60 + 5, wall
+    assert "steps planned (configured: 100000)" in result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["budget_seconds"] == 24.0
+    state = json.loads(next((out / "state").glob("state-diffusion-*.json")).read_text())
+    planned = state["planned_steps"]
+    assert summary["steps"] <= planned < 100_000
+    rows = [r for r in metrics(out) if r["stage"] == "diffusion"]
+    if summary["steps"] == planned:  # the schedule ran to its end: its last step at the last level
+        base = max(r["lr"] for r in rows)
+        assert rows[-1]["lr"] == pytest.approx(base / max(1, int(budget.DECAY_SHARE * planned)))
+    clip = [r for r in metrics(out) if r["stage"] == "clip"]
+    assert len(clip) < budget.clip_steps(100_000, summary["train_images"], 16)  # its share, not its steps
