@@ -29,6 +29,7 @@ test-all: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy diffgen
 
 # The wheel stands alone: built, installed into a fresh environment, and run outside the source
 # tree (the default model and the config presets travel inside it).

@@ -141,6 +141,7 @@ class Model:
         tasks = cell_tasks(prompt, seed, plan_axes, sample_request(SamplingSettings(**kwargs), seed).task())
         cells = self._images(tasks, batch_size)
         x, y, z = (plan_axes + [None, None])[:3]
+        assert x is not None  # cell_tasks took one to three axes
         per_grid = len(x.values) * (len(y.values) if y is not None else 1)
         grids = [axis_grid(cells[g * per_grid:(g + 1) * per_grid], x, y,
                            prompt + (f", {z.name} {value}" if z is not None else ""))

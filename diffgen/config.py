@@ -249,7 +249,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if key not in known:
             raise ConfigError(f"unknown config key '{path}' (known: {', '.join(sorted(known))})")
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{path}' must be a table")
             kwargs[key] = _build(annotation, value, f"{path}.")

@@ -13,11 +13,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
 
 from diffgen.errors import InputError
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
 def maybe_no_sync(module: torch.nn.Module, skip_sync: bool) -> Iterator[None]:
     """DDP's no_sync for all but the last micro-batch of a step (gradient accumulation)."""
     if skip_sync and hasattr(module, "no_sync"):
-        with module.no_sync():
+        with cast("DistributedDataParallel", module).no_sync():
             yield
     else:
         yield

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 try:  # recent Typer ships its own copy of Click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # older Typer runs on Click itself
-    from click import exceptions as click_exceptions
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]  # the same module under another name
 
 from diffgen import __version__
 

@@ -101,7 +101,8 @@ class SpriteMatcher:
             values, index = flat.min(dim=1)
             width = change.shape[2]
             for k in torch.nonzero(values < best).flatten().tolist():
-                where[k] = (values[k].item(), extent, index[k].item() // width, index[k].item() % width)
+                where[k] = (float(values[k].item()), extent, int(index[k].item()) // width,
+                            int(index[k].item()) % width)
             best = torch.minimum(best, values)
         order = torch.argsort(best).tolist()
         k = self.names.index(prompted)

@@ -14,7 +14,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -305,13 +305,14 @@ class SceneComposer:
         key = relation if relation in ("on", "above") else "side by side"
         spots = PAIR_LAYOUT[key]
         y = rng.uniform(*SIDE_BY_SIDE_ROWS) if key == "side by side" else None
-        spots = tuple((e, x, y if cy is None else cy) for e, x, cy in spots)
+        # the row is None only in the side-by-side spots, where y was drawn
+        placed = tuple((e, x, cast(float, y) if cy is None else cy) for e, x, cy in spots)
         if not self.recipe.varied_layout:
-            return spots
+            return placed
         scale = rng.uniform(*PAIR_SCALES)
         dx, dy = rng.uniform(-PAIR_SHIFT, PAIR_SHIFT), rng.uniform(-PAIR_SHIFT, PAIR_SHIFT)
         scaled = []
-        for e, x, cy in spots:
+        for e, x, cy in placed:
             e = e * scale
             # scale the arrangement about the centre, shift it, keep each object inside the image
             x = min(max(0.5 + (x - 0.5) * scale + dx, e / 2), 1 - e / 2)

@@ -66,6 +66,7 @@ def pair_objects(relation: str, a: str, b: str, size: int) -> tuple[ObjectAsk, O
         extents = _extents(PAIR_LAYOUT["side by side"][0][0], size)
         return (ObjectAsk(a, (0, 0, size // 2, size), extents), ObjectAsk(b, (size // 2, 0, size, size), extents))
     (ea, _, ya), (eb, _, yb) = PAIR_LAYOUT["on" if relation == "on" else "above"]
+    assert ya is not None and yb is not None  # only the side-by-side rows are left open
     if relation == "above":
         return (ObjectAsk(a, (0, 0, size, size // 2), _extents(ea, size)),
                 ObjectAsk(b, (0, size // 2, size, size), _extents(eb, size)))

@@ -19,7 +19,7 @@ import importlib.util
 import sys
 from collections import OrderedDict
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ def tokenizer_module() -> ModuleType:
         raise ImportError("open_clip is not installed (pip install open-clip-torch)")
     location = f"{list(package.submodule_search_locations)[0]}/tokenizer.py"
     spec = importlib.util.spec_from_file_location(_TOKENIZER_MODULE, location)
+    assert spec is not None and spec.loader is not None  # a .py file's location always has both
     module = importlib.util.module_from_spec(spec)
     sys.modules[_TOKENIZER_MODULE] = module
     try:
@@ -97,7 +98,8 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
     def get_cast_dtype(self) -> torch.dtype:
-        return self.resblocks[0].mlp.c_fc.weight.dtype
+        first = cast(ResidualAttentionBlock, self.resblocks[0])
+        return cast(nn.Linear, first.mlp.c_fc).weight.dtype
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         for block in self.resblocks:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 
 from diffgen.engine.guidance import Denoise
 from diffgen.engine.regions import GroundingTargets, Placement, TokenSpans
+from diffgen.engine.unet import UNet
 
 
 class LayoutBias:
@@ -68,7 +70,7 @@ class LayoutBias:
 def attention_biased(unet: torch.nn.Module, bias: LayoutBias) -> Iterator[LayoutBias]:
     """Within the block every cross-attention of ``unet`` adds ``bias`` (while it is active); on
     leaving it the attention is plain again and the bias inactive."""
-    modules = unet.cross_attentions()
+    modules = cast(UNet, unet).cross_attentions()
     for module in modules:
         module.logit_bias = bias
     try:

@@ -39,6 +39,8 @@ class LayoutGuess:
 class LayoutPredictor(nn.Module):
     """Token states (B, L, D) and which positions hold tokens (B, L) -> LayoutGuess."""
 
+    trained_steps: torch.Tensor  # a buffer
+
     def __init__(self, token_dim: int, context_length: int, width: int, layers: int, heads: int, modes: int):
         super().__init__()
         self.modes = modes

@@ -77,8 +77,8 @@ def sample_euler(
 ) -> torch.Tensor:
     """Euler's method on the probability-flow ODE; in this parameterisation it is deterministic
     DDIM (Song et al. 2021; Karras et al. 2022, Sec. 4). One model call per step, order 1."""
-    sigmas = sigmas.tolist()
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    levels: list[float] = sigmas.tolist()
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         x0_hat = _denoise_at(denoise, x, sigma)
         _report(callback, i, sigma, sigma, x, x0_hat)
         x = x + (sigma_next - sigma) * eps_from_x0(x, x0_hat, sigma)
@@ -92,8 +92,8 @@ def sample_heun(
     """Heun's 2nd-order method, Karras et al. 2022 Algorithm 1 (Algorithm 2 with S_churn = 0).
 
     Two model calls per step except the last (to sigma = 0), which is an Euler step (line 8)."""
-    sigmas = sigmas.tolist()
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    levels: list[float] = sigmas.tolist()
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         x = _heun_step(denoise, x, sigma, sigma, sigma_next, i, callback)
     return x
 
@@ -121,9 +121,9 @@ def sample_edm_stochastic(
     """Karras et al. 2022 Algorithm 2: add noise to raise sigma to sigma_hat = sigma (1 + gamma)
     ("churn"), then take a Heun step from sigma_hat to sigma_next."""
     noise_sampler = _noise_or_default(noise_sampler, x)
-    sigmas = sigmas.tolist()
-    num_steps = len(sigmas) - 1
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    levels: list[float] = sigmas.tolist()
+    num_steps = len(levels) - 1
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         gamma = min(s_churn / num_steps, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)  # line 5
         if gamma > 0:  # line 6
@@ -146,9 +146,10 @@ def sample_dpmpp_2m_sde(
     eta = 0 is the deterministic DPM-Solver++(2M) (no noise is drawn), eta = 1 the SDE solver. The
     last step (to sigma = 0) returns x0_hat."""
     noise_sampler = _noise_or_default(noise_sampler, x)
-    sigmas = sigmas.tolist()
-    x0_prev, h_prev = None, None
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    levels: list[float] = sigmas.tolist()
+    x0_prev: torch.Tensor | None = None
+    h_prev = 0.0  # set with x0_prev, read only once x0_prev is
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         x0_hat = _denoise_at(denoise, x, sigma)
         _report(callback, i, sigma, sigma, x, x0_hat)
         if sigma_next == 0:
@@ -185,8 +186,8 @@ def sample_euler_ancestral(
     deterministically to sigma_down and adds fresh noise of size sigma_up (see _ancestral_split);
     eta = 0 is the Euler sampler."""
     noise_sampler = _noise_or_default(noise_sampler, x)
-    sigmas = sigmas.tolist()
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    levels: list[float] = sigmas.tolist()
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         x0_hat = _denoise_at(denoise, x, sigma)
         _report(callback, i, sigma, sigma, x, x0_hat)
         sigma_down, sigma_up = _ancestral_split(sigma, sigma_next, eta)

@@ -14,6 +14,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -152,7 +153,8 @@ class TextEncoder(nn.Module):
                 f"{type(clip).__name__} has no built-in CLIP text transformer; diffgen supports "
                 "open_clip models whose text tower is the standard CLIP transformer"
             )
-        self.clip = clip
+        # open_clip's CLIP (untyped) or CLIPTextTower: its parts are read by name, as open_clip names them
+        self.clip: Any = clip
         self.context_length = context_length
         self._tokenizer = None
 
@@ -292,5 +294,5 @@ def build_text_encoder(cfg: Config, load_weights: bool = True, image_tower: bool
         return TextEncoder(CLIPTextTower(cfg), t.context_length)
     if t.arch:
         clip = load_pretrained_clip(t.arch, t.pretrained if load_weights else "")
-        return TextEncoder(clip, clip.context_length)
+        return TextEncoder(clip, cast(int, clip.context_length))
     return TextEncoder(build_clip(cfg), t.context_length)

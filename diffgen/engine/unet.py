@@ -23,7 +23,8 @@ start at zero, so a model without them loads unchanged too.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,8 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 class FourierEmbedding(nn.Module):
     """Random Fourier features of c_noise (EDM's choice for its NCSN++ networks)."""
+
+    freqs: torch.Tensor  # a buffer
 
     def __init__(self, num_channels: int, scale: float = 16.0, seed: int = 0):
         super().__init__()
@@ -170,7 +173,7 @@ class TransformerBlock(nn.Module):
         h = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, H*W, C)
         if self.pos_proj is not None:
             h = h + self.pos_proj(position_features(hgt, wid, x.device).to(h.dtype))
-        for layer in self.layers:
+        for layer in cast(Iterable[nn.ModuleDict], self.layers):
             h = h + layer["self_attn"](layer["norm_self"](h))
             h = h + layer["cross_attn"](layer["norm_cross"](h), context)
             h = h + layer["ff"](layer["norm_ff"](h))
@@ -194,7 +197,7 @@ class TextMixer(nn.Module):
             }))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+        for layer in cast(Iterable[nn.ModuleDict], self.layers):
             tokens = tokens + layer["attn"](layer["norm_attn"](tokens))
             tokens = tokens + layer["ff"](layer["norm_ff"](tokens))
         return tokens
@@ -277,7 +280,8 @@ class UNet(nn.Module):
 
     def cross_attentions(self) -> list[Attention]:
         """Every transformer block's cross-attention to the text, in forward order."""
-        return [m["cross_attn"] for m in self.modules() if isinstance(m, nn.ModuleDict) and "cross_attn" in m]
+        return [cast(Attention, m["cross_attn"])
+                for m in self.modules() if isinstance(m, nn.ModuleDict) and "cross_attn" in m]
 
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor
@@ -288,7 +292,7 @@ class UNet(nn.Module):
             tokens = self.text_mixer(tokens)
         h = self.conv_in(x)
         skips = [h]
-        for level, blocks in enumerate(self.down):
+        for level, blocks in enumerate(cast(Iterable[nn.ModuleList], self.down)):
             for block in blocks:
                 h = block(h, emb, tokens)
                 skips.append(h)
@@ -297,7 +301,7 @@ class UNet(nn.Module):
                 skips.append(h)
         for block in self.mid:
             h = block(h, emb, tokens)
-        for i, blocks in enumerate(self.up):
+        for i, blocks in enumerate(cast(Iterable[nn.ModuleList], self.up)):
             for block in blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, tokens)
             if i < len(self.upsample):

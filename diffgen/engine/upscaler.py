@@ -20,6 +20,9 @@ runs on whole images of any size (padded to a multiple of its downsampling).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,7 +89,7 @@ class UpscaleNet(nn.Module):
         emb = self.emb_mlp(torch.cat([self.noise_embed(c_noise), self.aug_embed(c_aug)], dim=1).to(x.dtype))
         h = self.conv_in(torch.cat([x, base.to(x.dtype)], dim=1))
         skips = [h]
-        for level, blocks in enumerate(self.down):
+        for level, blocks in enumerate(cast(Iterable[nn.ModuleList], self.down)):
             for block in blocks:
                 h = block(h, emb)
                 skips.append(h)
@@ -95,7 +98,7 @@ class UpscaleNet(nn.Module):
                 skips.append(h)
         for block in self.mid:
             h = block(h, emb)
-        for i, blocks in enumerate(self.up):
+        for i, blocks in enumerate(cast(Iterable[nn.ModuleList], self.up)):
             for block in blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if i < len(self.upsample):

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -24,6 +25,7 @@ from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES
 from diffgen.engine.upscaler import upscale, upscale_generator
 from diffgen.errors import InputError
+from diffgen.sampling.edits import EditSource
 from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.sampling.predicted_layout import PredictedLayout, predict_layout
 from diffgen.sampling.settings import DEFAULT_BATCH_SIZE
@@ -99,7 +101,7 @@ def generate(
             x, sigmas, denoise, known = _start_edit(batch, noise, sigmas, denoise, size, device)
             if len(sigmas) == 1:  # strength 0: no step runs, the input comes back (at the output's size)
                 if upscaled and min(_image_size(first.edit.init_image)) >= 2 * size:
-                    known = torch.stack([t.edit.load(2 * size)[0] for t in batch])
+                    known = torch.stack([cast(EditSource, t.edit).load(2 * size)[0] for t in batch])
                 elif upscaled:  # a smaller input is enlarged as every base image is
                     with torch.inference_mode():
                         known = _upscale_batch(model, batch, known)
@@ -142,7 +144,7 @@ def _upscale_batch(model: DiffusionModel, batch: list[ImageTask], images: torch.
     high = upscale(model.upscaler, levels, [upscale_generator(t.seed) for t in batch])
     edit = batch[0].edit
     if edit is not None and edit.mask and min(_image_size(edit.init_image)) >= high.shape[-1]:
-        loaded = [t.edit.load(high.shape[-1]) for t in batch]
+        loaded = [cast(EditSource, t.edit).load(high.shape[-1]) for t in batch]  # batch_key: all have one
         known = torch.stack([image for image, _ in loaded]).to(high.device)
         mask = torch.stack([m for _, m in loaded]).to(high.device)
         high = mask * high + (1 - mask) * known
@@ -185,9 +187,11 @@ def _start_edit(batch: list[ImageTask], noise: torch.Tensor, sigmas: torch.Tenso
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Denoise, torch.Tensor]:
     """Image-to-image and inpainting (engine/edit.py): the starting point, the tail of the
     schedule that runs, and the denoiser that keeps a mask's known region."""
-    loaded = [t.edit.load(size) for t in batch]
+    # batch_key: every task of the batch has an edit when the first has
+    loaded = [cast(EditSource, t.edit).load(size) for t in batch]
     known = torch.stack([image for image, _ in loaded]).to(device)
     edit = batch[0].edit
+    assert edit is not None
     sigmas = sdedit_sigmas(sigmas, edit.strength)
     if edit.mask:
         mask = torch.stack([m for _, m in loaded]).to(device)

@@ -43,7 +43,7 @@ class Layout:
                 raise InputError(f"--place {text!r}: expected NAME=X0,Y0,X1,Y1 (fractions of the image side), "
                                  "e.g. dog=0,0,0.5,1")
             places.append((name.strip(), *box))
-        return cls(tuple(places), strength)  # type: ignore[arg-type]
+        return cls(tuple(places), strength)
 
     def validate(self, prompt: str) -> Layout:
         """This layout, checked against ``prompt``: every name in it, every box inside the image."""
@@ -80,6 +80,6 @@ class Layout:
             places = tuple(tuple(p) for p in data["places"])
             if any(len(p) != 5 for p in places):
                 raise TypeError("each place is [name, x0, y0, x1, y1]")
-            return cls(places, data["strength"])  # type: ignore[arg-type]
+            return cls(places, data["strength"])
         except (KeyError, TypeError) as exc:
             raise InputError(f"the diffgen recipe has a damaged layout ({exc})") from None

@@ -42,6 +42,7 @@ class SamplePlan:
             return iter(self.fixed)
         if self.replay is not None:
             return iter([task_from_recipe(self.replay)])
+        assert self.seed is not None  # only a replay's plan has no first seed
         return iter_tasks(self.specs(), self.seed, self.defaults, self.first_index)
 
     def numbered_after(self, out_dir: Path) -> SamplePlan:

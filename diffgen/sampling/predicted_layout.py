@@ -59,6 +59,7 @@ def predict_layout(model: DiffusionModel, prompt: str) -> PredictedLayout | None
 
     if not has_layout_predictor(model) or has_weights(prompt):
         return None
+    assert model.layout is not None  # has_layout_predictor saw it
     text = model.text_encoder
     encoding = text.encode([prompt])
     valid = valid_positions(encoding.num_tokens, text.context_length).to(encoding.tokens.device)
@@ -84,4 +85,4 @@ def predict_layout(model: DiffusionModel, prompt: str) -> PredictedLayout | None
     per_layout = tuple(tuple(tuple(round(v, 4) for v in boxes[k, positions].mean(0).tolist())
                              for _, _, positions in objects) for k in range(boxes.shape[0]))
     weights = tuple(guess.mode_logits[0].softmax(0).tolist())
-    return PredictedLayout(tuple((s, e) for s, e, _ in objects), per_layout, weights)  # type: ignore[arg-type]
+    return PredictedLayout(tuple((s, e) for s, e, _ in objects), per_layout, weights)

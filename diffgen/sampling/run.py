@@ -92,6 +92,7 @@ def write_run(model: DiffusionModel, plan: SamplePlan, out: Path, options: RunOp
         if options.axes:
             from diffgen.sampling.xy import write_axis_grids
 
+            assert plan.seed is not None  # a setting grid's plan has its one seed
             summary.grids += write_axis_grids([r.path for r in kept], options.axes, out, kept[0].task.prompt,
                                               plan.seed)
     return summary
