@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from diffgen.config import TextConfig
 from diffgen.engine.regions import Region
 from diffgen.errors import InputError
 
@@ -81,6 +82,7 @@ class DataReport:
     sizes: list[tuple[int, int]] = field(default_factory=list)
     duplicates: list[list[Path]] = field(default_factory=list)
     long_captions: list[tuple[Path, int]] = field(default_factory=list)
+    context_length: int = TextConfig.context_length  # what the captions were measured against
 
     def summary_lines(self, image_size: int | None = None) -> list[str]:
         """Human-readable lines: counts, size statistics, problems."""
@@ -108,7 +110,7 @@ class DataReport:
         for group in self.duplicates:
             lines.append("duplicate images: " + ", ".join(str(p) for p in group))
         for path, count in self.long_captions:
-            lines.append(f"caption of {path} has {count} tokens; the text context keeps 77")
+            lines.append(f"caption of {path} has {count} tokens; the text context keeps {self.context_length}")
         lines += self.warnings
         return lines
 
@@ -181,7 +183,8 @@ def check_image(path: Path) -> tuple[int, int] | str:
         return f"unreadable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
 
 
-def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = True) -> DataReport:
+def scan_folder(folder: Path, context_length: int = TextConfig.context_length, check_tokens: bool = True
+                ) -> DataReport:
     """Find image-caption pairs under ``folder`` and everything wrong with the rest."""
     folder = Path(folder)
     if not folder.exists():
@@ -233,6 +236,7 @@ def scan_folder(folder: Path, context_length: int = 77, check_tokens: bool = Tru
         from diffgen.engine.clip_text import simple_tokenizer
 
         tokenizer = simple_tokenizer(context_length)
+        report.context_length = context_length
         for item in report.items:
             longest = max(len(tokenizer.encode(c)) + 2 for c in item.captions)
             if longest > context_length:

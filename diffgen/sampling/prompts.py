@@ -66,8 +66,9 @@ def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> Pr
     return PromptSpec(data["prompt"].strip(), n, data.get("seed"), overrides)
 
 
-# A prompt is at most 77 tokens; a JSONL line with its overrides fits well within this. Longer
-# lines (a binary file, /dev/zero) are refused before they are held in memory.
+# A prompt is used up to the text context (77 tokens by default); a JSONL line with its overrides
+# fits well within this. Longer lines (a binary file, /dev/zero) are refused before they are held
+# in memory.
 MAX_LINE_CHARS = 20_000
 
 
