@@ -79,10 +79,7 @@ class Model:
         from diffgen.sampling.request import sample_request
         from diffgen.sampling.tasks import plan_tasks
 
-        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts) \
-            if isinstance(prompts, Sequence) else None
-        if not prompt_list or any(not isinstance(p, str) or not p.strip() for p in prompt_list):
-            raise InputError("prompts must be a non-empty prompt or a list of them")
+        prompt_list = _prompt_list(prompts)
         for name, value in (("n", n), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -132,6 +129,9 @@ class Model:
         from diffgen.sampling.request import sample_request
         from diffgen.sampling.xy import Axis, axis_grid, cell_tasks
 
+        if not isinstance(axes, Mapping) or any(isinstance(v, (str, bytes)) or not isinstance(v, Sequence)
+                                                for v in axes.values()):
+            raise InputError("axes must map setting names to lists of values, e.g. {'guidance': [1, 3]}")
         unknown = set(settings) - {"steps", "guidance", "sampler", "schedule", "negative"}
         if unknown:  # never dropped silently
             raise InputError(f"setting_grid takes steps, guidance, sampler, schedule and negative, not "
@@ -151,13 +151,18 @@ class Model:
     def forward_process(self, image: str | Path, sigmas: Sequence[float] = (0.1, 0.5, 1, 2, 5, 20, 80),
                         seed: int = 0, denoise: bool = True, prompt: str = "") -> Image.Image:
         """The image at increasing noise levels, and (``denoise``) the model's one-step estimates."""
+        from diffgen.errors import InputError
         from diffgen.sampling.forward import forward_strip
 
-        return forward_strip(Path(image), list(sigmas), seed, self.diffusion_model if denoise else None, prompt)
+        if isinstance(sigmas, (str, bytes)) or not isinstance(sigmas, Sequence) or any(
+                isinstance(s, bool) or not isinstance(s, (int, float)) for s in sigmas):
+            raise InputError("sigmas must be a list of numbers")
+        return forward_strip(_path(image, "image"), list(sigmas), seed, self.diffusion_model if denoise else None,
+                             prompt)
 
     def encode(self, prompts: str | Sequence[str]) -> TextEncoding:
         """Per-token states (B, L, D), pooled embeddings (B, E), token ids and counts."""
-        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompt_list = _prompt_list(prompts, allow_empty=True)
         with torch.inference_mode():
             return self.diffusion_model.text_encoder.encode(prompt_list, weighted=True)
 
@@ -168,6 +173,27 @@ def load(path: str | Path | None = None, device: str = "auto") -> Model:
     from diffgen.checkpoint import default_checkpoint, load_model
     from diffgen.devices import pick_device
 
-    resolved = Path(path) if path is not None else default_checkpoint()
+    resolved = _path(path, "path") if path is not None else default_checkpoint()
     model = load_model(resolved, pick_device(device), image_tower=False)
     return Model(model, model.display_name)
+
+
+def _prompt_list(prompts: object, allow_empty: bool = False) -> list[str]:
+    """One prompt or a list of them, as a list; InputError for anything else (or, unless
+    ``allow_empty``, an empty prompt: use ``negative`` for what to avoid)."""
+    from diffgen.errors import InputError
+
+    listed = [prompts] if isinstance(prompts, str) else list(prompts) \
+        if isinstance(prompts, Sequence) and not isinstance(prompts, bytes) else None
+    if not listed or any(not isinstance(p, str) or (not allow_empty and not p.strip()) for p in listed):
+        raise InputError("prompts must be a non-empty prompt or a list of them")
+    return listed
+
+
+def _path(value: object, name: str) -> Path:
+    """A file path given as text or a Path; InputError for anything else."""
+    from diffgen.errors import InputError
+
+    if not isinstance(value, (str, Path)):
+        raise InputError(f"{name} must be a file path, got {value!r}")
+    return Path(value)

@@ -114,3 +114,16 @@ def test_wrongly_typed_arguments_are_one_input_error(tiny_checkpoint, kwargs, me
     model = diffgen.load(tiny_checkpoint, device="cpu")
     with pytest.raises(InputError, match=message):
         model.sample(**kwargs, steps=1)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.encode(None), "prompts must be"), (lambda m: m.setting_grid("a cat", None), "axes must map"),
+    (lambda m: m.setting_grid("a cat", {"steps": "12"}), "axes must map"),
+    (lambda m: m.forward_process(3), "image must be a file path"),
+    (lambda m: m.forward_process("x.png", sigmas="ab"), "sigmas must be a list of numbers"),
+    (lambda m: diffgen.load(3), "path must be a file path"),
+])
+def test_the_other_api_calls_refuse_wrong_types_with_an_input_error(tiny_checkpoint, call, message):
+    model = diffgen.load(tiny_checkpoint, device="cpu")
+    with pytest.raises(InputError, match=message):
+        call(model)
