@@ -84,7 +84,8 @@ def _train(run: Run) -> dict[str, Any]:
     run.say(f"{len(run.train_idx)} training images, {len(run.held_idx)} held out; global batch "
             f"{run.global_batch} on {dist.world_size} "
             f"process(es), {device}")
-    resume, summary = run.resume, {}
+    resume = run.resume
+    summary: dict[str, Any] = {}
     # a run started with --init (resumed or not) took its text tower from the checkpoint
     trains_clip = not run.cfg.text.arch and not opts.text_encoder and run.init is None
     if trains_clip:

@@ -27,7 +27,7 @@ class DataNeed:
 
 
 def _has_regions(data: TrainingSet, indices: list[int]) -> bool:
-    return bool(data.regions) and any(data.regions[i] for i in indices)
+    return data.regions is not None and any(data.regions[i] for i in indices)
 
 
 DATA_NEEDS = (

@@ -20,6 +20,7 @@ from diffgen.data import TrainingSet
 from diffgen.engine.denoiser import Conditioning, Denoiser, contrast_loss, denoising_loss, noised, noised_between
 from diffgen.engine.layout_bias import LayoutBias, attention_biased
 from diffgen.engine.regions import TokenSpans, boxes_by_name
+from diffgen.engine.unet import UNet
 from diffgen.training.batches import NoiseGenerator, image_batch, pick_captions, pick_negatives
 from diffgen.training.grounding import grounding_loss, grounding_targets, kept_attention
 from diffgen.training.run import Run
@@ -31,7 +32,7 @@ class DiffusionLoss:
     modules are read and biased), ``denoiser`` wraps what runs forward (DDP under torchrun),
     ``encode`` turns captions into conditioning (a prompt cache, or the text tower being trained)."""
 
-    def __init__(self, run: Run, unet: torch.nn.Module, denoiser: Denoiser,
+    def __init__(self, run: Run, unet: UNet, denoiser: Denoiser,
                  encode: Callable[[list[str]], Conditioning]):
         t = run.cfg.train
         self.run, self.unet, self.denoiser, self.encode = run, unet, denoiser, encode
@@ -76,6 +77,7 @@ class DiffusionLoss:
             parts["contrast"] = (contrast_loss(losses[rows], losses[n:n + len(rows)], t.negative_sharpness).sum()
                                  / n if rows else denoising.new_zeros(()))
         if grounded:
+            assert self.spans is not None  # made for a grounded run
             # images below the noise floor name nothing, like captions dropped for guidance, and
             # the contrast's rows neither (their captions are not the pictures')
             named = [c if s >= t.grounding_min_sigma else "" for c, s in zip(captions, sigma[:n].tolist())]

@@ -18,10 +18,10 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch import nn
 
 from diffgen.data import TrainingSet
 from diffgen.engine.regions import GroundingTargets, TokenSpans, boxes_by_name
+from diffgen.engine.unet import Attention
 
 
 def grounding_targets(data: TrainingSet, indices: Sequence[int], captions: Sequence[str], spans: TokenSpans,
@@ -55,7 +55,7 @@ def grounding_loss(probs: Sequence[torch.Tensor], targets: GroundingTargets) -> 
 
 
 @contextlib.contextmanager
-def kept_attention(modules: Sequence[nn.Module], enabled: bool = True) -> Iterator[list[torch.Tensor]]:
+def kept_attention(modules: Sequence[Attention], enabled: bool = True) -> Iterator[list[torch.Tensor]]:
     """Within the block the attention modules keep their weights; on leaving it the returned list
     holds each module's weights of its last call, in order, and the modules let them go."""
     kept: list[torch.Tensor] = []

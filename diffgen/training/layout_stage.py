@@ -32,7 +32,7 @@ def train_layout(run: Run, resume: TrainingState | None) -> int:
     start = resumed_at(resume, optimizer)
     net = distributed.wrapped(predictor, run.dist)
     spans = TokenSpans(text.tokenizer, text.context_length)
-    params = list(predictor.parameters())
+    params: list[torch.Tensor] = list(predictor.parameters())
 
     def loss(idx: list[int], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         captions = pick_captions(run.data, idx, gen)
@@ -40,7 +40,7 @@ def train_layout(run: Run, resume: TrainingState | None) -> int:
         # a caption the data gives no regions for says nothing about where its objects are
         kept = [k for k, r in enumerate(regions) if r]
         if not kept:  # every rank still runs backward, for DDP's gradient sync
-            zero = sum(p.sum() for p in params) * 0.0
+            zero = torch.stack([p.sum() for p in params]).sum() * 0.0
             return zero, {"objectness": zero.detach(), "boxes": zero.detach(), "modes": zero.detach()}
         captions, regions = [captions[k] for k in kept], [regions[k] for k in kept]
         with torch.no_grad():

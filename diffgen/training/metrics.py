@@ -4,6 +4,7 @@ with images/s, the time limit, and the CLIP stage's retrieval accuracy."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +60,8 @@ class RunLog:
         self.path = folder / "metrics.jsonl"
         self.enabled = enabled
         self.rows: list[dict] = []
-        if enabled and self.path.exists():
-            if resume_from is not None:
+        if enabled and (self.path.exists() or self.path.is_symlink()):  # a link is replaced, never written through
+            if resume_from is not None and not self.path.is_symlink():
                 keep = (STAGE_ORDER[resume_from[0]], resume_from[1])
                 for line in self.path.read_text().splitlines():
                     try:
@@ -76,13 +77,15 @@ class RunLog:
         if not self.enabled:
             return
         self.rows.append(row)
-        with open(self.path, "a", encoding="utf-8") as handle:
+        # O_NOFOLLOW: a link planted here since the run began is refused, never appended through
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with open(fd, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
-    def curves(self) -> dict[str, tuple[list[int], list[float]]]:
+    def curves(self) -> dict[str, tuple[list[float], list[float]]]:
         """Each stage's loss by step, and the extra terms a stage logs beside its loss (the caption
         contrast's ``contrast``, the grounding loss's ``grounding``), whose scale the total hides."""
-        series = {}
+        series: dict[str, tuple[list[float], list[float]]] = {}
         for stage in ("clip", "diffusion", "layout", "upscale"):
             rows = [r for r in self.rows if r["stage"] == stage]
             if rows:

@@ -140,6 +140,7 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
     if opts.init is not None and (opts.text_encoder or opts.resume):
         raise InputError("--init starts a new run from a checkpoint: it cannot be combined with "
                          "--text-encoder or --resume")
+    source: DiffusionModel | None
     if opts.init is not None:
         cfg, source = opts.config, load_init(opts.config, opts.init)
     else:

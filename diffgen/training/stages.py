@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from diffgen import distributed
-from diffgen.engine.denoiser import Denoiser
+from diffgen.engine.denoiser import Conditioning, Denoiser
 from diffgen.engine.model import DiffusionModel, PromptCache
+from diffgen.engine.unet import UNet
 from diffgen.errors import Terminated
 from diffgen.state import (
     EMA_UNET_PREFIX,
@@ -245,7 +247,7 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     t = run.cfg.train
     text = run.model.text_encoder.eval().requires_grad_(False)
     tuning = TextTuning(text, t.text_lr_scale, run.device, run.dist) if t.text_lr_scale > 0 else None
-    unet = run.model.denoiser.net.train()
+    unet = cast(UNet, run.model.denoiser.net).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     groups = [{"params": list(unet.parameters())}] + ([tuning.param_group()] if tuning else [])
     # fused: one kernel for the whole update instead of a few per parameter tensor
@@ -255,14 +257,16 @@ def train_diffusion(run: Run, resume: TrainingState | None) -> int:
     if resume is not None and tuning:
         tuning.load(resume.tensors)
     net = distributed.wrapped(unet, run.dist)
+    encode: Callable[[list[str]], Conditioning]
     if tuning is None:  # a frozen encoder: each distinct caption encoded once, up front
-        encode = PromptCache(text)
+        cache = encode = PromptCache(text)
         negatives = {n for i in run.train_idx for n in run.data.negatives_of(i)} if t.negative_weight else set()
-        encode.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""} | negatives))
+        cache.encode_all(sorted({c for i in run.train_idx for c in run.data.captions[i]} | {""} | negatives))
     else:  # a trained one: encoded in every step, with gradients
         encode = tuning
     loss = DiffusionLoss(run, unet, Denoiser.from_config(net, run.cfg), encode)
-    ema_params, params = list(ema.parameters()), list(unet.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    params: list[torch.Tensor] = list(unet.parameters())
 
     def update_ema(step: int, total: int) -> None:
         decay = ema_decay_of(run, step, total)

@@ -42,10 +42,12 @@ def train_upscale(run: Run, resume: TrainingState | None) -> int:
     net = distributed.wrapped(upscaler, run.dist)
     positions = {index: row for row, index in enumerate(run.data.indices_2x)}
     usable = [i for i in run.train_idx if i in positions]  # prepare_run checked there are some
-    params, ema_params = list(upscaler.parameters()), list(ema.parameters())
+    params: list[torch.Tensor] = list(upscaler.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    images_2x = run.data.images_2x
 
     def loss(idx: list[int], gen: torch.Generator) -> torch.Tensor:
-        high = random_crops(run.data.images_2x[[positions[i] for i in idx]], cfg.crop, gen)
+        high = random_crops(images_2x[[positions[i] for i in idx]], cfg.crop, gen)
         # through the DDP wrapper's forward, so that the gradients are averaged across processes
         return upscaler.loss(from_uint8(high.to(run.device)), gen, forward=net).mean()
 
