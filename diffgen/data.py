@@ -115,12 +115,22 @@ class DataReport:
         return lines
 
 
+def _not_a_file(path: Path) -> str:
+    """Why a path found in a data folder cannot be read as a file, in words."""
+    if path.is_symlink() and not path.exists():
+        return "a link that does not resolve (dangling, or a loop of links)"
+    return "a folder" if path.is_dir() else "not a regular file"
+
+
 def _read_metadata(folder: Path, report: DataReport) -> Metadata:
     """Captions, negative captions and regions from every metadata.jsonl under ``folder``."""
     found = Metadata()
     captions, negatives = found.captions, found.negatives
     root = folder.resolve()
-    for meta in sorted(folder.rglob(METADATA_NAME)):
+    for meta in sorted(p for p in folder.rglob("*") if p.name == METADATA_NAME):
+        if not meta.is_file():  # resolve() fails on a loop of links, and a FIFO would block
+            report.warnings.append(f"{meta}: {_not_a_file(meta)}; ignored")
+            continue
         if not meta.resolve().is_relative_to(root):
             report.warnings.append(f"{meta}: links outside {folder}; ignored")
             continue
@@ -165,8 +175,25 @@ def _read_metadata(folder: Path, report: DataReport) -> Metadata:
     return found
 
 
+# The longest side of an image diffgen reads may be at most this many times its shortest. Every
+# image is scaled to the model's square by its shorter side, and an image far taller than wide
+# would be scaled into gigabytes (a 1 x 40,000,000 strip at 64 px: 64 x 2.56e9) before the crop.
+MAX_ASPECT_RATIO = 16
+
+
+def shape_problem(width: int, height: int) -> str | None:
+    """Why an image of this shape cannot be used (too elongated), or None."""
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return (f"image too elongated ({width} x {height}; the longer side may be at most "
+                f"{MAX_ASPECT_RATIO} times the shorter)")
+    return None
+
+
 def check_image(path: Path) -> tuple[int, int] | str:
-    """The image's size, or the reason it cannot be used."""
+    """The image's size, or the reason it cannot be used: unreadable, truncated, over Pillow's
+    megapixel limit or too elongated (MAX_ASPECT_RATIO). The one check of every image diffgen
+    reads (data folders, --init-image and --mask, recipes, ``diffgen noise`` and ``upscale``)."""
+    import struct
     import warnings
 
     try:
@@ -175,11 +202,14 @@ def check_image(path: Path) -> tuple[int, int] | str:
             # either way the image is too large to be a training image; say so in one line.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                problem = shape_problem(*image.size)  # from the header, before decoding
+                if problem is not None:
+                    return problem
                 image.load()  # decodes every byte: catches truncated files
                 return image.size
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        return f"image too large (over {Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels)"
-    except (OSError, SyntaxError, ValueError) as exc:
+        return f"image too large (over {(Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels)"
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         return f"unreadable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
 
 
@@ -195,12 +225,18 @@ def scan_folder(folder: Path, context_length: int = TextConfig.context_length, c
     meta = _read_metadata(folder, report)
     hashes: dict[str, list[Path]] = {}
     root = folder.resolve()
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()):
+        if not path.is_file():  # a dangling link, a loop of links, a FIFO: named, never silently dropped
+            report.skipped.append((path, _not_a_file(path)))
+            continue
         # One rule for links: a file whose real location is outside the folder is not part of it.
         if not path.resolve().is_relative_to(root):
             report.skipped.append((path, f"a link to {path.resolve()}, outside the data folder"))
             continue
         txt = path.with_suffix(".txt")
+        if txt.is_symlink() and not txt.exists():
+            report.skipped.append((path, f"its caption {txt.name} is {_not_a_file(txt)}"))
+            continue
         if txt.is_file():
             if not txt.resolve().is_relative_to(root):
                 report.skipped.append((path, f"its caption {txt.name} links outside the data folder"))
@@ -247,13 +283,17 @@ def scan_folder(folder: Path, context_length: int = TextConfig.context_length, c
 def load_image(path: Path, size: int, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """RGB image of ``size`` x ``size``: transparency composited onto ``background``, grayscale and
     palette images converted, the shorter side resized to ``size`` and the centre cropped."""
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
+    with Image.open(path) as opened:
+        problem = shape_problem(*opened.size)  # check_image refused it; a file changed since is refused too
+        if problem is not None:
+            raise InputError(f"{path}: {problem}")
+        opened.load()
+        picture: Image.Image = opened
+        if opened.mode in ("RGBA", "LA", "PA") or (opened.mode == "P" and "transparency" in opened.info):
+            rgba = opened.convert("RGBA")
             canvas = Image.new("RGBA", rgba.size, background + (255,))
-            image = Image.alpha_composite(canvas, rgba)
-        image = image.convert("RGB")
+            picture = Image.alpha_composite(canvas, rgba)
+        image = picture.convert("RGB")
     width, height = image.size
     if width == height == size:
         return image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -36,15 +37,20 @@ def _interrupts_deferred() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in caught:
-            signal.raise_signal(signum)
+        for number in caught:
+            signal.raise_signal(number)
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same filesystem), so
     a crash leaves the old file or the new one, never half of one. Ctrl-C and SIGTERM wait for the
-    write to end."""
+    write to end. A link at ``path`` is replaced, never written through; a folder there is refused
+    (InputError) before anything is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        from diffgen.errors import InputError
+
+        raise InputError(f"{path} is a folder: cannot write a file in its place")
     with _interrupts_deferred():
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -80,28 +86,72 @@ def remove_stale_temporaries(folder: Path, before: float | None = None) -> list[
     return removed
 
 
+def _what_is(path: Path) -> str:
+    """What a path that should be a regular file is instead, in words (for a one-line refusal)."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "not a regular file"
+    for test, words in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+                        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                        (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+# What folder_lock writes into its lock file; a file holding anything else is not diffgen's lock.
+_LOCK_TEXT = re.compile(rb"^(pid \d+)?\s*$")
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str) -> Iterator[None]:
     """Hold an advisory lock (flock) on ``folder`` for the duration; a second writer gets an
-    InputError naming the process that holds it, instead of mixing its files with the first's."""
+    InputError naming the process that holds it, instead of mixing its files with the first's.
+
+    The lock file is opened without following links and without blocking, and written only when
+    it is a regular file with one name that holds nothing but a lock's "pid N": a link, folder,
+    FIFO, hard link or foreign file planted as ``.diffgen.lock`` is refused (InputError), never
+    written through or truncated."""
     import fcntl
+    import stat
 
     from diffgen.errors import InputError
 
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".diffgen.lock", "a+")
+    path = folder / ".diffgen.lock"
+
+    def refuse(kind: str) -> InputError:
+        return InputError(f"{path} is {kind}, not diffgen's lock file: remove it or choose another -o folder")
+
+    with contextlib.suppress(FileNotFoundError):  # a FIFO or device is not even opened
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise refuse(_what_is(path))
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP, errno.ENOTDIR):
+            raise refuse(_what_is(path)) from None
+        raise InputError(f"cannot open the lock file {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse(_what_is(path))
+        if info.st_nlink != 1:
+            raise refuse("a hard link to another file")
+        if info.st_size > 64 or not _LOCK_TEXT.match(os.pread(fd, 64, 0)):
+            raise refuse("a file with other content")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
             raise InputError(f"{folder} is in use by another {what} ({holder}); wait for it to finish "
                              "or choose another -o folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield
     finally:
-        handle.close()  # closing releases the lock
+        os.close(fd)  # closing releases the lock

@@ -30,9 +30,13 @@ def noise(
             levels = [float(v) for v in sigmas.split(",") if v.strip()]
         except ValueError:
             raise InputError(f"--sigmas must be a comma-separated list of numbers, got '{sigmas}'") from None
+        if image.is_dir():
+            raise InputError(f"{image} is a folder, not an image")
         if not image.is_file():
             raise InputError(f"image not found: {image}")
         check_output_dir(out.parent)
+        if out.is_dir():
+            raise InputError(f"output {out} is a folder; give a .png file name")
         from diffgen.sampling.forward import forward_strip
         from diffgen.sampling.images import save_png
 

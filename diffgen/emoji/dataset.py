@@ -55,6 +55,7 @@ def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
     for i in range(count):
         image, captions, negatives, regions = composer.scene(rng)
         name = f"images/{i:06d}.png"
+        (out / name).unlink(missing_ok=True)  # a link left there is removed, never written through
         image.save(out / name, compress_level=1)
         row = {"file_name": name, "text": captions, "regions": regions}
         if negatives:  # what the picture is not: for training's caption contrast

@@ -81,6 +81,14 @@ class EditSource:
             raise InputError("--mask-blur needs a --mask")
         return self
 
+    def check_files(self) -> None:
+        """InputError unless the files are readable images (check_image) and the ones the recipe
+        names (the same SHA-256): a replay checks them before its run starts."""
+        for path, digest, what in ((self.init_image, self.init_sha256, "init image"),
+                                   (self.mask, self.mask_sha256, "mask")):
+            if path and _check_image_file(Path(path), what) != digest:
+                raise InputError(f"the {what} {path} has changed since this recipe was made (its SHA-256 differs)")
+
     def load(self, size: int):
         """(image (3, S, S) in [-1, 1], mask (1, S, S) in [0, 1] or None) at the model's size,
         after checking that the files are the ones the recipe names."""
@@ -91,11 +99,8 @@ class EditSource:
         from diffgen.data import load_image
         from diffgen.engine.pixels import from_uint8
 
-        for path, digest, what in ((self.init_image, self.init_sha256, "init image"),
-                                   (self.mask, self.mask_sha256, "mask")):
-            if path and _check_image_file(Path(path), what) != digest:
-                raise InputError(f"the {what} {path} has changed since this recipe was made (its SHA-256 differs)")
-        tensor = from_uint8(torch.from_numpy(np.asarray(load_image(Path(self.init_image), size))).permute(2, 0, 1))
+        self.check_files()
+        tensor = from_uint8(torch.from_numpy(np.array(load_image(Path(self.init_image), size))).permute(2, 0, 1))
         if not self.mask:
             return tensor, None
         mask_image = load_image(Path(self.mask), size, background=(0, 0, 0)).convert("L")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from diffgen.errors import InputError
 from diffgen.sampling.prompts import PromptSpec
 from diffgen.sampling.request import SEED_LIMIT, SampleRequest
-from diffgen.sampling.tasks import ImageTask, iter_tasks, task_from_recipe
+from diffgen.sampling.tasks import MAX_INDEX, ImageTask, iter_tasks, task_from_recipe
 
 if TYPE_CHECKING:
     from diffgen.engine.model import DiffusionModel
@@ -50,7 +50,11 @@ class SamplePlan:
         (``--new-run``: the seeds stay as they were)."""
         from dataclasses import replace
 
-        return replace(self, first_index=next_free_index(out_dir) if out_dir.is_dir() else 0)
+        first = next_free_index(out_dir) if out_dir.is_dir() else 0
+        if first + self.count - 1 > MAX_INDEX:
+            raise InputError(f"--new-run would number this run's images up to {first + self.count - 1:,}, past the "
+                             f"largest index ({MAX_INDEX:,}) of {out_dir}: choose another -o folder")
+        return replace(self, first_index=first)
 
     def model_name(self, model: DiffusionModel) -> str:
         """What the recipes call the model: a replay keeps the name its recipe gave it."""
@@ -74,7 +78,7 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
     import itertools
 
     from diffgen.sampling.images import read_recipe
-    from diffgen.sampling.prompts import iter_prompt_file
+    from diffgen.sampling.prompts import iter_prompt_file, read_once
 
     if replay is not None:
         if prompts or prompt_file is not None or request.edit is not None or request.layout is not None \
@@ -83,11 +87,16 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
                              "--init-image, --place, --no-auto-layout and --no-upscale")
         recipe_data = read_recipe(replay)
         task = task_from_recipe(recipe_data)
+        if task.edit is not None:  # its input files, checked before the run starts
+            task.edit.check_files()
         return SamplePlan(lambda: iter(()), task, 1, task.steps, None, False, recipe_data, replay)
+
+    # a pipe (-f /dev/stdin, <(...)) can be read only once: its text, read now, serves both passes
+    source = read_once(prompt_file) if prompt_file is not None else None
 
     def specs() -> Iterator[PromptSpec]:
         return itertools.chain((PromptSpec(p, num_images) for p in prompts),
-                               iter_prompt_file(prompt_file, num_images) if prompt_file is not None else ())
+                               iter_prompt_file(source, num_images) if source is not None else ())
 
     first, defaults = request.seed, request.task()
     count = total_steps = 0
@@ -123,8 +132,9 @@ def plan_grid(prompts: list[str], prompt_file: Path | None, replay: Path | None,
 
 
 def next_free_index(out_dir: Path) -> int:
-    """One past the highest image index in ``out_dir`` (files named ``{index:05d}-...png``)."""
+    """One past the highest image index in ``out_dir`` (files named ``{index:05d}-...png``). A name
+    with more digits than diffgen numbers with (MAX_INDEX) is not one of its images: ignored."""
     import re
 
-    indices = [int(m[1]) for p in out_dir.glob("*.png") if (m := re.match(r"^(\d{5,})-", p.name))]
+    indices = [int(m[1]) for p in out_dir.glob("*.png") if (m := re.match(r"^(\d{5,9})-", p.name))]
     return max(indices, default=-1) + 1

@@ -5,11 +5,14 @@ No torch here: the CLI reads and checks prompt files before it loads any model.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from diffgen.errors import InputError
 
@@ -72,16 +75,35 @@ def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> Pr
 MAX_LINE_CHARS = 20_000
 
 
-def _lines(path: Path):
-    """(number, line) pairs read one at a time, each at most MAX_LINE_CHARS long."""
+# A prompt file that can be read only once (a pipe, -f /dev/stdin, <(...)) is read into memory, so
+# that the check and the run read the same prompts; past this many characters it is refused. A
+# regular file of any length is read again for the run instead, in constant memory.
+MAX_STREAM_CHARS = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """A prompt file that can be read only once, as it was read: its name and its text."""
+
+    path: Path
+    text: str
+
+
+def _open(path: Path) -> TextIO:
     try:
-        handle = open(path, encoding="utf-8", newline=None)
+        return open(path, encoding="utf-8", newline=None)
     except FileNotFoundError:
         raise InputError(f"prompt file not found: {path}") from None
     except IsADirectoryError:
         raise InputError(f"prompt file is a folder: {path}") from None
     except OSError as exc:
         raise InputError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+
+
+def _lines(source: Path | PromptText) -> Iterator[tuple[int, str]]:
+    """(number, line) pairs read one at a time, each at most MAX_LINE_CHARS long."""
+    path = source.path if isinstance(source, PromptText) else source
+    handle = io.StringIO(source.text) if isinstance(source, PromptText) else _open(source)
     with handle:
         number = 0
         while True:
@@ -100,11 +122,32 @@ def _lines(path: Path):
             yield number, line
 
 
-def iter_prompt_file(path: Path, num_images: int) -> Iterator[PromptSpec]:
-    """The prompts of a .txt or .jsonl file, one at a time (blank lines and '#' lines skipped):
-    memory does not grow with the file. Each line is checked as it is read."""
+def read_once(path: Path) -> Path | PromptText:
+    """What to read the prompts of ``path`` from, each time they are needed: a regular file itself
+    (read again for each pass, in constant memory); anything else (a pipe, /dev/stdin, <(...), a
+    device) read now, once, whole, checked line by line and at most MAX_STREAM_CHARS long."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return path
+    except OSError:
+        return path  # reading it names the problem (not found, a loop of links, ...)
+    buffer, size = io.StringIO(), 0
+    for _, line in _lines(path):
+        size += len(line)
+        if size > MAX_STREAM_CHARS:
+            raise InputError(f"prompt file {path} is a pipe or device of more than {MAX_STREAM_CHARS:,} characters: "
+                             "save it to a file (a file of any length is read in constant memory)")
+        buffer.write(line)
+    return PromptText(path, buffer.getvalue())
+
+
+def iter_prompt_file(source: Path | PromptText, num_images: int) -> Iterator[PromptSpec]:
+    """The prompts of a .txt or .jsonl file (or of what ``read_once`` read of one), one at a time
+    (blank lines and '#' lines skipped): memory does not grow with the file. Each line is checked
+    as it is read."""
+    path = source.path if isinstance(source, PromptText) else source
     jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
-    for number, raw in _lines(path):
+    for number, raw in _lines(source):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -23,6 +23,10 @@ from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSe
 if TYPE_CHECKING:
     from diffgen.engine.model import DiffusionModel
 
+# The largest image index: nine digits in a file name ({index:05d}-{seed}-{slug}.png), far from the
+# 255-byte limit on names (a recipe or a file with a 250-digit index made every write fail).
+MAX_INDEX = 999_999_999
+
 
 @dataclass(frozen=True)
 class ImageTask:
@@ -78,8 +82,8 @@ class ImageTask:
             raise InputError(f"prompt must be text, got {self.prompt!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise InputError(f"seed must be a whole number in [0, 2^63), got {self.seed!r}")
-        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
-            raise InputError(f"index must be a whole number >= 0, got {self.index!r}")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index <= MAX_INDEX:
+            raise InputError(f"index must be a whole number from 0 to {MAX_INDEX:,}, got {self.index!r}")
         edit = self.edit.validate() if self.edit is not None else None
         layout = self.layout.validate(self.prompt) if self.layout is not None else None
         for flag in ("auto_layout", "upscale"):

@@ -68,7 +68,7 @@ def read_input(path: Path, model: DiffusionModel) -> UpscaleInput:
         text = opened.info.get(RECIPE_KEY)
         rgba = opened.convert("RGBA")
     picture = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    image = from_uint8(torch.from_numpy(np.asarray(picture)).permute(2, 0, 1))
+    image = from_uint8(torch.from_numpy(np.array(picture)).permute(2, 0, 1))
     recipe, note = None, ""
     if text is not None:
         try:
