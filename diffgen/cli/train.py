@@ -53,6 +53,9 @@ def train(
     name: Annotated[Optional[str], typer.Option(
         help="The model's name in image metadata (default: the run folder's name).", show_default=False)] = None,
     check: Annotated[bool, typer.Option(help="Only lint the data folder, do not train.")] = False,
+    plan: Annotated[bool, typer.Option(
+        help="Only print what the run would do: the data, the model, each stage's steps and how long "
+        "it would take here (a few steps of each are timed; nothing is written).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or messages.")] = False,
     threads: ThreadsOption = None,
@@ -89,14 +92,21 @@ def train(
         from diffgen.training import TrainOptions, run_training
 
         out = out or Path("runs") / data.resolve().name
+        log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
+        options = TrainOptions(data, out, cfg, resume, text_encoder, device, progress=not quiet, say=log,
+                               time_limit=None if time_limit is None else 60 * time_limit,
+                               budget=None if budget is None else 60 * budget, weights_dtype=weights_dtype,
+                               init=init, name=name)
+        if plan:
+            from diffgen.devices import pick_device
+            from diffgen.training.plan import plan_lines
+
+            for line in plan_lines(options, pick_device(device)):
+                typer.echo(line)
+            return
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the main process checks and holds it
             check_output_dir(out)
-        log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
-        summary = run_training(TrainOptions(
-            data, out, cfg, resume, text_encoder, device, progress=not quiet, say=log,
-            time_limit=None if time_limit is None else 60 * time_limit,
-            budget=None if budget is None else 60 * budget, weights_dtype=weights_dtype,
-            init=init, name=name))
+        summary = run_training(options)
         if not quiet and int(os.environ.get("RANK", "0")) == 0:
             typer.echo(f"model: {out / 'model.safetensors'}", err=True)
         if int(os.environ.get("RANK", "0")) == 0:
