@@ -342,3 +342,11 @@ def test_an_absurd_index_is_ignored_by_new_run_and_refused_in_a_recipe(tiny_chec
     one_error_line(CliRunner().invoke(app, ["sample", "--replay", str(tmp_path / "replay.png"), "-c",
                                             str(tiny_checkpoint), "-o", str(again)]), 2, "index must be")
     assert not again.exists()
+
+
+def test_train_prints_what_data_check_warns_of_the_folders_metadata(shapes_folder, shared_config, tmp_path):
+    (shapes_folder / "metadata.jsonl").write_text('["not", "an", "object"]\n')
+    result = CliRunner().invoke(app, ["train", str(shapes_folder), "-o", str(tmp_path / "run"), "--config",
+                                      str(shared_config), "--steps", "1", "--clip-steps", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.output and "metadata.jsonl:1: not an object with file_name and text" in result.output

@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = ("steps", "layout_steps", "upscale_steps", "sample_every", "
 # [upscale] keys that only say how the upscaler samples (training never reads them): a resumed run
 # may set them to what its measurements chose, and the model it writes carries them.
 UPSCALE_SAMPLING_KEYS = ("steps", "sigma_min", "sigma_max", "aug_sigma")
+MAX_DATA_WARNINGS = 20  # a folder's metadata warnings printed before training; data check lists all
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -149,6 +150,10 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
     report = scan_folder(opts.data, cfg.text.context_length, check_tokens=False)
     for path, reason in report.skipped:
         say(f"skipped {path}: {reason}")
+    for warning in report.warnings[:MAX_DATA_WARNINGS]:  # what `diffgen data check` says of the metadata
+        say(f"warning: {warning}")
+    if len(report.warnings) > MAX_DATA_WARNINGS:
+        say(f"... and {len(report.warnings) - MAX_DATA_WARNINGS} more warnings (`diffgen data check` lists them)")
     if not report.items:
         raise InputError(f"no usable image-caption pairs in {opts.data} "
                          f"({len(report.skipped)} file(s) skipped; see `diffgen data check`)")
