@@ -93,7 +93,7 @@ def _read_header(path: Path) -> dict[str, Any]:
                 f"{path} is truncated (header says {header_len} bytes, file has {size - 8})")
         try:
             header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
             raise not_safetensors from None
     try:
         data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
@@ -124,7 +124,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict[str, to
             f"{__version__} reads version {FORMAT_VERSION}")
     try:
         config = config_from_dict(json.loads(raw["config"]))
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path} has no readable config in its metadata ({exc})") from None
     except ConfigError as exc:
         raise CheckpointError(f"{path} holds an invalid config: {exc}") from None
@@ -132,7 +132,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict[str, to
     for key in raw.keys() - _PLAIN_METADATA - {"config"}:
         try:
             metadata[key] = json.loads(raw[key])
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise CheckpointError(f"{path} has unreadable metadata entry '{key}'") from None
     try:
         tensors = load_file(str(path))
@@ -166,14 +166,44 @@ class _SkipNormalInit(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _check_shapes(path: Path, config: Config, image_tower: bool = True) -> None:
-    """Compare the file's tensor shapes with those the config implies, on the meta device (no
-    memory): a config edited to ask for a huge model is refused before anything is allocated."""
-    header = _read_header(path)
+def _anchor_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """The shapes of the tensors that carry a config's largest sizes (text context and vocabulary,
+    image size, the widths of the U-Net, layout predictor and upscaler), from the config alone."""
+    t, u = config.text, config.unet
+    shapes: dict[str, tuple[int, ...]] = {"denoiser.net.conv_in.weight": (u.base_channels, u.in_channels, 3, 3)}
+    if not t.arch:
+        shapes["text_encoder.clip.positional_embedding"] = (t.context_length, t.width)
+        shapes["text_encoder.clip.token_embedding.weight"] = (t.vocab_size, t.width)
+        # the one tensor image_size shapes (no U-Net weight depends on it): a checkpoint edited to
+        # draw 4096 px pictures with a model made for 8 px is refused here
+        shapes["text_encoder.clip.visual.positional_embedding"] = \
+            ((config.image_size // t.vision_patch_size) ** 2 + 1, t.vision_width)
+    if config.layout.width:
+        shapes["layout.position"] = (t.context_length, config.layout.width)
+    if config.upscale.base_channels:
+        shapes["upscaler.net.conv_in.weight"] = (config.upscale.base_channels, 6, 3, 3)
+    return shapes
+
+
+def _check_shapes(path: Path, config: Config, image_tower: bool = True,
+                  stored: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Compare the file's tensor shapes (``stored``; default: its safetensors header) with those the
+    config implies, before the model is built: first a few that carry the config's largest sizes,
+    straight from the config (even on the meta device the text tower's attention mask is a real
+    context x context tensor: a context of 100,000 asked for 40 GB), then every tensor, on the meta
+    device (no memory). A config edited to ask for a huge model is refused before anything is allocated."""
+    if stored is None:
+        header = _read_header(path)
+        stored = {k: tuple(v.get("shape", ())) for k, v in header.items()
+                  if k != "__metadata__" and isinstance(v, dict)}
+    for name, shape in _anchor_shapes(config).items():
+        if stored.get(name) != shape and (name in stored or "visual" not in name):  # a file may lack the image tower
+            found = f"is {list(stored[name])} in the file" if name in stored else "is not in the file"
+            raise CheckpointError(f"{path} does not match its config: {name} {found}, the config asks for "
+                                  f"{list(shape)}")
     with torch.device("meta"), _SkipNormalInit():
         model = build_model(config, load_pretrained_text=False, image_tower=image_tower)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    stored = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     if not hasattr(model.text_encoder.clip, "visual"):
         stored = {k: v for k, v in stored.items() if not is_image_tower_key(k)}
     for name, shape in expected.items():
@@ -245,13 +275,16 @@ def _load_training_state(path: Path) -> DiffusionModel:
         config = config_from_dict(state.info["config"])
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{path}: the state's config is unusable ({exc})") from None
-    model = build_model(config, load_pretrained_text=False)
     # the raw weights, then each average over its module (a run that trains the text tower too
     # keeps that tower's average beside the U-Net's)
     weights = without_prefix(state.tensors, "model")
     weights.update(with_prefix(without_prefix(state.tensors, EMA_UNET_PREFIX), "denoiser.net"))
     weights.update(with_prefix(without_prefix(state.tensors, EMA_UPSCALER_PREFIX), "upscaler"))
     weights.update(with_prefix(without_prefix(state.tensors, EMA_TEXT_PREFIX), "text_encoder"))
+    # the state's JSON (and so its config) can be edited and its hash recomputed: the config is held
+    # to the stored tensors before the model is built, as a checkpoint's is
+    _check_shapes(path, config, stored={k: tuple(v.shape) for k, v in weights.items()})
+    model = build_model(config, load_pretrained_text=False)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -268,11 +268,19 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+# A config file is a few kilobytes; one past this is not one (a file of gigabytes was read whole).
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def load_config(path: str | Path) -> Config:
     """Read a TOML config file strictly; errors name the file and the key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024:,} kB: not a config")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -281,6 +289,8 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib reads nested arrays recursively
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     try:
         return config_from_dict(data)
     except ConfigError as exc:

@@ -16,6 +16,65 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
+# Sizes far past any real model's (Stable Diffusion's U-Net: 320 channels, 2 blocks a level, depth
+# up to 10; CLIP: a context of 77 tokens, a vocabulary of 49408, 32 layers at most). A config is taken
+# on trust from a TOML file or a checkpoint's metadata, and asked for more than the machine holds
+# (a text context of 100,000 built a 40 GB attention mask): bounded, any config can be built on the
+# meta device and compared with a checkpoint's tensors without allocating.
+MAX_SIZES = {
+    "image_size": 4096,
+    "text.context_length": 1024, "text.vocab_size": 1_000_000, "text.width": 8192, "text.heads": 128,
+    "text.layers": 64, "text.embed_dim": 8192, "text.vision_width": 8192, "text.vision_layers": 64,
+    "text.vision_head_width": 8192, "text.vision_patch_size": 4096,
+    "unet.base_channels": 8192, "unet.num_res_blocks": 8, "unet.head_dim": 8192, "unet.transformer_depth": 16,
+    "unet.text_mixer_layers": 16,
+    "layout.width": 8192, "layout.layers": 16, "layout.heads": 128, "layout.modes": 64,
+    "upscale.base_channels": 8192, "upscale.num_res_blocks": 8, "upscale.steps": 1000, "upscale.crop": 8192,
+    "train.seed": 2**63 - 1, "train.batch_size": 65536, "train.grad_accum": 65536, "train.clip_batch_size": 65536,
+    "train.layout_batch_size": 65536, "train.upscale_batch_size": 65536, "train.grounding_pass_images": 65536,
+    **{f"train.{key}": 10**9 for key in ("steps", "clip_steps", "warmup_steps", "layout_steps", "upscale_steps",
+                                         "sample_every", "checkpoint_every")},
+}
+MAX_LEVELS, MAX_CHANNEL_MULT = 8, 64  # entries of a channel_mult (U-Net and upscaler), and each entry
+# Float settings, (lowest, highest): a value finite in float64 but not in float32 (1e39), or one that
+# float32 rounds to 0 (1e-50) and then divides by, made NaN; these bounds hold every real setting.
+FLOAT_RANGES = {
+    **{f"{part}.{key}": bounds for part in ("denoiser", "upscale") for key, bounds in (
+        ("sigma_data", (1e-3, 100.0)), ("sigma_min", (1e-5, 1e4)), ("sigma_max", (1e-5, 1e4)),
+        ("p_mean", (-10.0, 10.0)), ("p_std", (1e-3, 5.0)))},
+    "denoiser.high_noise_min_sigma": (0.0, 1e4),
+    **{f"train.{key}": (0.0, 1.0) for key in ("lr", "clip_lr", "layout_lr", "upscale_lr")},
+    "train.weight_decay": (0.0, 10.0), "train.grad_clip": (0.0, 1e6), "train.text_lr_scale": (0.0, 100.0),
+    "train.negative_weight": (0.0, 1e3), "train.negative_sharpness": (0.0, 1e6), "train.grounding_weight": (0.0, 1e3),
+    "train.grounding_min_sigma": (0.0, 1e4), "train.layout_bias": (0.0, 100.0),  # sampling's layout strength bound
+}
+
+
+def _value(cfg: Config, key: str):
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(cfg, section) if section else cfg, name)
+
+
+def _validate_sizes(cfg: Config) -> None:
+    """The upper bounds of MAX_SIZES and of the channel lists, checked first: the checks after them
+    compute with these numbers (attention_resolutions against every level)."""
+    for key, most in MAX_SIZES.items():
+        _require(_value(cfg, key) <= most, f"config key '{key}' must be at most {most:,} (more than any real "
+                                           f"model uses), got {_value(cfg, key):,}")
+    for key in ("unet.channel_mult", "upscale.channel_mult", "unet.attention_resolutions"):
+        values = _value(cfg, key)
+        _require(len(values) <= MAX_LEVELS and all(v <= (MAX_CHANNEL_MULT if key.endswith("mult") else 4096)
+                                                   for v in values),
+                 f"config key '{key}' takes at most {MAX_LEVELS} entries, each at most "
+                 f"{MAX_CHANNEL_MULT if key.endswith('mult') else 4096}")
+
+
+def _validate_float_ranges(cfg: Config) -> None:
+    """FLOAT_RANGES, checked after the sign and finiteness checks (whose words they keep)."""
+    for key, (low, high) in FLOAT_RANGES.items():
+        value = _value(cfg, key)
+        _require(low <= value <= high, f"config key '{key}' must be from {low:g} to {high:g}, got {value:g}")
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
@@ -24,6 +83,7 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type check cannot express."""
+    _validate_sizes(cfg)
     _require(cfg.image_size >= 4 and cfg.image_size & (cfg.image_size - 1) == 0,
              f"config key 'image_size' must be a power of two >= 4, got {cfg.image_size}")
     u = cfg.unet
@@ -105,6 +165,7 @@ def validate(cfg: Config) -> None:
              "config key 'train.weight_decay' must be >= 0")
     _require(tr.precision in PRECISIONS,
              f"config key 'train.precision' must be one of {', '.join(PRECISIONS)}, got '{tr.precision}'")
+    _validate_float_ranges(cfg)
 
 
 def _validate_upscale(cfg: Config) -> None:

@@ -120,6 +120,7 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
 
     from diffgen.errors import InputError
 
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".diffgen.lock"
 
@@ -152,6 +153,15 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
                              "or choose another -o folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        yield
+        try:
+            yield
+        except BaseException:
+            # a run that failed (a model's NaN, a wrong input found late) leaves no folder it made
+            # holding only its lock; removed while the lock is held, so no other run is inside
+            with contextlib.suppress(OSError):
+                if created and [p.name for p in folder.iterdir()] == [path.name]:
+                    path.unlink()
+                    folder.rmdir()
+            raise
     finally:
         os.close(fd)  # closing releases the lock

@@ -32,6 +32,9 @@ _STATE_NAME = re.compile(r"^state-(clip|diffusion|layout|upscale)-(\d{8})\.json$
 STAGE_ORDER = {"clip": 0, "diffusion": 1, "layout": 2, "upscale": 3}
 # The prefixes of a state's averaged weights: what a run ships, and what loading a state as a model reads
 EMA_UNET_PREFIX, EMA_TEXT_PREFIX, EMA_UPSCALER_PREFIX = "ema", "ema_text", "ema_upscaler"
+# A state's JSON holds its config, optimizer settings and counters: kilobytes. Past this it is not
+# read (a file of gigabytes would have been read whole).
+MAX_INFO_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -126,14 +129,19 @@ def _info_hash(info: dict[str, Any]) -> str:
 def read_state(folder: Path, json_path: Path) -> TrainingState | str:
     """The state a JSON file vouches for, or why it cannot be used."""
     try:
+        if json_path.stat().st_size > MAX_INFO_BYTES:
+            return f"its JSON is larger than {MAX_INFO_BYTES // 2**20} MB"
         info = json.loads(json_path.read_text())
         tensors = load_file(str(folder / info["tensors"]))
     except Exception as exc:  # noqa: BLE001 - any unreadable state (incl. SafetensorError) is skipped
         return f"unreadable ({type(exc).__name__})"
     if info.get("version") != STATE_VERSION:
         return f"written by another state version ({info.get('version')})"
-    # states written before diffgen recorded this hash have none: their tensors hash still holds
-    if "info_hash" in info and info["info_hash"] != _info_hash(info):
+    # a missing hash counts as a wrong one: deleting the entry let an edited learning rate or data
+    # position through (states from before diffgen recorded it are refused with them)
+    if "info_hash" not in info:
+        return "its JSON has no recorded hash (edited, or written by an older diffgen)"
+    if info["info_hash"] != _info_hash(info):
         return "its JSON was edited or damaged (the recorded hash does not match)"
     if content_hash(tensors) != info.get("tensors_hash"):
         return "its tensors do not match the recorded hash"

@@ -78,7 +78,7 @@ def test_replay_needs_the_same_input_file_and_the_api_matches_the_cli(tiny_check
     picture(source, 9)  # the input file changes
     again = CliRunner().invoke(app, ["sample", "--replay", str(made), "-c", str(tiny_checkpoint),
                                      "-o", str(tmp_path / "again")])
-    assert again.exit_code == 2 and "has changed since this recipe was made" in again.output
+    assert again.exit_code == 2 and "changed since the recipe was made" in again.output
 
 
 def test_bad_edit_options_are_one_line_exit_2(tiny_checkpoint, tmp_path):

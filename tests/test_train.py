@@ -346,19 +346,18 @@ def test_an_edited_state_json_is_named_and_the_previous_state_is_used(shared_sha
     assert max_difference(ref, got) < 1e-5
 
 
-def test_a_state_from_before_the_json_hash_still_resumes(shared_shapes, shared_config, straight_run, tmp_path):
-    out = tmp_path / "older"
+def test_a_state_json_without_its_hash_is_refused_like_an_edited_one(shared_shapes, shared_config, tmp_path):
+    out = tmp_path / "unhashed"
     assert cli(*train_args(shared_shapes, out, shared_config, steps=4, clip_steps=2)).exit_code == 0
-    for path in (out / "state").glob("*.json"):  # as diffgen wrote states before it hashed their JSON
+    for path in (out / "state").glob("*.json"):  # the hash deleted, the data position edited
         info = json.loads(path.read_text())
         del info["info_hash"]
+        info["data_position"] = 0
         path.write_text(json.dumps(info))
     loud = [a for a in train_args(shared_shapes, out, shared_config, steps=8, clip_steps=2) if a != "-q"]
     resumed = cli(*loud, "--resume")
-    assert resumed.exit_code == 0, resumed.output
-    assert "skipped the training state" not in resumed.output
-    ref, got = weights(straight_run / "model.safetensors"), weights(out / "model.safetensors")
-    assert max_difference(ref, got) < 1e-5
+    assert resumed.exit_code == 2, resumed.output
+    assert "no recorded hash" in resumed.output and "no usable training state" in resumed.output
 
 
 def test_without_ema_warmup_a_fine_tune_keeps_the_checkpoints_average(shapes_folder, tmp_path, trained_run):

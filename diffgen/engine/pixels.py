@@ -9,6 +9,18 @@ from __future__ import annotations
 
 import torch
 
+from diffgen.errors import DiffgenError
+
+
+def require_finite(images: torch.Tensor, what: str = "an image") -> torch.Tensor:
+    """``images`` as they are, or DiffgenError if any value is NaN or infinite: clamped and rounded,
+    such values become black (or white) pixels, a picture that looks made but is not. Every image
+    written (sampling, upscaling, ``diffgen noise``, training grids) passes here first."""
+    if not bool(torch.isfinite(images).all()):
+        raise DiffgenError(f"the model produced non-finite values (NaN or infinity) for {what}: nothing was "
+                           "written for it (damaged weights, or a setting past what float32 holds?)")
+    return images
+
 
 def from_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """Levels 0..255 (any shape and dtype) -> float32 in [-1, 1]."""

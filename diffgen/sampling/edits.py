@@ -83,11 +83,19 @@ class EditSource:
 
     def check_files(self) -> None:
         """InputError unless the files are readable images (check_image) and the ones the recipe
-        names (the same SHA-256): a replay checks them before its run starts."""
+        names (the same SHA-256): a replay checks them before its run starts. A missing, unreadable
+        and changed file get the same words: a recipe is anyone's file, and a different message for
+        each would tell its author which paths exist on this machine (and which are images)."""
         for path, digest, what in ((self.init_image, self.init_sha256, "init image"),
                                    (self.mask, self.mask_sha256, "mask")):
-            if path and _check_image_file(Path(path), what) != digest:
-                raise InputError(f"the {what} {path} has changed since this recipe was made (its SHA-256 differs)")
+            if not path:
+                continue
+            try:
+                same = _check_image_file(Path(path), what) == digest
+            except InputError:
+                same = False
+            if not same:
+                raise InputError(f"the {what} {path} is missing, unreadable or changed since the recipe was made")
 
     def load(self, size: int):
         """(image (3, S, S) in [-1, 1], mask (1, S, S) in [0, 1] or None) at the model's size,

@@ -20,6 +20,7 @@ from diffgen.engine.edit import keep_known, sdedit_sigmas, sdedit_start
 from diffgen.engine.guidance import Denoise, classifier_free_guidance
 from diffgen.engine.layout_bias import LayoutBias, laid_out
 from diffgen.engine.model import DiffusionModel, PromptCache
+from diffgen.engine.pixels import require_finite
 from diffgen.engine.regions import Placement, TokenSpans
 from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES
@@ -126,6 +127,8 @@ def generate(
             if upscaled:
                 out = _upscale_batch(model, batch, out)
         out = out.float().cpu().contiguous()
+        for row, task in enumerate(batch):  # the whole batch checked before any of it is written
+            require_finite(out[row], f"{task.prompt[:40]!r} (seed {task.seed})")
         for row, task in enumerate(batch):
             yield task, out[row], ([f[row] for f in frames] if trajectory else None)
 

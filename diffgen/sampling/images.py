@@ -40,10 +40,13 @@ def image_filename(index: int, seed: int, prompt: str) -> str:
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images (rounded to the nearest level)."""
+    """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images (rounded to the nearest level); DiffgenError
+    for NaN or infinite values (engine/pixels.py require_finite), never a silently black image."""
     import torch
 
-    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    from diffgen.engine.pixels import require_finite
+
+    pixels = ((require_finite(images.detach()).float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return [Image.fromarray(p.permute(1, 2, 0).numpy(), "RGB") for p in pixels]
 
 
@@ -125,7 +128,7 @@ def read_recipe(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(f"image not found: {path}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{path} claims to be larger than {Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels; "
+        raise InputError(f"{path} claims to be larger than {(Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels; "
                          "not an image diffgen made") from None
     except (OSError, SyntaxError, ValueError):
         raise InputError(f"{path} is not a readable image") from None
@@ -133,7 +136,7 @@ def read_recipe(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} has no diffgen recipe in its metadata (not made by diffgen?)")
     try:
         recipe = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise InputError(f"{path} has a damaged diffgen recipe") from None
     if not isinstance(recipe, dict) or "prompt" not in recipe:
         raise InputError(f"{path} has a damaged diffgen recipe")

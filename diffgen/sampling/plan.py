@@ -103,10 +103,15 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
     for spec in specs():
         if not spec.prompt.strip():
             raise InputError("empty prompt given; use --negative for what to avoid")
-        spec_tasks = iter_tasks([spec], first + count, defaults)  # checks the prompt's settings and seeds
-        steps = next(spec_tasks).sampler_steps
-        if spec.seed is not None and spec.seed + spec.num_images > SEED_LIMIT:
-            raise InputError(f"seed {spec.seed} + {spec.num_images} images runs past the largest seed (2^63 - 1)")
+        try:  # a prompt file's values are named by file and line, as its keys are (prompts.py)
+            spec_tasks = iter_tasks([spec], first + count, defaults)  # checks the prompt's settings and seeds
+            steps = next(spec_tasks).sampler_steps
+            if spec.seed is not None and spec.seed + spec.num_images > SEED_LIMIT:
+                raise InputError(f"seed {spec.seed} + {spec.num_images} images runs past the largest seed (2^63 - 1)")
+        except InputError as exc:
+            if not spec.where:
+                raise
+            raise InputError(f"{spec.where}: {exc}") from None
         count += spec.num_images
         total_steps += spec.num_images * steps
     if count == 0:

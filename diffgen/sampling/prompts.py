@@ -32,6 +32,7 @@ class PromptSpec:
     num_images: int
     seed: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    where: str = ""  # "file:line" of a prompt file's line: the errors its values cause name it
 
 
 def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> PromptSpec:
@@ -40,6 +41,8 @@ def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> Pr
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise InputError(f"{where}: each line must be a JSON object with a 'prompt'")
     for key, value in data.items():
@@ -66,7 +69,7 @@ def _parse_jsonl_line(line: str, number: int, path: Path, num_images: int) -> Pr
                                      float(data.get("layout_strength", DEFAULT_LAYOUT_STRENGTH)))
     elif "layout_strength" in data:
         raise InputError(f"{where}: 'layout_strength' needs a 'place'")
-    return PromptSpec(data["prompt"].strip(), n, data.get("seed"), overrides)
+    return PromptSpec(data["prompt"].strip(), n, data.get("seed"), overrides, where)
 
 
 # A prompt is used up to the text context (77 tokens by default); a JSONL line with its overrides
@@ -151,7 +154,8 @@ def iter_prompt_file(source: Path | PromptText, num_images: int) -> Iterator[Pro
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        yield _parse_jsonl_line(line, number, path, num_images) if jsonl else PromptSpec(line, num_images)
+        yield _parse_jsonl_line(line, number, path, num_images) if jsonl else \
+            PromptSpec(line, num_images, where=f"{path}:{number}")
 
 
 def read_prompt_file(path: Path, num_images: int) -> list[PromptSpec]:

@@ -20,7 +20,7 @@ from diffgen.errors import InputError
 from diffgen.fileio import folder_lock, remove_stale_temporaries
 from diffgen.sampling.plan import SamplePlan
 from diffgen.sampling.settings import DEFAULT_BATCH_SIZE
-from diffgen.sampling.tasks import ImageTask, placement_of
+from diffgen.sampling.tasks import ImageTask, max_batch_size, placement_of
 
 if TYPE_CHECKING:
     from diffgen.engine.model import DiffusionModel
@@ -62,6 +62,20 @@ def check_run_options(plan: SamplePlan, options: RunOptions) -> None:
         raise InputError(f"--grid draws at most {MAX_GRID_IMAGES:,} images; this run makes {plan.count:,}")
 
 
+def check_batch(plan: SamplePlan, options: RunOptions, model: DiffusionModel) -> None:
+    """Refuse, before the folder is touched, a batch larger than the model computes at once
+    (tasks.max_batch_size): --batch-size, or the batch a replayed recipe records."""
+    size = model.config.image_size
+    limit = max_batch_size(size)
+    placement = placement_of(plan.replay) if plan.replay is not None else None
+    if placement is not None and placement[0] > limit:
+        raise InputError(f"{plan.replay_source}'s recipe was computed in a batch of {placement[0]:,} images; this "
+                         f"{size} px model computes at most {limit:,} at once")
+    if placement is None and options.batch_size > limit:
+        raise InputError(f"--batch-size {options.batch_size:,} is more than this {size} px model computes at once "
+                         f"(at most {limit:,})")
+
+
 def write_run(model: DiffusionModel, plan: SamplePlan, out: Path, options: RunOptions,
               on_result: Callable[[ImageResult], None], say: Callable[[str], None]) -> RunSummary:
     """Write ``plan``'s images into ``out``, calling ``on_result`` with each as it is written and
@@ -70,6 +84,7 @@ def write_run(model: DiffusionModel, plan: SamplePlan, out: Path, options: RunOp
     from diffgen.sampling.generate import write_grid
 
     check_run_options(plan, options)
+    check_batch(plan, options, model)
     started = time.time()
     if plan.seed_drawn:
         say(f"seed: {plan.seed}")

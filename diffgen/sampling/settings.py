@@ -37,6 +37,9 @@ SAMPLER_ALIASES = {
 }
 # No real use needs more; the limit keeps a typo from allocating a sigma table of that size.
 MAX_STEPS = 10_000
+# Past this the guided estimate is all amplified difference (AUTOMATIC1111's slider stops at 30); far
+# larger scales overflow float32 mid-sampling (1e30 gave all-black images).
+MAX_GUIDANCE = 100.0
 # Images through the model at once, unless asked otherwise. A recipe records the batch an image was
 # computed in (its size and row), so --replay reproduces it whatever this is.
 DEFAULT_BATCH_SIZE = 8
@@ -68,8 +71,8 @@ class SamplingSettings:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
             raise InputError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
         if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \
-                or not (math.isfinite(self.guidance) and self.guidance >= 0):
-            raise InputError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+                or not (math.isfinite(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE):
+            raise InputError(f"guidance must be a finite number from 0 to {MAX_GUIDANCE:g}, got {self.guidance!r}")
         if not isinstance(self.sampler, str):
             raise InputError(f"sampler must be a name, got {self.sampler!r}")
         if self.schedule not in SCHEDULE_NAMES:

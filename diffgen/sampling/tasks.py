@@ -13,16 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 from diffgen import __version__
 from diffgen.engine.edit import steps_to_run
+from diffgen.engine.prompt_weights import check_weights
 from diffgen.errors import InputError
 from diffgen.sampling.edits import EditSource
 from diffgen.sampling.images import image_filename
 from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH, Layout
 from diffgen.sampling.prompts import PromptSpec
-from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULTS, SamplingSettings
+from diffgen.sampling.settings import A1111_SAMPLER_LABELS, DEFAULT_BATCH_SIZE, DEFAULTS, SamplingSettings
 
 if TYPE_CHECKING:
     from diffgen.engine.model import DiffusionModel
 
+# The longest prompt (and negative prompt): the text encoder reads the first 77 tokens, a few hundred
+# characters. A megabyte of bracketed prompt (a recipe's) still took 33 s to parse and tokenize with
+# the linear weight parser, every piece for nothing; the same as a prompt file's longest line.
+MAX_PROMPT_CHARS = 20_000
 # The largest image index: nine digits in a file name ({index:05d}-{seed}-{slug}.png), far from the
 # 255-byte limit on names (a recipe or a file with a 250-digit index made every write fail).
 MAX_INDEX = 999_999_999
@@ -89,7 +94,16 @@ class ImageTask:
         for flag in ("auto_layout", "upscale"):
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
-        return ImageTask.of(self.index, self.prompt, self.seed, self.settings.validate(), edit, layout,
+        settings = self.settings.validate()
+        for what, text in (("prompt", self.prompt), ("negative prompt", settings.negative)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InputError(f"the {what} is {len(text):,} characters long; at most {MAX_PROMPT_CHARS:,} "
+                                 "(the text encoder reads its first tokens only)")
+            try:  # weights past float32's range made black images: refused here, before any run
+                check_weights(text)
+            except InputError as exc:
+                raise InputError(f"{what}: {exc}") from None
+        return ImageTask.of(self.index, self.prompt, self.seed, settings, edit, layout,
                             self.auto_layout, self.upscale)
 
 
@@ -134,6 +148,16 @@ PLACEMENT_KEYS = ("batch_size", "batch_row")
 # Recipe entries that do not change the picture (recipes written before they existed lack them).
 _NOT_THE_PICTURE = PLACEMENT_KEYS + ("model_file_sha256",)
 MAX_REPLAY_BATCH = 4096
+# Base-image pixels through the model at once: 32 images of 64 px (1.3 GB at most on the CPU for the
+# default model, upscale included; 128 of them took 2.5 GB, and a recipe's batch of 4096 asked for
+# tens). A run's --batch-size and a replayed recipe's batch are held to it, so every image made can
+# be replayed in the batch it was made in.
+MAX_BATCH_PIXELS = 32 * 64 * 64
+
+
+def max_batch_size(image_size: int) -> int:
+    """The most images of ``image_size`` px computed at once (never fewer than the default batch)."""
+    return max(DEFAULT_BATCH_SIZE, min(MAX_REPLAY_BATCH, MAX_BATCH_PIXELS // image_size**2))
 
 
 def recipe(task: ImageTask, model: DiffusionModel, model_name: str,

@@ -19,6 +19,7 @@ import torch
 from diffgen.engine.model import DiffusionModel
 from diffgen.engine.pixels import from_uint8
 from diffgen.errors import InputError
+from diffgen.sampling.tasks import max_batch_size
 
 # The upscaler's activations grow with the picture (about 1 GB at this size); larger inputs are
 # refused before any work rather than running out of memory halfway.
@@ -73,16 +74,30 @@ def read_input(path: Path, model: DiffusionModel) -> UpscaleInput:
     if text is not None:
         try:
             recipe = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
             recipe = None
         size = model.config.image_size
-        if not isinstance(recipe, dict):
+        if not isinstance(recipe, dict) or (batch := _recipe_batch(recipe)) is None:
             recipe, note = None, "its diffgen recipe is damaged"
         elif recipe.get("model_hash") != model.content_hash:
             recipe, note = None, "another model made it"
         elif recipe.get("upscale") or checked != (size, size):
             recipe, note = None, "it is not at the model's base size"
+        elif batch > max_batch_size(size):  # every row of the batch is computed, as a replay does
+            recipe, note = None, f"it was computed in a batch of {batch:,}, more than this model computes at once"
     return UpscaleInput(path, image, recipe, note)
+
+
+def _recipe_batch(recipe: dict[str, Any]) -> int | None:
+    """The size of the batch a recipe was computed in (1 if it does not say), None if it is damaged:
+    checked with every input, before the first picture is computed."""
+    from diffgen.sampling.tasks import placement_of, task_from_recipe
+
+    try:
+        task_from_recipe(recipe)
+        return (placement_of(recipe) or (1, 0))[0]
+    except InputError:
+        return None
 
 
 def upscale_input(model: DiffusionModel, item: UpscaleInput, seed: int) -> tuple[torch.Tensor, dict | None]:
