@@ -77,12 +77,15 @@ class Model:
         from diffgen.errors import InputError
         from diffgen.sampling.prompts import PromptSpec
         from diffgen.sampling.request import sample_request
-        from diffgen.sampling.tasks import plan_tasks
+        from diffgen.sampling.tasks import max_batch_size, plan_tasks
 
         prompt_list = _prompt_list(prompts)
         for name, value in (("n", n), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if batch_size > (limit := max_batch_size(self.image_size)):
+            raise InputError(f"batch_size {batch_size:,} is more than this {self.image_size} px model computes at "
+                             f"once (at most {limit:,})")
         request = sample_request(SamplingSettings(steps, sampler, schedule, guidance, negative), seed,
                                  init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur,
                                  place=place, layout_strength=layout_strength, auto_layout=auto_layout,

@@ -145,7 +145,7 @@ def _read_metadata(folder: Path, report: DataReport) -> Metadata:
             try:
                 row = json.loads(line)
                 name, text = row["file_name"], row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError):  # nesting too deep: not ours
                 report.warnings.append(f"{meta}:{number}: not an object with file_name and text; ignored")
                 continue
             texts = [text] if isinstance(text, str) else text

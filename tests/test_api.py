@@ -105,6 +105,7 @@ def test_seeds_give_each_image_its_own_and_callback_reports_every_step(tiny_chec
     ({"prompts": None}, "prompts must be"), ({"prompts": "a cat", "n": "3"}, "n must be"),
     ({"prompts": "a cat", "seed": "1"}, "seed must be"), ({"prompts": "a cat", "place": "x"}, "place"),
     ({"prompts": "a cat", "batch_size": 0}, "batch_size must be"),
+    ({"prompts": "a cat", "batch_size": 100_000}, "more than this 8 px model computes at once"),
     ({"prompts": "a cat", "layout_strength": float("nan"), "place": {"cat": (0, 0, 1, 1)}}, "layout_strength"),
     ({"prompts": "a cat", "upscale": "no"}, "upscale must be true or false"),
     ({"prompts": "a cat", "mask_blur": 2}, "strength, mask and mask_blur need an init_image"),

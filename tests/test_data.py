@@ -83,3 +83,13 @@ def test_training_set_and_holdout(shapes_folder):
     assert len(held) == 2 and not set(train) & set(held) and len(train) + len(held) == 24
     assert split_holdout(len(data), seed=0) == (train, held)
     assert split_holdout(10, seed=0) == (list(range(10)), [])
+
+
+def test_a_deeply_nested_metadata_line_is_a_warning_not_a_crash(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a white square")
+    (tmp_path / "metadata.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    report = scan_folder(tmp_path)
+    assert len(report.items) == 1 and any("metadata.jsonl:1: not an object" in w for w in report.warnings)
