@@ -7,8 +7,10 @@ import json
 import random
 import signal
 import socket
+import struct
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -275,3 +277,16 @@ def kill_when(proc: subprocess.Popen, state_dir: Path, pattern: str, extra_delay
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+def png_claiming(path: Path, width: int, height: int) -> Path:
+    """A valid 1x1 PNG whose header is rewritten to claim width x height (CRC fixed)."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+    return path

@@ -4,8 +4,6 @@ and leaves no output behind. Cases are grouped by the class of fault they belong
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -14,16 +12,7 @@ from typer.testing import CliRunner
 
 from diffgen.cli import app
 
-
-def png_claiming(path: Path, width: int, height: int) -> Path:
-    """A valid 1x1 PNG whose header is rewritten to claim width x height (CRC fixed)."""
-    Image.new("RGB", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
-    path.write_bytes(bytes(data))
-    return path
+from .helpers import png_claiming
 
 
 def png_with_recipe(path: Path, **changes) -> Path:

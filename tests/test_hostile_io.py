@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from diffgen.cli import app
 from diffgen.errors import InputError
 
-from .test_hostile import png_claiming
+from .helpers import png_claiming
 
 FAST = ["--steps", "1", "--no-upscale", "-n", "1", "--seed", "1"]
 
