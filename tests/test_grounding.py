@@ -200,7 +200,7 @@ def test_grounding_min_sigma_leaves_out_images_below_it(tmp_path):
     loss; at 0 every image counts (the run above)."""
     folder = with_regions(make_shapes_folder(tmp_path / "shapes"))
     config = tmp_path / "grounding.toml"
-    config.write_text(train_config(train={"grounding_weight": 0.5, "grounding_min_sigma": 1e6}))
+    config.write_text(train_config(train={"grounding_weight": 0.5, "grounding_min_sigma": 1e4}))
     result = cli(*train_args(folder, tmp_path / "run", config, steps=4, clip_steps=1))
     assert result.exit_code == 0, result.output
     rows = diffusion_metrics(tmp_path / "run")
