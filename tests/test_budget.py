@@ -57,6 +57,9 @@ def test_a_budgeted_run_plans_its_steps_and_ends_in_time(shared_shapes, tmp_path
     assert result.exit_code == 0, result.output
     assert wall < 0.4 * 60 + 5, wall
     assert "steps planned (configured: 100000)" in result.output
+    first = int(result.output.split(" steps planned (configured: 100000)")[0].rsplit(" ", 1)[-1])
+    if budget.REVISE_SHARE * first > 25 + budget.PLAN_AT:  # long enough to revise: revised once, at its middle
+        assert result.output.count("steps now planned (configured: 100000)") == 1, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["budget_seconds"] == 24.0
     state = json.loads(next((out / "state").glob("state-diffusion-*.json")).read_text())

@@ -7,7 +7,8 @@ and upscaling stages, where the config has them, keep ``LAYOUT_SHARE`` and ``UPS
 end; the diffusion stage takes the rest, less a margin for the final grid and the model file.
 
 A stage with a budget plans its own length: it times its steps from ``TIMED_FROM`` to ``PLAN_AT``,
-then sets its step count to what fits before its deadline (at most the configured steps), so that
+then sets its step count to what fits before its deadline (at most the configured steps), revised
+once at ``REVISE_SHARE`` of the way from the steps timed since, so that
 its learning-rate schedule and EMA end with the budget instead of being cut off in the middle. The
 plan is kept in the training state: a resumed stage follows it exactly.
 """
@@ -29,6 +30,10 @@ MARGIN_SHARE, MARGIN_MIN_S = 0.03, 10.0
 TIMED_FROM, PLAN_AT = 5, 25
 # of the time a plan expects to have, the share it plans steps for (metrics, saves, slower steps)
 PLAN_SAFETY = 0.95
+# the plan is revised once, at this share of its steps (before the decay begins), from the time
+# the steps since the first plan took: the first steps run slower than the rest (the 30-minute
+# digits run planned at 1.91 s a step, then ran at about 1.55 s, and ended 6.6 minutes early)
+REVISE_SHARE = 0.5
 # the last share of a planned diffusion stage decays the learning rate linearly to zero
 DECAY_SHARE = 0.2
 # a planned stage's EMA averages over at most this share of its steps

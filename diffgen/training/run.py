@@ -235,14 +235,15 @@ def _hold_run_folder(out: Path, cfg: Config, stack: contextlib.ExitStack, say: C
 
 
 def save_run_state(run: Run, stage: str, step: int, tensors: dict[str, torch.Tensor],
-                   optimizer: torch.optim.Optimizer, plan: BatchPlan, planned: int | None = None) -> None:
-    """The training state after ``step`` (main process; every rank waits for it); ``planned``, the
-    stage's step count as a budget planned it."""
+                   optimizer: torch.optim.Optimizer, plan: BatchPlan, plan_info: dict[str, int] | None = None
+                   ) -> None:
+    """The training state after ``step`` (main process; every rank waits for it); ``plan_info``,
+    a budgeted stage's plan (training/budget.py)."""
     if run.dist.is_main:
         opt_tensors, groups = optimizer_to_tensors(optimizer, "optim")
         info = {"config": config_to_dict(run.cfg), "optimizer_groups": groups,
                 "data_position": plan.position(step), "num_images": len(run.data),
-                **({"init": run.init} if run.init else {}), **({"planned_steps": planned} if planned else {})}
+                **({"init": run.init} if run.init else {}), **(plan_info or {})}
         save_state(run.opts.out / "state", TrainingState(stage, step, {**tensors, **opt_tensors, **rng_tensors()},
                                                          info))
     distributed.barrier(run.dist)

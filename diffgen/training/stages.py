@@ -47,6 +47,7 @@ from diffgen.training.budget import (
     CLIP_EPOCHS,
     CLIP_SHARE,
     PLAN_AT,
+    REVISE_SHARE,
     TIMED_FROM,
     decayed_lr,
     ema_decay,
@@ -90,12 +91,13 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
     budget = run.budget
     resumed = run.resume if run.resume is not None and run.resume.stage == stage.name else None
     planned = resumed.info.get("planned_steps") if resumed is not None and budget is not None else None
+    revise_at = resumed.info.get("revise_at") if resumed is not None and budget is not None else None
     total = planned or stage.steps
     deadline = budget.deadline(stage.name, run.cfg) if budget is not None else \
         run.started + run.opts.time_limit if stage.time_limited and run.opts.time_limit else None
     meter = StageMeter(stage.name, total, start, plan.global_batch, run.log, run.dist, run.device,
                        run.opts.progress, deadline)
-    timed_from = time.perf_counter()
+    timed_from, timed_step = time.perf_counter(), start + TIMED_FROM  # the steps a plan is timed on
     step = done = start
     with meter.progress:
         while step < total:
@@ -120,10 +122,16 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
             stage.optimizer.zero_grad(set_to_none=True)
             stage.after_step(step, total)
             done = step + 1
-            if budget is not None and planned is None and done == start + TIMED_FROM:
+            if budget is not None and done == timed_step:
                 timed_from = time.perf_counter()
-            if budget is not None and planned is None and done == start + PLAN_AT and deadline is not None:
-                total = planned = _plan(run, stage, done, timed_from, deadline)
+            if budget is not None and deadline is not None and (
+                    (planned is None and done == start + PLAN_AT) or (done == revise_at and done > timed_step)):
+                total = planned = _plan(run, stage, done, timed_from, done - timed_step, deadline,
+                                        revised=revise_at is not None)
+                # revised once, from the steps after this plan (the first ones run slower)
+                revise_at = int(REVISE_SHARE * total) if revise_at is None else None
+                revise_at = revise_at if revise_at is not None and revise_at > done + PLAN_AT else None
+                timed_from, timed_step = time.perf_counter(), done
                 meter.retotal(total)
             save_due = done % t.checkpoint_every == 0
             sample_due = stage.sample_every is not None and done % stage.sample_every == 0
@@ -132,7 +140,8 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
                 distributed.any_rank(run.stop.is_set(), run.dist, run.device)
             if terminated:  # SIGTERM: keep this step's work, then end like Ctrl-C
                 meter.flush()
-                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan, planned)
+                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan,
+                               _plan_info(planned, revise_at))
                 run.say(f"terminated after step {done}; the state is saved, --resume continues the run")
                 raise Terminated()
             last = done == total or meter.out_of_time()
@@ -144,7 +153,8 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
             if sample_due or save_due or last:
                 stage.before_save(done, last)
             if save_due or last:
-                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan, planned)
+                save_run_state(run, stage.name, done, stage.tensors(), stage.optimizer, plan,
+                               _plan_info(planned, revise_at))
                 run.log.loss_curve(run.opts.out / "loss.png")
             if last:
                 break
@@ -153,16 +163,22 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
     return done
 
 
-def _plan(run: Run, stage: Stage, done: int, timed_from: float, deadline: float) -> int:
-    """The stage's step count under the budget, from the time its last steps took (the mean over
-    processes, so that every one plans the same)."""
+def _plan(run: Run, stage: Stage, done: int, timed_from: float, timed_steps: int, deadline: float,
+          revised: bool = False) -> int:
+    """The stage's step count under the budget, from the time its ``timed_steps`` steps since
+    ``timed_from`` took (the mean over processes, so that every one plans the same)."""
     now = time.perf_counter()
-    timing = torch.tensor([(now - timed_from) / (PLAN_AT - TIMED_FROM), deadline - now], device=run.device)
+    timing = torch.tensor([(now - timed_from) / max(1, timed_steps), deadline - now], device=run.device)
     per_step, left = distributed.all_reduce_mean(timing, run.dist).tolist()
     total = planned_steps(done, stage.steps, per_step, left)
     run.say(f"{stage.name}: {per_step:.2f} s a step, {left / 60:.1f} min left of its budget: "
-            f"{total} steps planned (configured: {stage.steps})")
+            f"{total} steps {'now ' if revised else ''}planned (configured: {stage.steps})")
     return total
+
+
+def _plan_info(planned: int | None, revise_at: int | None) -> dict[str, int]:
+    """What a state keeps of a budgeted stage's plan, so that a resumed stage follows it."""
+    return {**({"planned_steps": planned} if planned else {}), **({"revise_at": revise_at} if revise_at else {})}
 
 
 def resumed_at(resume: TrainingState | None, optimizer: torch.optim.Optimizer,
