@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageChops, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, PngImagePlugin
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -289,4 +289,24 @@ def png_claiming(path: Path, width: int, height: int) -> Path:
     data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
     data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
     path.write_bytes(bytes(data))
+    return path
+
+
+def one_error_line(result, code: int, message: str) -> str:
+    """The single ``error:`` line of a refused command, checked: its exit code, the message in it,
+    and no Python exception's name."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Error" not in lines[0].split(":")[1]  # a diffgen message, not a Python exception's name
+    return lines[0]
+
+
+def png_with_recipe(path: Path, **changes) -> Path:
+    """An 8 px PNG carrying a diffgen recipe (a cat, seed 1, 2 Euler steps) with ``changes``."""
+    recipe = {"index": 0, "prompt": "a cat", "seed": 1, "negative": "", "steps": 2, "sampler": "euler",
+              "schedule": "karras", "guidance": 1.0, **changes}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("diffgen", json.dumps(recipe))
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     return path

@@ -7,21 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image, PngImagePlugin
+from PIL import Image
 from typer.testing import CliRunner
 
 from diffgen.cli import app
 
-from .helpers import png_claiming
-
-
-def png_with_recipe(path: Path, **changes) -> Path:
-    recipe = {"index": 0, "prompt": "a cat", "seed": 1, "negative": "", "steps": 2, "sampler": "euler",
-              "schedule": "karras", "guidance": 1.0, **changes}
-    info = PngImagePlugin.PngInfo()
-    info.add_text("diffgen", json.dumps(recipe))
-    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
-    return path
+from .helpers import png_claiming, png_with_recipe
 
 
 def make(tmp: Path, name: str) -> str:

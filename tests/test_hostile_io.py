@@ -18,17 +18,9 @@ from typer.testing import CliRunner
 from diffgen.cli import app
 from diffgen.errors import InputError
 
-from .helpers import png_claiming
+from .helpers import one_error_line, png_claiming
 
 FAST = ["--steps", "1", "--no-upscale", "-n", "1", "--seed", "1"]
-
-
-def one_error_line(result, code: int, message: str) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == code, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert "Error" not in lines[0].split(":")[1]  # a diffgen message, not a Python exception's name
-    return lines[0]
 
 
 def red(path: Path, size: tuple[int, int] = (8, 8)) -> Path:

@@ -24,27 +24,12 @@ from typer.testing import CliRunner
 from diffgen.cli import app
 from diffgen.errors import ConfigError, DiffgenError, InputError
 
-from .helpers import ROOT
+from .helpers import ROOT, one_error_line, png_with_recipe
 
 FAST = ["--steps", "1", "-n", "1", "--seed", "1"]
 HUGE = "1" + "0" * 39  # 1e39 written out: finite as a Python float, infinite in float32
 
 
-def one_error_line(result, code: int, message: str) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == code, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert "Error" not in lines[0].split(":")[1]  # a diffgen message, not a Python exception's name
-    return lines[0]
-
-
-def recipe_png(path: Path, **changes) -> Path:
-    recipe = {"index": 0, "prompt": "a cat", "seed": 1, "negative": "", "steps": 1, "sampler": "euler",
-              "schedule": "karras", "guidance": 1.0, **changes}
-    info = PngImagePlugin.PngInfo()
-    info.add_text("diffgen", json.dumps(recipe))
-    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
-    return path
 
 
 def lines_file(path: Path, *lines: object) -> Path:
@@ -64,10 +49,10 @@ def made(tmp: Path, name: str) -> str:
         "jsonl_weight": lambda: lines_file(tmp / "w.jsonl", {"prompt": f"a (cat:{HUGE})"}),
         "txt_weight": lambda: lines_file(tmp / "w.txt", "a dog", f"a (cat:{HUGE})"),
         "jsonl_guidance": lambda: lines_file(tmp / "g.jsonl", {"prompt": "a cat", "guidance": 1e300}),
-        "recipe_weight": lambda: recipe_png(tmp / "rw.png", prompt=f"a (cat:{HUGE})"),
-        "recipe_guidance": lambda: recipe_png(tmp / "rg.png", guidance=1e300),
-        "recipe_batch": lambda: recipe_png(tmp / "rb.png", batch_size=4096, batch_row=0),
-        "recipe_long": lambda: recipe_png(tmp / "rl.png", prompt="(a)" * 40_000),
+        "recipe_weight": lambda: png_with_recipe(tmp / "rw.png", steps=1, prompt=f"a (cat:{HUGE})"),
+        "recipe_guidance": lambda: png_with_recipe(tmp / "rg.png", steps=1, guidance=1e300),
+        "recipe_batch": lambda: png_with_recipe(tmp / "rb.png", steps=1, batch_size=4096, batch_row=0),
+        "recipe_long": lambda: png_with_recipe(tmp / "rl.png", steps=1, prompt="(a)" * 40_000),
     }
     return str(makers[name]())
 
@@ -301,7 +286,7 @@ def test_an_upscale_input_whose_recipe_asks_for_a_huge_batch_keeps_no_recipe(tmp
     path = tmp_path / "up.safetensors"
     save_model(path, build_model(dataclasses.replace(tiny_config, upscale=dataclasses.replace(
         tiny_config.upscale, base_channels=8, channel_mult=(1,), crop=16))))
-    picture = recipe_png(tmp_path / "made.png", batch_size=4096, batch_row=0,
+    picture = png_with_recipe(tmp_path / "made.png", steps=1, batch_size=4096, batch_row=0,
                          model_hash=load_model(path).content_hash)
     result = run("upscale", picture, "-c", path, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
@@ -356,7 +341,7 @@ def test_a_recipes_missing_unreadable_or_changed_input_gets_one_message_and_no_f
     seen = set()
     for kind, (path, sha) in named.items():
         edit = {"init_image": str(path), "init_sha256": sha, "strength": 0.5}
-        replay = recipe_png(tmp_path / f"{kind}.png", edit=edit)
+        replay = png_with_recipe(tmp_path / f"{kind}.png", steps=1, edit=edit)
         out = tmp_path / f"out-{kind}"
         line = one_error_line(run("sample", "--replay", replay, "-c", tiny_checkpoint, "-o", out), 2,
                               "is missing, unreadable or changed since the recipe was made")
