@@ -23,7 +23,8 @@ def train(
         "-o", "--out", help="Run folder (default: runs/<data folder name>).", show_default=False)] = None,
     config: Annotated[Optional[str], typer.Option(
         "--config", help="A preset name (tiny, default, cpu64, cpu32, gpu64; see `diffgen config show`) or a "
-        "TOML file. Default: the built-in default.", show_default=False)] = None,
+        "TOML file. Default: chosen for the folder and the machine (image size from the data, a narrow "
+        "U-Net on a CPU); with --init or --text-encoder, the built-in default.", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Diffusion training steps (overrides the config); 0 with "
                                                  "--init keeps its U-Net (to train only the layout predictor).",
                                                  show_default=False)] = None,
@@ -71,7 +72,18 @@ def train(
         apply_threads(threads)
         from diffgen.presets import config_path
 
-        cfg = load_config(config_path(config)) if config is not None else Config()
+        if config is not None:
+            cfg = load_config(config_path(config))
+        elif init is not None or text_encoder is not None:
+            cfg = Config()
+        else:  # a new run: chosen for the folder and the machine (training/recipe.py)
+            from diffgen.devices import pick_device
+            from diffgen.training.recipe import folder_config
+
+            cfg, how = folder_config(data, out or Path("runs") / data.resolve().name, resume,
+                                     pick_device(device).type)
+            if not quiet and int(os.environ.get("RANK", "0")) == 0:
+                typer.echo(how, err=True)
         overrides: dict[str, Any] = {k: v for k, v in (("steps", steps), ("clip_steps", clip_steps),
                                                        ("batch_size", batch_size)) if v is not None}
         for key, value in overrides.items():
