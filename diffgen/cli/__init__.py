@@ -8,7 +8,7 @@ sample, upscale, encode, data, train, evaluate (eval and info), noise; common ho
 
 from __future__ import annotations
 
-from diffgen.cli import data, encode, evaluate, noise, sample, train, upscale  # noqa: F401  (registers the commands)
+from diffgen.cli import data, encode, evaluate, noise, sample, serve, train, upscale  # noqa: F401  (registers them)
 from diffgen.cli.app import app
 from diffgen.sampling.settings import SAMPLER_NAMES
 
