@@ -60,8 +60,8 @@ def test_the_page_generates_with_progress_and_shows_each_recipe(server):
             page.fill("#count", "4")
             page.select_option("#sampler", "euler")
             page.click("#generate")
-            page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('step ')",
-                                   timeout=30_000)
+            page.wait_for_function("() => /^[0-9]+% of the sampler's steps/.test("
+                                   "document.getElementById('progress-text').textContent)", timeout=30_000)
             page.wait_for_function("() => document.querySelectorAll('#gallery figure').length === 4", timeout=60_000)
             assert page.text_content("#progress-text") == "done: 4 image(s)"
             recipes = page.locator("#gallery .recipe").all_text_contents()

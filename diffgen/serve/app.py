@@ -25,7 +25,7 @@ from diffgen.serve import a1111, openai_images
 from diffgen.serve.catalog import Catalog, UnknownModel
 from diffgen.serve.generation import Generation
 from diffgen.serve.guard import ASGIApp, Guard
-from diffgen.serve.options import ServeOptions
+from diffgen.serve.options import ServeOptions, is_loopback
 from diffgen.serve.page import PAGE
 from diffgen.serve.worker import Finished, QueueFull, ShuttingDown, Worker
 
@@ -164,7 +164,7 @@ def build_app(served: Served) -> FastAPI:
     @route("POST", "/v1/images/generations")
     async def images_generations(request: Request) -> dict[str, Any]:
         data = a1111.json_body(await request.body())
-        generation = openai_images.generation_of(data, worker.selected, catalog)
+        generation = await run_in_threadpool(openai_images.generation_of, data, worker.selected, catalog)
         return openai_images.response(await finished(worker, generation))
 
     @route("GET", "/")
@@ -181,4 +181,5 @@ def build_app(served: Served) -> FastAPI:
 
 def create_app(served: Served, options: ServeOptions) -> ASGIApp:
     """The application behind the guard (keys, body size)."""
-    return Guard(build_app(served), options.api_key, options.api_auth, options.max_body_bytes)
+    return Guard(build_app(served), options.api_key, options.api_auth, options.max_body_bytes,
+                 loopback_only=is_loopback(options.host))

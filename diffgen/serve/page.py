@@ -80,7 +80,7 @@ async function watchProgress(running) {
       const state = await api("GET", "/sdapi/v1/progress");
       if (running.active && state.state.sampling_steps > 0) {
         $("progress").value = state.progress;
-        $("progress-text").textContent = "step " + state.state.sampling_step + " of " + state.state.sampling_steps +
+        $("progress-text").textContent = Math.round(100 * state.progress) + "% of the sampler's steps" +
           (state.eta_relative > 0 ? ", about " + state.eta_relative.toFixed(1) + " s left" : "");
       } else if (running.active && state.state.job_count > 1) {
         $("progress-text").textContent = "waiting for " + (state.state.job_count - 1) + " other request(s)";
