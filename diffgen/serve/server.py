@@ -68,9 +68,13 @@ def serve(options: ServeOptions, say: Callable[[str], None]) -> None:
     """Load the first model, listen, and answer until SIGTERM or Ctrl-C."""
     catalog = Catalog(options.models, options.checkpoint, default_model_file())
     worker = Worker(catalog, options.queue_size, options.device, options.threads)
+    sock = bound_socket(options.host, options.port)  # a busy port is said before the model loads
     say(f"loading {catalog.first_name} ...")
-    worker.start().result()  # a broken first checkpoint ends the command here, with its one line
-    sock = bound_socket(options.host, options.port)
+    try:
+        worker.start().result()  # a broken first checkpoint ends the command here, with its one line
+    except BaseException:
+        sock.close()
+        raise
     config = uvicorn.Config(create_app(Served(worker, catalog, options.inputs_dir), options), log_level="warning",
                             access_log=False, lifespan="off", timeout_graceful_shutdown=None)
     server = DrainingServer(config, worker)
