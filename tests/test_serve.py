@@ -236,6 +236,41 @@ def test_web_pages_cannot_use_the_server_through_the_browser(server):
         assert httpx.get(server[0] + "/sdapi/v1/options", headers={"Host": host}).status_code == 200
 
 
+@pytest.mark.parametrize(("text", "name"), [("tiny", "tiny"), ("tiny [0123456789]", "tiny"),
+                                           ("tiny.safetensors", "tiny"), ("my-model_2.1", "my-model_2.1"),
+                                           (" other ", "other")])
+def test_a_model_is_named_by_its_stem_or_its_a1111_title(text, name):
+    from diffgen.serve.catalog import name_from
+
+    assert name_from(text) == name
+
+
+@pytest.mark.parametrize("text", ["../tiny", "..", "a/b", "/etc/passwd", "a\\b", ".hidden", "x..y", "", "C:x", 3, None])
+def test_a_model_name_with_a_path_in_it_is_refused(text):
+    from diffgen.errors import InputError
+    from diffgen.serve.catalog import name_from
+
+    with pytest.raises(InputError):
+        name_from(text)
+
+
+def test_keys_and_hosts_are_checked_exactly():
+    from diffgen.serve.guard import authorized, names_this_machine
+
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    assert authorized(None, None, None)  # no key set: open
+    assert authorized(f"Bearer {KEY}", KEY, None) and authorized(basic("anyone", KEY), KEY, None)
+    for header in (None, "", "Bearer", f"Bearer {KEY}x", f"bearer {KEY[:-1]}", basic("x", "y"), "Basic %%%", "Token x"):
+        assert not authorized(header, KEY, None), header
+    assert authorized(basic("ann", "pw:with:colons"), None, ("ann", "pw:with:colons"))
+    assert not authorized(basic("bob", "pw:with:colons"), None, ("ann", "pw:with:colons"))
+    assert not authorized("Bearer ann:pw", None, ("ann", "pw"))  # basic auth only, as A1111's --api-auth
+    assert all(names_this_machine(h) for h in ("localhost", "localhost:7860", "127.0.0.1:1", "127.1.2.3", "[::1]:80"))
+    assert not any(names_this_machine(h) for h in ("", "example.com", "127.0.0.1.example.com", "[::2]:80", "0.0.0.0"))
+
+
 def test_refuses_to_listen_beyond_this_machine_without_a_key(tiny_checkpoint):
     result = run("serve", "-c", tiny_checkpoint, "--host", "0.0.0.0")
     one_error_line(result, 2, "refusing to listen on 0.0.0.0 without --api-key or --api-auth")
