@@ -40,8 +40,7 @@ class Generation:
     prompt: str
     count: int
     batch_size: int
-    seed: int
-    seed_drawn: bool
+    seed: int  # drawn at random when the request gave none
     settings: SamplingSettings
     steps_per_image: int  # sampler steps of one image (image-to-image runs a share of them)
     init_image: Path | None = None
@@ -88,7 +87,7 @@ def checked_generation(model: str, prompt: object, count: object, *, batch_size:
     if request.seed + count > SEED_LIMIT:
         raise InputError(f"{name('seed')} {request.seed} + {count} images runs past the largest seed (2^63 - 1)")
     task = request.task(prompt=prompt).validate()  # the prompt's length and weights, as the CLI checks them
-    return Generation(model, prompt, count, batch_size, request.seed, request.seed_drawn, request.settings,
+    return Generation(model, prompt, count, batch_size, request.seed, request.settings,
                       task.sampler_steps, init_image, strength, mask, mask_blur, size)
 
 
