@@ -303,7 +303,7 @@ def test_keys_sizes_and_sigterm(tiny_checkpoint, tmp_path):
             answers[name] = httpx.post(url + "/sdapi/v1/txt2img", auth=("x", KEY), timeout=60,
                                        json={"prompt": "a cat", "seed": 1, "steps": steps})
 
-        running = threading.Thread(target=post, args=("running", 150))
+        running = threading.Thread(target=post, args=("running", 300))
         running.start()
         wait_for(lambda: api.get_progress()["state"]["sampling_step"] > 0, proc)
         waiting = threading.Thread(target=post, args=("waiting", 3))
@@ -313,7 +313,7 @@ def test_keys_sizes_and_sigterm(tiny_checkpoint, tmp_path):
         running.join(60)
         waiting.join(60)
         assert answers["running"].status_code == 200
-        assert recipe(base64.b64decode(answers["running"].json()["images"][0]))["steps"] == 150  # whole
+        assert recipe(base64.b64decode(answers["running"].json()["images"][0]))["steps"] == 300  # whole
         assert answers["waiting"].status_code == 503
         assert "shut" in answers["waiting"].json()["detail"]
         assert proc.wait(timeout=30) == 0

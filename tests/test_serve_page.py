@@ -56,7 +56,7 @@ def test_the_page_generates_with_progress_and_shows_each_recipe(server):
             page.wait_for_selector("#sampler option", state="attached")  # the samplers and models came from the API
             page.fill("#prompt", "a red square")
             page.fill("#seed", "5")
-            page.fill("#steps", "150")  # long enough (about a second) for the progress to be seen
+            page.fill("#steps", "300")  # long enough (a few of the page's 250 ms polls) for the progress to be seen
             page.fill("#count", "4")
             page.select_option("#sampler", "euler")
             page.click("#generate")
@@ -66,7 +66,7 @@ def test_the_page_generates_with_progress_and_shows_each_recipe(server):
             assert page.text_content("#progress-text") == "done: 4 image(s)"
             recipes = page.locator("#gallery .recipe").all_text_contents()
             assert len(recipes) == 4
-            assert all(text.startswith("a red square\nSteps: 150, Sampler: Euler") for text in recipes)
+            assert all(text.startswith("a red square\nSteps: 300, Sampler: Euler") for text in recipes)
             assert sorted(int(text.split("Seed: ")[1].split(",")[0]) for text in recipes) == [5, 6, 7, 8]
             link = page.locator("#gallery figure a").first
             assert link.get_attribute("download") == "00003-8-a-red-square.png"  # the newest first, as the CLI names it
