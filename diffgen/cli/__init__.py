@@ -3,7 +3,8 @@
 Nothing heavy is imported at module level: torch and open_clip load inside the commands that need
 them, so ``diffgen --help`` answers at once. Every error is one line on stderr with exit code 2
 (bad input) or 1 (runtime failure); ``--debug`` adds the traceback. One module per command group:
-sample, upscale, encode, data, train, evaluate (eval and info), noise; common holds what they share.
+sample, upscale, encode, data, train, evaluate (eval and info), noise, serve; common holds what they
+share.
 """
 
 from __future__ import annotations
