@@ -8,9 +8,9 @@ end; the diffusion stage takes the rest, less a margin for the final grid and th
 
 A stage with a budget plans its own length: it times its steps from ``TIMED_FROM`` to ``PLAN_AT``,
 then sets its step count to what fits before its deadline (at most the configured steps), revised
-once at ``REVISE_SHARE`` of the way from the steps timed since, so that
-its learning-rate schedule and EMA end with the budget instead of being cut off in the middle. The
-plan is kept in the training state: a resumed stage follows it exactly.
+at ``REVISE_SHARES`` of the way from the steps timed since the last plan, so that its learning-rate
+schedule and EMA end with the budget instead of being cut off in the middle. The plan is kept in
+the training state: a resumed stage follows it exactly.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ MARGIN_SHARE, MARGIN_MIN_S = 0.03, 10.0
 TIMED_FROM, PLAN_AT = 5, 25
 # of the time a plan expects to have, the share it plans steps for (metrics, saves, slower steps)
 PLAN_SAFETY = 0.95
-# the plan is revised once, at this share of its steps (before the decay begins), from the time
-# the steps since the first plan took: the first steps run slower than the rest (the 30-minute
-# digits run planned at 1.91 s a step, then ran at about 1.55 s, and ended 6.6 minutes early)
-REVISE_SHARE = 0.5
+# the plan is revised at these shares of its steps (before the decay begins), each time from the
+# steps since the last plan: the first steps run slower than the rest (a 30-minute digits run
+# planned at 1.91 s a step, then ran at about 1.55 s, and ended 6.6 minutes early), and other work
+# on the machine can slow it (two 10-minute runs revised at their middle, then slowed further and
+# were stopped by their deadline 97 steps short of their plan, inside their decay)
+REVISE_SHARES = (0.5, 0.75)
 # the last share of a planned diffusion stage decays the learning rate linearly to zero
 DECAY_SHARE = 0.2
 # a planned stage's EMA averages over at most this share of its steps
@@ -68,6 +70,15 @@ def planned_steps(done: int, configured: int, seconds_per_step: float, seconds_l
     ``PLAN_SAFETY``), at least one more step, at most ``configured``."""
     fits = int(max(0.0, seconds_left) * PLAN_SAFETY / max(seconds_per_step, 1e-9))
     return max(done + 1, min(configured, done + fits))
+
+
+def next_revision(done: int, total: int) -> int | None:
+    """The step at which a plan made after ``done`` steps for ``total`` is revised: the first of
+    ``REVISE_SHARES`` of ``total`` at least ``PLAN_AT`` steps ahead (steps to time), else None."""
+    for share in REVISE_SHARES:
+        if int(share * total) > done + PLAN_AT:
+            return int(share * total)
+    return None
 
 
 def decayed_lr(step: int, total: int, base_lr: float, warmup_steps: int) -> float:

@@ -47,10 +47,10 @@ from diffgen.training.budget import (
     CLIP_EPOCHS,
     CLIP_SHARE,
     PLAN_AT,
-    REVISE_SHARE,
     TIMED_FROM,
     decayed_lr,
     ema_decay,
+    next_revision,
     planned_steps,
 )
 from diffgen.training.budget import clip_steps as budget_clip_steps
@@ -127,10 +127,8 @@ def run_stage(run: Run, stage: Stage, start: int) -> int:
             if budget is not None and deadline is not None and (
                     (planned is None and done == start + PLAN_AT) or (done == revise_at and done > timed_step)):
                 total = planned = _plan(run, stage, done, timed_from, done - timed_step, deadline,
-                                        revised=revise_at is not None)
-                # revised once, from the steps after this plan (the first ones run slower)
-                revise_at = int(REVISE_SHARE * total) if revise_at is None else None
-                revise_at = revise_at if revise_at is not None and revise_at > done + PLAN_AT else None
+                                        revised=planned is not None)
+                revise_at = next_revision(done, total)  # from the steps after this plan
                 timed_from, timed_step = time.perf_counter(), done
                 meter.retotal(total)
             save_due = done % t.checkpoint_every == 0
