@@ -56,7 +56,9 @@ class Model:
                strength: float | None = None, mask: str | Path | None = None, mask_blur: int = 0,
                place: Mapping[str, Sequence[float]] | None = None, layout_strength: float = DEFAULT_LAYOUT_STRENGTH,
                auto_layout: bool = True, upscale: bool = True, seeds: Sequence[int] | None = None,
-               callback: Callable[[int, int], None] | None = None) -> list[Image.Image]:
+               callback: Callable[[int, int], None] | None = None,
+               adapters: Sequence[str | Path | tuple[str | Path, float]] = (),
+               adapter_dir: str | Path | None = None) -> list[Image.Image]:
         """``n`` images per prompt; image k (counted across prompts and repeats) uses seed + k.
 
         Without ``seed`` a random one is drawn; ``seeds`` gives every image its own instead (one per
@@ -70,16 +72,22 @@ class Model:
         has one (``auto_layout=False``: not; sampling/predicted_layout.py). Where the model has an
         upscaler, each image is enlarged 2x by it (``upscale=False``: the base size).
         ``callback(done, total)`` is called after every sampler step with the sampler steps done
-        and to do over all images (a progress bar's numbers).
+        and to do over all images (a progress bar's numbers). ``adapters`` (files from ``diffgen
+        train --adapter``: ``"x.safetensors"``, ``"x.safetensors:0.8"`` or ``("x.safetensors", 0.8)``)
+        and ``<lora:NAME:WEIGHT>`` in the prompts (NAME in ``adapter_dir``) apply for this call only.
         """
         from dataclasses import replace
 
+        from diffgen.adapters import attach_adapters, detach_adapters, run_adapters
         from diffgen.errors import InputError
         from diffgen.sampling.prompts import PromptSpec
         from diffgen.sampling.request import sample_request
         from diffgen.sampling.tasks import max_batch_size, plan_tasks
 
-        prompt_list = _prompt_list(prompts)
+        if isinstance(adapters, (str, Path)):
+            adapters = [adapters]
+        prompt_list, specs = run_adapters(_prompt_list(prompts), list(adapters),
+                                          Path(adapter_dir) if adapter_dir is not None else None)
         for name, value in (("n", n), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -96,7 +104,13 @@ class Model:
             if seeds is None or len(seeds) != len(tasks):
                 raise InputError(f"seeds must be a list of {len(tasks)} seeds, one per image")
             tasks = [replace(task, seed=s).validate() for task, s in zip(tasks, seeds)]
-        return self._images(tasks, batch_size, callback)
+        if not specs:
+            return self._images(tasks, batch_size, callback)
+        attached = attach_adapters(self.diffusion_model, specs)
+        try:
+            return self._images(tasks, batch_size, callback)
+        finally:
+            detach_adapters(self.diffusion_model, attached)
 
     def _images(self, tasks: list, batch_size: int, callback: Callable[[int, int], None] | None = None
                 ) -> list[Image.Image]:

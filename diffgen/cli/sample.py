@@ -19,6 +19,7 @@ from diffgen.cli.common import (
     option_settings,
     user_errors,
 )
+from diffgen.errors import InputError
 from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.sampling.settings import (
     DEFAULT_BATCH_SIZE,
@@ -81,6 +82,12 @@ def sample(
         help="A setting grid axis NAME=V1,V2,... (guidance, steps, sampler, schedule, seed, strength); "
              "repeat for Y and Z. One prompt, one seed, one image per cell, and a labelled grid.",
         show_default=False)] = None,
+    adapter: Annotated[Optional[list[str]], typer.Option(
+        help="Sample with this adapter (diffgen train --adapter): FILE or FILE:WEIGHT (1 = as trained, 0 = "
+        "not at all). Repeatable; <lora:NAME:WEIGHT> in a prompt works too.", show_default=False)] = None,
+    adapter_dir: Annotated[Optional[Path], typer.Option(
+        help="Where <lora:NAME> and --replay find adapters by name (default: $DIFFGEN_ADAPTERS, else ./adapters).",
+        show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose files already exist.")] = False,
     new_run: Annotated[bool, typer.Option(
         help="Number this run's images after the highest index already in the folder (keeps the seeds).")] = False,
@@ -106,6 +113,10 @@ def sample(
                                  init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur,
                                  place=place, layout_strength=layout_strength, auto_layout=auto_layout,
                                  upscale=upscale, name=option_name)
+        from diffgen.adapters import adapter_dir as adapters_folder
+        from diffgen.adapters import replay_specs, run_adapters
+
+        prompts, specs = run_adapters(prompts or [], adapter or [], adapter_dir)
         shard = torchrun_env()
         if shard.is_main:  # under torchrun the first process checks and holds the folder for all
             check_output_dir(out)
@@ -115,10 +126,19 @@ def sample(
         else:
             plan = plan_sample(prompts or [], prompt_file, replay, num_images, request)
             plan = plan.numbered_after(out) if new_run else plan
+        if plan.replay is not None and (plan.replay.get("adapters") or specs):
+            if not plan.replay.get("adapters"):
+                raise InputError(f"--replay: {replay} was made without adapters; drop --adapter")
+            specs = replay_specs(plan.replay["adapters"], adapters_folder(adapter_dir), specs,
+                                 plan.replay_source or Path("the image"))
         apply_threads(threads)
         options = RunOptions(batch_size, overwrite, trajectory, grid, axes, quiet, shard)
         check_run_options(plan, options)
         model = load_model(checkpoint, device_of(shard, device), image_tower=False)
+        if specs:
+            from diffgen.adapters import attach_adapters
+
+            attach_adapters(model, specs)  # for the whole run; the process ends with it
         say = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
 
         def show(result: Any) -> None:  # stdout: each image's path, or its JSON line

@@ -53,6 +53,14 @@ def train(
         help="Storage type of model.safetensors: float32, float16 (half the size) or bfloat16.")] = "float32",
     name: Annotated[Optional[str], typer.Option(
         help="The model's name in image metadata (default: the run folder's name).", show_default=False)] = None,
+    adapter: Annotated[Optional[str], typer.Option(
+        help="Teach a frozen model (--init, default: the default model) a new word instead of training a "
+        "model: lora (the U-Net's attention), embedding (the word's input vectors) or both; writes "
+        "RUN/adapter.safetensors (docs/ADAPTERS.md).", show_default=False)] = None,
+    rank: Annotated[int, typer.Option(help="With --adapter: the LoRA rank.")] = 4,
+    trigger: Annotated[Optional[str], typer.Option(
+        help="With --adapter: the word to teach (default: the word every caption shares).",
+        show_default=False)] = None,
     check: Annotated[bool, typer.Option(help="Only lint the data folder, do not train.")] = False,
     plan: Annotated[bool, typer.Option(
         help="Only print what the run would do: the data, the model, each stage's steps and how long "
@@ -72,7 +80,18 @@ def train(
         apply_threads(threads)
         from diffgen.presets import config_path
 
-        if config is not None:
+        if adapter is not None and (config is not None or budget is not None or text_encoder is not None):
+            raise InputError("--adapter trains on a frozen --init model: --config, --budget and --text-encoder "
+                             "do not apply")
+        if adapter is not None:
+            from diffgen.training.adapter_stage import DEFAULT_BATCH, DEFAULT_STEPS
+
+            cfg = Config()  # the base model's own config is used; only the steps and batch size are read
+            steps = DEFAULT_STEPS if steps is None else steps
+            batch_size = DEFAULT_BATCH if batch_size is None else batch_size
+            if steps < 1:
+                raise InputError("--steps must be at least 1 with --adapter")
+        elif config is not None:
             cfg = load_config(config_path(config))
         elif init is not None or text_encoder is not None:
             cfg = Config()
@@ -109,6 +128,17 @@ def train(
                                time_limit=None if time_limit is None else 60 * time_limit,
                                budget=None if budget is None else 60 * budget, weights_dtype=weights_dtype,
                                init=init, name=name)
+        if adapter is not None:
+            from diffgen.training.adapter_stage import AdapterOptions, train_adapter
+
+            if plan:
+                raise InputError("--plan does not cover --adapter runs yet")
+            check_output_dir(out)
+            summary = train_adapter(options, AdapterOptions(adapter, rank, trigger))
+            if not quiet:
+                typer.echo(f"adapter: {summary['adapter']}", err=True)
+            typer.echo(json.dumps(summary))
+            return
         if plan:
             from diffgen.devices import pick_device
             from diffgen.training.plan import plan_lines

@@ -31,6 +31,8 @@ class DiffusionModel(nn.Module):
         self.metadata: dict = {}
         self.file_sha256: str | None = None  # set when loaded from a file
         self.display_name = "model"  # what recipes call it: its metadata's name, else its file's stem
+        # the adapters hooked in for sampling (name, weight, sha256: diffgen/adapters.py), for recipes
+        self.adapters: list[dict] = []
 
     @property
     def device(self) -> torch.device:

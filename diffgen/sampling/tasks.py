@@ -185,6 +185,8 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
         "model_hash": model.content_hash or "",
         "model_file_sha256": getattr(model, "file_sha256", None) or "",
         "version": __version__,
+        # only where adapters are attached, so that other recipes stay as they were
+        **({"adapters": [dict(a) for a in model.adapters]} if getattr(model, "adapters", None) else {}),
         **(dict(zip(PLACEMENT_KEYS, placement)) if placement is not None else {}),
     }
 

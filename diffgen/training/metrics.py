@@ -86,11 +86,11 @@ class RunLog:
         """Each stage's loss by step, and the extra terms a stage logs beside its loss (the caption
         contrast's ``contrast``, the grounding loss's ``grounding``), whose scale the total hides."""
         series: dict[str, tuple[list[float], list[float]]] = {}
-        for stage in ("clip", "diffusion", "layout", "upscale"):
+        for stage in ("clip", "diffusion", "layout", "upscale", "adapter"):
             rows = [r for r in self.rows if r["stage"] == stage]
             if rows:
                 series[f"{stage} loss"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
-            for term in ("contrast", "grounding"):
+            for term in ("contrast", "grounding", "prior"):
                 with_term = [r for r in rows if term in r]
                 if with_term:
                     series[f"{stage} {term}"] = ([r["step"] for r in with_term], [r[term] for r in with_term])

@@ -89,6 +89,7 @@ class Run:
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished: dict[str, bool] = dataclasses.field(default_factory=dict)  # by stage: ran to its end
     steps_done: dict[str, int] = dataclasses.field(default_factory=dict)  # by stage, in this process
+    state_info: dict[str, Any] = dataclasses.field(default_factory=dict)  # more JSON for every state (adapters)
 
     @property
     def budget(self) -> Budget | None:
@@ -119,7 +120,7 @@ def _without_schedule(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "train": train, "upscale": upscale}
 
 
-def _check_resume(state_dir: Path, cfg: Config, num_images: int, data: Path,
+def check_resume(state_dir: Path, cfg: Config, num_images: int, data: Path,
                   say: Callable[[str], None]) -> TrainingState:
     resume = require_state(state_dir, say)
     # through the dataclasses, so that a state written before a config key existed compares with
@@ -147,24 +148,15 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
     else:
         cfg, source = resolve_text_encoder(opts.config, opts.text_encoder)
     opts = dataclasses.replace(opts, config=cfg)
-    report = scan_folder(opts.data, cfg.text.context_length, check_tokens=False)
-    for path, reason in report.skipped:
-        say(f"skipped {path}: {reason}")
-    for warning in report.warnings[:MAX_DATA_WARNINGS]:  # what `diffgen data check` says of the metadata
-        say(f"warning: {warning}")
-    if len(report.warnings) > MAX_DATA_WARNINGS:
-        say(f"... and {len(report.warnings) - MAX_DATA_WARNINGS} more warnings (`diffgen data check` lists them)")
-    if not report.items:
-        raise InputError(f"no usable image-caption pairs in {opts.data} "
-                         f"({len(report.skipped)} file(s) skipped; see `diffgen data check`)")
+    report = scan_data(opts.data, cfg, say)
     resume = _resume_of(opts, len(report.items), say)
-    data, train_idx, held_idx = _load_data(cfg, report, device, say)
+    data, train_idx, held_idx = load_data(cfg, report, device, say)
     if not cfg.train.steps and opts.init is None and resume is None:
         raise InputError("train.steps is 0: without --init there is no U-Net to keep; give --init CHECKPOINT "
                          "or a number of steps")
     model = _starting_model(cfg, source, opts.init is not None, resume, device, say)
     if dist.is_main:  # from here on the run writes into its folder: hold it until the run ends
-        _hold_run_folder(opts.out, cfg, stack, say)
+        hold_run_folder(opts.out, cfg, stack, say)
     log = RunLog(opts.out, dist.is_main, (resume.stage, resume.step) if resume else None)
     init = resume.info.get("init") if resume is not None else None
     if opts.init is not None and source is not None:
@@ -173,19 +165,35 @@ def prepare_run(opts: TrainOptions, device: torch.device, dist: distributed.Dist
                len(report.skipped))
 
 
+def scan_data(data: Path, cfg: Config, say: Callable[[str], None]) -> DataReport:
+    """The folder scanned as every training run scans it: skipped files and metadata warnings
+    said, a folder without one usable pair refused."""
+    report = scan_folder(data, cfg.text.context_length, check_tokens=False)
+    for path, reason in report.skipped:
+        say(f"skipped {path}: {reason}")
+    for warning in report.warnings[:MAX_DATA_WARNINGS]:  # what `diffgen data check` says of the metadata
+        say(f"warning: {warning}")
+    if len(report.warnings) > MAX_DATA_WARNINGS:
+        say(f"... and {len(report.warnings) - MAX_DATA_WARNINGS} more warnings (`diffgen data check` lists them)")
+    if not report.items:
+        raise InputError(f"no usable image-caption pairs in {data} "
+                         f"({len(report.skipped)} file(s) skipped; see `diffgen data check`)")
+    return report
+
+
 def _resume_of(opts: TrainOptions, num_images: int, say: Callable[[str], None]) -> TrainingState | None:
     """The state ``--resume`` continues (checked against the config and data); None for a new run,
     which a folder that already holds one refuses."""
     state_dir = opts.out / "state"
     if opts.resume:
-        return _check_resume(state_dir, opts.config, num_images, opts.data, say)
+        return check_resume(state_dir, opts.config, num_images, opts.data, say)
     if list(state_dir.glob("state-*.json")):
         raise InputError(f"{opts.out} already holds a training run: add --resume to continue it, "
                          "or choose another -o folder")
     return None
 
 
-def _load_data(cfg: Config, report: DataReport, device: torch.device, say: Callable[[str], None]
+def load_data(cfg: Config, report: DataReport, device: torch.device, say: Callable[[str], None]
                ) -> tuple[TrainingSet, list[int], list[int]]:
     """The folder's images at the model's size (and at twice it for the upscaling stage), on the
     GPU where there is one; the held-out split; what the settings need from it checked."""
@@ -222,7 +230,7 @@ def _starting_model(cfg: Config, source: DiffusionModel | None, from_init: bool,
     return model
 
 
-def _hold_run_folder(out: Path, cfg: Config, stack: contextlib.ExitStack, say: Callable[[str], None]) -> None:
+def hold_run_folder(out: Path, cfg: Config, stack: contextlib.ExitStack, say: Callable[[str], None]) -> None:
     """Lock the run folder until ``stack`` closes, remove what an interrupted run left half-written,
     write config.toml."""
     from diffgen.fileio import atomic_write, folder_lock, remove_stale_temporaries
@@ -243,7 +251,7 @@ def save_run_state(run: Run, stage: str, step: int, tensors: dict[str, torch.Ten
         opt_tensors, groups = optimizer_to_tensors(optimizer, "optim")
         info = {"config": config_to_dict(run.cfg), "optimizer_groups": groups,
                 "data_position": plan.position(step), "num_images": len(run.data),
-                **({"init": run.init} if run.init else {}), **(plan_info or {})}
+                **({"init": run.init} if run.init else {}), **run.state_info, **(plan_info or {})}
         save_state(run.opts.out / "state", TrainingState(stage, step, {**tensors, **opt_tensors, **rng_tensors()},
                                                          info))
     distributed.barrier(run.dist)

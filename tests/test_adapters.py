@@ -1,0 +1,184 @@
+"""Adapters (diffgen train --adapter, sample --adapter / <lora:...>, Model.sample(adapters=...)) on
+the tiny model: the file, exact resume, weight 0 = the base model's pixels, two adapters at once,
+replay and its refusals, another base model refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from .helpers import cli, make_shapes_folder, one_error_line, randomize_zero_params, weights
+
+STEPS = "6"
+
+
+def concept_folder(folder: Path, word: str, count: int = 8) -> Path:
+    make_shapes_folder(folder, count=count)
+    for caption in folder.glob("*.txt"):
+        caption.write_text(f"a {word}\na {word} on white\n")
+    return folder
+
+
+def train(data: Path, out: Path, base: Path | None, kind: str, *extra: str):
+    args = ["train", str(data), "--adapter", kind, "-o", str(out), "--steps", STEPS, "--device", "cpu", "-q"]
+    return cli(*args, *(["--init", str(base)] if base is not None else []), *extra)
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
+    """Two adapters of the tiny checkpoint: a LoRA for 'zorblat' and both kinds for 'quixel'."""
+    root = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for kind, word in (("lora", "zorblat"), ("both", "quixel")):
+        result = train(concept_folder(root / word, word), root / f"run-{word}", tiny_checkpoint, kind)
+        assert result.exit_code == 0, result.output
+        out[word] = root / f"run-{word}" / "adapter.safetensors"
+    return out
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def sample(out: Path, checkpoint: Path, prompt: str, *extra: str) -> list[Path]:
+    result = cli("sample", prompt, "-c", str(checkpoint), "-n", "2", "--seed", "3", "--steps", "4",
+                 "-o", str(out), "-q", "--device", "cpu", *extra)
+    assert result.exit_code == 0, result.output
+    return sorted(out.glob("*.png"))
+
+
+def test_the_file_is_small_and_names_its_base_kind_rank_word_and_recipe(taught, tiny_checkpoint):
+    from diffgen.checkpoint import load_model
+
+    path = taught["quixel"]
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        keys = list(handle.keys())
+    assert meta["format"] == "diffgen-adapter" and meta["kind"] == "both" and meta["rank"] == "4"
+    assert meta["base_model_hash"] == load_model(tiny_checkpoint).content_hash
+    assert json.loads(meta["trigger"]) == ["quixel"]  # inferred: the word every caption shares
+    assert json.loads(meta["recipe"])["steps"] == int(STEPS)
+    assert "vectors" in keys and any(k.startswith("lora.") for k in keys)
+    assert path.stat().st_size < 2 * 2**20
+    assert not list(path.parent.glob("model.safetensors"))  # an adapter run ships no model
+
+
+def test_resume_is_exact(tmp_path, tiny_checkpoint, taught):
+    data = concept_folder(tmp_path / "quixel", "quixel")
+    out = tmp_path / "run"
+    first = cli("train", str(data), "--adapter", "both", "-o", str(out), "--steps", "3", "--device", "cpu",
+                "-q", "--init", str(tiny_checkpoint))
+    assert first.exit_code == 0, first.output
+    again = cli("train", str(data), "--adapter", "both", "-o", str(out), "--steps", STEPS, "--device", "cpu",
+                "-q", "--resume")
+    assert again.exit_code == 0, again.output
+    other = cli("train", str(data), "--adapter", "lora", "-o", str(out), "--steps", STEPS, "--device", "cpu",
+                "-q", "--resume")
+    one_error_line(other, 2, "other adapter settings")
+    straight, resumed = weights(taught["quixel"]), weights(out / "adapter.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not torch.equal(straight["vectors"], weights(tmp_path / "run" / "state" /
+                                                        "state-adapter-00000003.safetensors")["adapter.vectors"])
+
+
+def test_weight_zero_gives_the_base_models_pixels_and_weight_one_does_not(tmp_path, taught, tiny_checkpoint):
+    base = sample(tmp_path / "base", tiny_checkpoint, "a zorblat")
+    zero = sample(tmp_path / "zero", tiny_checkpoint, "a zorblat", "--adapter", f"{taught['zorblat']}:0")
+    one = sample(tmp_path / "one", tiny_checkpoint, "a zorblat", "--adapter", str(taught["zorblat"]))
+    for b, z, o in zip(base, zero, one):
+        assert pixels(b).tobytes() == pixels(z).tobytes()
+        assert pixels(b).tobytes() != pixels(o).tobytes()
+
+
+def test_two_adapters_load_together_and_the_recipe_replays(tmp_path, taught, tiny_checkpoint):
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    shutil.copy(taught["zorblat"], folder / "zorblat.safetensors")
+    shutil.copy(taught["quixel"], folder / "quixel.safetensors")
+    one = sample(tmp_path / "one", tiny_checkpoint, "a quixel", "--adapter-dir", str(folder),
+                 "--adapter", f"{folder / 'quixel.safetensors'}:0.8")
+    both = sample(tmp_path / "both", tiny_checkpoint, "a quixel <lora:zorblat:0.5>", "--adapter-dir", str(folder),
+                  "--adapter", f"{folder / 'quixel.safetensors'}:0.8")
+    assert pixels(one[0]).tobytes() != pixels(both[0]).tobytes()
+    recipe = json.loads(Image.open(both[0]).info["diffgen"])
+    assert recipe["prompt"] == "a quixel"  # the tag is taken out of the text the model reads
+    assert [(a["name"], a["weight"]) for a in recipe["adapters"]] == [("quixel", 0.8), ("zorblat", 0.5)]
+    replayed = cli("sample", "--replay", str(both[0]), "-c", str(tiny_checkpoint), "-o", str(tmp_path / "re"),
+                   "-q", "--device", "cpu", "--adapter-dir", str(folder))
+    assert replayed.exit_code == 0, replayed.output
+    assert pixels(next((tmp_path / "re").glob("*.png"))).tobytes() == pixels(both[0]).tobytes()
+
+    (folder / "zorblat.safetensors").write_bytes((folder / "quixel.safetensors").read_bytes())  # changed
+    changed = cli("sample", "--replay", str(both[0]), "-c", str(tiny_checkpoint), "-o", str(tmp_path / "re2"),
+                  "-q", "--device", "cpu", "--adapter-dir", str(folder))
+    one_error_line(changed, 2, "has changed")
+    (folder / "zorblat.safetensors").unlink()
+    missing = cli("sample", "--replay", str(both[0]), "-c", str(tiny_checkpoint), "-o", str(tmp_path / "re3"),
+                  "-q", "--device", "cpu", "--adapter-dir", str(folder))
+    one_error_line(missing, 2, "not found")
+
+
+def test_another_base_model_is_refused_in_one_line(tmp_path, taught, tiny_config):
+    from diffgen.checkpoint import save_model
+    from diffgen.engine.model import build_model
+
+    torch.manual_seed(1)
+    other = build_model(tiny_config)
+    randomize_zero_params(other.denoiser, seed=1)
+    save_model(tmp_path / "other.safetensors", other)
+    result = cli("sample", "a zorblat", "-c", str(tmp_path / "other.safetensors"), "-n", "1", "--steps", "2",
+                 "-o", str(tmp_path / "out"), "-q", "--device", "cpu", "--adapter", str(taught["zorblat"]))
+    one_error_line(result, 2, "was trained for model")
+
+
+def test_bad_adapter_inputs_are_one_line_exit_2(tmp_path, taught, tiny_checkpoint):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    for extra, message in ((["--adapter", str(junk)], "not a readable safetensors"),
+                           (["--adapter", str(tmp_path / "none.safetensors")], "not found"),
+                           (["--adapter", f"{taught['zorblat']}:nan"], "weight")):
+        result = cli("sample", "a cat", "-c", str(tiny_checkpoint), "-n", "1", "--steps", "2",
+                     "-o", str(tmp_path / "o"), "-q", "--device", "cpu", *extra)
+        one_error_line(result, 2, message)
+    tag = cli("sample", "a cat <lora:../x:1>", "-c", str(tiny_checkpoint), "-o", str(tmp_path / "o"), "-q")
+    one_error_line(tag, 2, "without a path")
+
+
+def test_the_api_takes_adapters_and_gives_the_clis_pixels(tmp_path, taught, tiny_checkpoint):
+    import diffgen
+
+    model = diffgen.load(tiny_checkpoint, device="cpu")
+    cli_images = sample(tmp_path / "cli", tiny_checkpoint, "a zorblat", "--adapter", f"{taught['zorblat']}:0.7")
+    images = model.sample("a zorblat", n=2, seed=3, steps=4, adapters=[(taught["zorblat"], 0.7)])
+    assert [np.asarray(i).tobytes() for i in images] == [pixels(p).tobytes() for p in cli_images]
+    assert model.diffusion_model.adapters == []  # the call's adapters are gone after it
+    plain = model.sample("a zorblat", n=2, seed=3, steps=4)
+    assert np.asarray(plain[0]).tobytes() != np.asarray(images[0]).tobytes()
+
+
+def test_an_embedding_changes_only_prompts_with_its_word(taught, tiny_checkpoint):
+    from diffgen.adapters import AdapterSpec, attach_adapters, detach_adapters
+    from diffgen.checkpoint import load_model
+
+    model = load_model(tiny_checkpoint, image_tower=False)
+    before = model.text_encoder.encode(["a cat", "a quixel"]).tokens
+    attached = attach_adapters(model, [AdapterSpec(taught["quixel"])])
+    after = model.text_encoder.encode(["a cat", "a quixel"]).tokens
+    detach_adapters(model, attached)
+    assert torch.equal(before[0], after[0]) and not torch.equal(before[1], after[1])
+    assert torch.equal(model.text_encoder.encode(["a cat", "a quixel"]).tokens, before)  # detached: the base
+
+
+def test_trigger_must_be_found(tmp_path, tiny_checkpoint):
+    data = make_shapes_folder(tmp_path / "shapes", count=8)  # captions name colours and shapes: none shared
+    result = train(data, tmp_path / "run", tiny_checkpoint, "lora")
+    one_error_line(result, 2, "--trigger")
+    one_error_line(train(data, tmp_path / "run2", tiny_checkpoint, "lora", "--config", "tiny"), 2, "--config")
