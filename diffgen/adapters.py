@@ -206,11 +206,12 @@ def replay_specs(recorded: Any, folder: Path, given: list[AdapterSpec], source: 
     return specs
 
 
-def run_adapters(prompts: list[str], given: list[Any], folder: Path | None) -> tuple[list[str], list[AdapterSpec]]:
+def run_adapters(prompts: list[str], given: list[Any], folder: Path | None, tags: bool = True
+                 ) -> tuple[list[str], list[AdapterSpec]]:
     """The prompts without their ``<lora:...>`` tags, and every adapter of the run: ``given``
     (``FILE[:WEIGHT]`` texts, paths or (file, weight) pairs) then the tags'. Adapters apply to a whole
-    run, so prompts of one run must name the same ones."""
-    found = [prompt_adapters(p, adapter_dir(folder)) for p in prompts]
+    run, so prompts of one run must name the same ones. ``tags=False`` leaves the prompts as they are."""
+    found = [prompt_adapters(p, adapter_dir(folder)) if tags else (p, []) for p in prompts]
     tagged = {tuple(specs) for _, specs in found}
     if len(tagged) > 1:
         raise InputError("the prompts of one run name different <lora:...> adapters: "

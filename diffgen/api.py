@@ -74,7 +74,8 @@ class Model:
         ``callback(done, total)`` is called after every sampler step with the sampler steps done
         and to do over all images (a progress bar's numbers). ``adapters`` (files from ``diffgen
         train --adapter``: ``"x.safetensors"``, ``"x.safetensors:0.8"`` or ``("x.safetensors", 0.8)``)
-        and ``<lora:NAME:WEIGHT>`` in the prompts (NAME in ``adapter_dir``) apply for this call only.
+        and, where ``adapter_dir`` is given, ``<lora:NAME:WEIGHT>`` in the prompts (NAME in that
+        folder) apply for this call only.
         """
         from dataclasses import replace
 
@@ -86,8 +87,10 @@ class Model:
 
         if isinstance(adapters, (str, Path)):
             adapters = [adapters]
+        # tags are read only where the caller names the folder: a server's clients never pick files
         prompt_list, specs = run_adapters(_prompt_list(prompts), list(adapters),
-                                          Path(adapter_dir) if adapter_dir is not None else None)
+                                          Path(adapter_dir) if adapter_dir is not None else None,
+                                          tags=adapter_dir is not None)
         for name, value in (("n", n), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")

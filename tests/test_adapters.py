@@ -162,6 +162,14 @@ def test_the_api_takes_adapters_and_gives_the_clis_pixels(tmp_path, taught, tiny
     assert model.diffusion_model.adapters == []  # the call's adapters are gone after it
     plain = model.sample("a zorblat", n=2, seed=3, steps=4)
     assert np.asarray(plain[0]).tobytes() != np.asarray(images[0]).tobytes()
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    shutil.copy(taught["zorblat"], folder / "zorblat.safetensors")
+    tagged = model.sample("a zorblat <lora:zorblat:0.7>", n=2, seed=3, steps=4, adapter_dir=folder)
+    assert [np.asarray(i).tobytes() for i in tagged] == [np.asarray(i).tobytes() for i in images]
+    # without adapter_dir the tag is text (a server's client cannot make it open a file)
+    literal = model.sample("a zorblat <lora:zorblat:0.7>", n=1, seed=3, steps=4)
+    assert "adapters" not in json.loads(literal[0].info["diffgen"])
 
 
 def test_an_embedding_changes_only_prompts_with_its_word(taught, tiny_checkpoint):

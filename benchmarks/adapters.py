@@ -1,0 +1,209 @@
+"""Teaching the default model new emoji with adapters (issue 35): data, training, judging.
+
+Concepts: Noto emoji that the default model was never trained on (not in diffgen/emoji/concepts.py),
+each named by its own English word, which no training caption used. For each, 8 renders by the
+data's composer (varied sizes, places, backgrounds) captioned "a <word>" are the folder; `diffgen
+train --adapter KIND` teaches it (lora, embedding, both); the images are judged by the project's
+shape judge (diffgen/emoji/judge.py) trained on renders of the 131 known concepts *and* the new
+ones (renders only, never generated images):
+
+- new singles: "a <word>", seeds 0..7; the judge's top-1 and top-5 rate for <word>;
+- pairs: "a <word> to the left of a cat" and "a dog above a <word>", 4 seeds each; each object
+  judged in its half (diffgen/emoji/scorecard.py); both ranked first ("both") and each in the top 5;
+- forgetting: "a <known>" for the known concepts (``--known``, default all 131), one seed each, with
+  the adapter and without it; the judge's top-5 rate side by side;
+- the CPU seconds of the training process (user + system, from getrusage) and the file size.
+
+    .venv/bin/python benchmarks/adapters.py data runs/adapters-bench [--concepts 10]
+    .venv/bin/python benchmarks/adapters.py train runs/adapters-bench [--kinds lora,embedding,both] [--threads 2]
+        [--steps 300] [--time-limit MINUTES] [--only WORD]
+    .venv/bin/python benchmarks/adapters.py judge runs/adapters-bench [--only WORD] [--known 131]
+
+``data`` also trains the judge once (runs/adapters-bench/judge.safetensors) and prints its accuracy
+on fresh renders. ``judge`` prints one JSON line per (concept, kind) and writes results.json; each
+step skips what an earlier call already made, so the three can be run in pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Candidates, in order; the first --concepts of them that the emoji package and font have are used.
+NEW_WORDS = ("kangaroo", "flamingo", "sloth", "otter", "llama", "peacock", "parrot", "avocado", "lobster",
+             "giraffe", "zebra", "squid", "hippopotamus", "badger", "swan", "beaver")
+RENDERS = 8
+SEEDS = 8
+
+
+def new_concepts(count: int) -> list[Any]:
+    from diffgen.emoji.scenes import Concept, concepts
+
+    known = {c.cldr for c in concepts()} | {c.name for c in concepts()}
+    fresh = [Concept(w, w, f"{w}s", "animal") for w in NEW_WORDS if w not in known]
+    return fresh[:count]
+
+
+def load_concepts(root: Path) -> list[Any]:
+    from diffgen.emoji.scenes import Concept
+
+    return [Concept(**c) for c in json.loads((root / "concepts.json").read_text())]
+
+
+def composer_for(root: Path | None, new: list[Any], size: int) -> tuple[Any, dict, list[Any]]:
+    from diffgen.emoji.scenes import SceneComposer, concepts, find_font, render_sprites
+
+    items = concepts() + new
+    sprites = render_sprites(find_font(), items)
+    return SceneComposer(sprites, items, size, held_out=set()), sprites, items
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import diffgen
+    from diffgen.emoji.judge import save_judge, train_judge
+
+    root = args.root
+    root.mkdir(parents=True, exist_ok=True)
+    new = new_concepts(args.concepts)
+    (root / "concepts.json").write_text(json.dumps([dataclasses.asdict(c) for c in new]))
+    size = diffgen.load(device="cpu").image_size
+    composer, _, items = composer_for(root, new, size)
+    for concept in new:
+        folder = root / f"data-{concept.name}"
+        folder.mkdir(exist_ok=True)
+        rng = random.Random(f"renders/{concept.name}")
+        for k in range(RENDERS):
+            composer.single_scene(rng, concept).image.save(folder / f"{k:02d}.png")
+            (folder / f"{k:02d}.txt").write_text(f"a {concept.name}\n")
+    print(f"{len(new)} concepts, {RENDERS} renders each at {size} px: {', '.join(c.name for c in new)}")
+    if not (root / "judge.safetensors").is_file():
+        judge, info = train_judge(composer, items, log=lambda m: print(m, file=sys.stderr))
+        save_judge(judge, info, root / "judge.safetensors")
+        print(json.dumps({"judge": info}))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    for concept in load_concepts(args.root):
+        if args.only and concept.name != args.only:
+            continue
+        for kind in args.kinds.split(","):
+            run = args.root / f"run-{concept.name}-{kind}"
+            if (run / "adapter.safetensors").is_file():
+                continue
+            command = [sys.executable, "-m", "diffgen", "train", str(args.root / f"data-{concept.name}"),
+                       "--adapter", kind, "-o", str(run), "--steps", str(args.steps), "--threads", str(args.threads),
+                       "--device", "cpu", "-q"]
+            if args.time_limit:
+                command += ["--time-limit", str(args.time_limit)]
+            if (run / "state").is_dir():
+                command.append("--resume")
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            result = subprocess.run(command, capture_output=True, text=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if result.returncode != 0:
+                raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
+            cost = {"cpu_seconds": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
+                    "wall_seconds": round(time.perf_counter() - started, 1), "threads": args.threads}
+            (run / "cost.json").write_text(json.dumps(cost))
+            print(json.dumps({"concept": concept.name, "kind": kind, **cost,
+                              **{k: v for k, v in json.loads(result.stdout).items() if k in ("steps", "bytes")}}))
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    import diffgen
+    from diffgen.adapters import AdapterSpec, attach_adapters, detach_adapters
+    from diffgen.emoji.judge import load_judge
+    from diffgen.emoji.scenes import concepts
+    from diffgen.emoji.scorecard import ImageAsk, ObjectAsk, Scorecard, pair_objects, sample_section
+
+    root = args.root
+    new = load_concepts(root)
+    model = diffgen.load(device="cpu").diffusion_model
+    size = model.config.image_size
+    _, sprites, items = composer_for(root, new, size)
+    judge, judge_info = load_judge(root / "judge.safetensors")
+    card = Scorecard(sprites, items, judge, size, pairs=0, showcase_seeds=0)
+    known = [c for c in concepts()][: args.known]
+
+    def score(asks: list[ImageAsk], label: str) -> dict[str, Any]:
+        card.sections[label] = asks
+        images = sample_section(model, asks, steps=args.sample_steps, guidance=args.guidance)
+        return card.judge_section(label, images)
+
+    def singles(words: list[str], seeds: int) -> list[ImageAsk]:
+        by_name = {c.name: c for c in items}
+        return [ImageAsk(by_name[w].with_article(), (ObjectAsk(w, (0, 0, size, size), None),))
+                for w in words for _ in range(seeds)]
+
+    results = json.loads((root / "results.json").read_text()) if (root / "results.json").is_file() else {}
+    if args.known and "base_known" not in results:
+        results["base_known"] = score(singles([c.name for c in known], 1), "known")
+    for concept in new:
+        if args.only and concept.name != args.only:
+            continue
+        word = concept.name
+        pairs = [ImageAsk(f"a {word} to the left of a cat", pair_objects("left of", word, "cat", size), "left of")
+                 for _ in range(SEEDS // 2)]
+        pairs += [ImageAsk(f"a dog above a {word}", pair_objects("above", "dog", word, size), "above")
+                  for _ in range(SEEDS // 2)]
+        key = f"{word}/base"
+        if key not in results:
+            results[key] = {"singles": score(singles([word], SEEDS), "new"), "pairs": score(pairs, "pairs")}
+        for kind in args.kinds.split(","):
+            run, key = root / f"run-{word}-{kind}", f"{word}/{kind}"
+            if key in results or not (run / "adapter.safetensors").is_file():
+                continue
+            attached = attach_adapters(model, [AdapterSpec(run / "adapter.safetensors")])
+            try:
+                entry = {"singles": score(singles([word], SEEDS), "new"), "pairs": score(pairs, "pairs")}
+                if args.known:
+                    entry["known"] = score(singles([c.name for c in known], 1), "known")
+            finally:
+                detach_adapters(model, attached)
+            entry.update(json.loads((run / "cost.json").read_text()) if (run / "cost.json").is_file() else {})
+            entry["bytes"] = (run / "adapter.safetensors").stat().st_size
+            results[key] = entry
+            print(json.dumps({"concept": word, "kind": kind, **entry}))
+    results["judge"] = judge_info
+    results["settings"] = {"sample_steps": args.sample_steps, "guidance": args.guidance, "seeds": SEEDS,
+                           "known": args.known}
+    (root / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("data", "train", "judge"):
+        p = sub.add_parser(name)
+        p.add_argument("root", type=Path)
+        p.add_argument("--only", default=None, help="one concept's word")
+        p.add_argument("--kinds", default="lora,embedding,both")
+    sub.choices["data"].add_argument("--concepts", type=int, default=10)
+    sub.choices["train"].add_argument("--threads", type=int, default=2)
+    sub.choices["train"].add_argument("--steps", type=int, default=300)
+    sub.choices["train"].add_argument("--time-limit", type=float, default=None, help="minutes per run")
+    sub.choices["judge"].add_argument("--known", type=int, default=131, help="known concepts checked for drift")
+    sub.choices["judge"].add_argument("--sample-steps", type=int, default=20)
+    sub.choices["judge"].add_argument("--guidance", type=float, default=3.0)
+    args = parser.parse_args()
+    from diffgen.threads import apply_threads
+
+    apply_threads(1)  # this process samples and judges on one thread; training runs use --threads
+    {"data": cmd_data, "train": cmd_train, "judge": cmd_judge}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
