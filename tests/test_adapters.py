@@ -189,4 +189,5 @@ def test_trigger_must_be_found(tmp_path, tiny_checkpoint):
     data = make_shapes_folder(tmp_path / "shapes", count=8)  # captions name colours and shapes: none shared
     result = train(data, tmp_path / "run", tiny_checkpoint, "lora")
     one_error_line(result, 2, "--trigger")
+    one_error_line(train(data, tmp_path / "run1", tiny_checkpoint, "lora", "--trigger", "zorblat"), 2, "no caption")
     one_error_line(train(data, tmp_path / "run2", tiny_checkpoint, "lora", "--config", "tiny"), 2, "--config")

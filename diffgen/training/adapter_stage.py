@@ -97,12 +97,13 @@ def train_adapter(opts: TrainOptions, adapter_opts: AdapterOptions) -> dict[str,
     if dist.enabled:
         raise InputError("--adapter trains in one process: run it without torchrun")
     with contextlib.ExitStack() as stack:
-        run, base_hash = _prepare(opts, adapter_opts, device, dist, started, stack)
-        return _train(run, adapter_opts, base_hash)
+        run, base_hash, trigger = _prepare(opts, adapter_opts, device, dist, started, stack)
+        return _train(run, adapter_opts, base_hash, trigger)
 
 
 def _prepare(opts: TrainOptions, adapter_opts: AdapterOptions, device: torch.device, dist: Any,
-             started: float, stack: contextlib.ExitStack) -> tuple[Run, str]:
+             started: float, stack: contextlib.ExitStack) -> tuple[Run, str, str]:
+    """The base model, the config, the data and the word, checked; then the run folder held."""
     say = opts.say
     state = None
     if opts.resume:
@@ -135,12 +136,17 @@ def _prepare(opts: TrainOptions, adapter_opts: AdapterOptions, device: torch.dev
     report = scan_data(opts.data, cfg, say)
     resume = check_resume(opts.out / "state", cfg, len(report.items), opts.data, say) if opts.resume else None
     data, train_idx, held_idx = load_data(cfg, report, device, say)
+    captions = [c for options in data.captions for c in options]
+    trigger = adapter_opts.trigger or (state.info["adapter"]["trigger"] if state is not None else
+                                       infer_trigger([data.captions[i] for i in range(len(data))]))
+    if not any(re.search(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", c.lower()) for c in captions):
+        raise InputError(f"--trigger {trigger}: no caption in {opts.data} uses the word")
     hold_run_folder(opts.out, cfg, stack, say)
     log = RunLog(opts.out, True, (resume.stage, resume.step) if resume else None)
     init = {"path": str(base_path), "content_hash": base.content_hash or ""}
     run = Run(opts, data, train_idx + held_idx, [], base, device, dist, log, started, resume, init,
               len(report.skipped))
-    return run, base.content_hash or ""
+    return run, base.content_hash or "", trigger
 
 
 def _recorded(adapter_opts: AdapterOptions, trigger: str) -> dict[str, Any]:
@@ -149,10 +155,8 @@ def _recorded(adapter_opts: AdapterOptions, trigger: str) -> dict[str, Any]:
             "prior_weight": adapter_opts.prior_weight}
 
 
-def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str) -> dict[str, Any]:
+def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str) -> dict[str, Any]:
     kind, cfg = adapter_opts.kind, run.cfg
-    trigger = adapter_opts.trigger or (run.resume.info["adapter"]["trigger"] if run.resume else
-                                       infer_trigger([run.data.captions[i] for i in run.train_idx]))
     model, device = run.model, run.device
     unet, text = model.denoiser.net, model.text_encoder
     embedding = text.clip.token_embedding
