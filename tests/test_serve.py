@@ -8,11 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,40 +18,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from .helpers import free_port, one_error_line, pngs, run, wait_for
+from .helpers import one_error_line, pngs, run, wait_for
+from .serve_helpers import start_server, stop_server
 
 webuiapi = pytest.importorskip("webuiapi")
 openai = pytest.importorskip("openai")
 
 KEY = "s3cret-key-for-tests"
 JSON = {"Content-Type": "application/json"}
-
-
-def start_server(checkpoint: Path, folder: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """A ``diffgen serve`` process on ``checkpoint`` (its folder also the --models folder) and a free
-    port, once it answers; its base URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "diffgen", "serve", "-c", str(checkpoint), "--models",
-                             str(checkpoint.parent), "--port", str(port), "--inputs", str(folder / "inputs"), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "DIFFGEN_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(url + "/sdapi/v1/progress", timeout=1).status_code in (200, 401)
-        except httpx.TransportError:
-            return False
-
-    wait_for(answers, proc, seconds=60)
-    return proc, url
-
-
-def stop_server(proc: subprocess.Popen) -> tuple[int, str]:
-    """SIGTERM, then the exit code and stderr."""
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    return proc.returncode, stderr
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +41,7 @@ def models(tiny_checkpoint, tmp_path_factory) -> Path:
 def server(models, tmp_path_factory):
     """One server for the module's tests: its URL and its inputs folder."""
     folder = tmp_path_factory.mktemp("serve")
-    proc, url = start_server(models / "tiny.safetensors", folder)
+    proc, url = start_server(models / "tiny.safetensors", folder / "inputs", "--models", str(models))
     yield url, folder / "inputs"
     code, stderr = stop_server(proc)
     assert code == 0, stderr
@@ -280,7 +251,8 @@ def test_refuses_to_listen_beyond_this_machine_without_a_key(tiny_checkpoint):
 def test_keys_sizes_and_sigterm(tiny_checkpoint, tmp_path):
     """With --api-key: 401 without it, both clients with it, 413 past --max-body-mb. Then SIGTERM
     mid-job: the job in progress is answered, the one waiting gets 503, and the exit is clean."""
-    proc, url = start_server(tiny_checkpoint, tmp_path, "--api-key", KEY, "--max-body-mb", "0.01")
+    proc, url = start_server(tiny_checkpoint, tmp_path / "inputs", "--models", str(tiny_checkpoint.parent),
+                             "--api-key", KEY, "--max-body-mb", "0.01")
     try:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
             answer = httpx.get(url + "/sdapi/v1/sd-models", headers=headers)

@@ -8,10 +8,7 @@ import base64
 import io
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from .helpers import free_port, wait_for
+from .serve_helpers import start_server, stop_server
 
 CLIENTS, REQUESTS = 16, 8
 QUEUE = 4
@@ -32,24 +29,10 @@ JSON = {"Content-Type": "application/json"}
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
     """A server with a queue of 4 on the tiny model: (process, URL)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "diffgen", "serve", "-c", str(tiny_checkpoint), "--port", str(port),
-                             "--queue-size", str(QUEUE), "--inputs", str(tmp_path_factory.mktemp("inputs"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "DIFFGEN_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(url + "/sdapi/v1/progress", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(answers, proc, seconds=60)
+    proc, url = start_server(tiny_checkpoint, tmp_path_factory.mktemp("inputs"), "--queue-size", str(QUEUE))
     yield proc, url
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    code, stderr = stop_server(proc)
+    assert code == 0 and "Traceback" not in stderr, stderr
 
 
 def rss_mb(pid: int) -> float:

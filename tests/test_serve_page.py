@@ -6,17 +6,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 
-import httpx
 import pytest
 from PIL import Image
 
-from .helpers import free_port, wait_for
+from .serve_helpers import start_server, stop_server
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,23 +19,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture()
 def server(tiny_checkpoint, tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "diffgen", "serve", "-c", str(tiny_checkpoint), "--port", str(port),
-                             "--inputs", str(tmp_path / "inputs")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "DIFFGEN_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(url + "/sdapi/v1/progress", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(answers, proc, seconds=60)
+    proc, url = start_server(tiny_checkpoint, tmp_path / "inputs")
     yield url
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    code, stderr = stop_server(proc)
+    assert code == 0 and "Traceback" not in stderr, stderr
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run does)")
