@@ -156,13 +156,20 @@ class Worker:
             job.started = time.time()
             with self._lock:
                 self._current = job
+            result: Any = None
+            error: Exception | None = None
             try:
-                job.future.set_result(self._do(job))
+                result = self._do(job)
             except Exception as exc:  # noqa: BLE001 - every failure is the request's answer, not the thread's end
-                job.future.set_exception(exc)
-            finally:
-                with self._lock:
-                    self._current = None
+                error = exc
+            # the job leaves the progress before its client is answered, so that a client that
+            # asks for the progress after its answer finds the job gone
+            with self._lock:
+                self._current = None
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
 
     def _do(self, job: Job) -> Any:
         model = self._model_for(job.model)
