@@ -8,7 +8,7 @@
   a narrow U-Net (16, 32, 64 channels, 1.0 M parameters at 32 px) with one residual block per level
   and attention only at 8 px, a higher learning rate with a short warm-up, and training noise
   centred higher (``CPU_P_MEAN``). At equal CPU time the narrow U-Net drew more recognisable digits
-  than the built-in 2.6 M one, whose steps cost 3.5 times more; the noise made the largest
+  than the built-in 2.6 M one, whose steps cost 3.8 times more; the noise made the largest
   difference. On a GPU, the built-in config (configs/default.toml), whose extra blocks cost little
   there (not measured on user folders: no GPU was at hand).
 - **The CLIP image tower** sees the image as 4 x 4 patches whatever its size (16 tokens): it only
