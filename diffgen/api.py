@@ -4,6 +4,7 @@
     model = diffgen.load()                                  # the embedded default model
     images = model.sample("panda on a bike", n=4, seed=0)   # PIL images, recipe in image.info
     images = model.sample(["a cat", "a dog"], steps=30, guidance=2.5, sampler="heun", negative="blurry")
+    images = model.sample("panda on a bike", fast=True)     # the distilled student: 4 forwards an image
     encoding = model.encode(["a red apple", "a green apple"])
 
 ``diffgen sample`` is a client of the same functions: for the same settings and seeds,
@@ -27,9 +28,11 @@ from diffgen.sampling.settings import DEFAULT_BATCH_SIZE, DEFAULTS, SamplingSett
 class Model:
     """A loaded diffgen checkpoint, ready to sample and encode."""
 
-    def __init__(self, diffusion_model, name: str):
+    def __init__(self, diffusion_model, name: str, path: Path | None = None):
         self.diffusion_model = diffusion_model
         self.name = name
+        self.path = path  # the checkpoint file, where the student of fast=True is looked for
+        self._student_file: Path | None = None  # the student attached for fast sampling
 
     @property
     def image_size(self) -> int:
@@ -50,7 +53,7 @@ class Model:
         return self.diffusion_model.device
 
     def sample(self, prompts: str | Sequence[str], n: int = 1, seed: int | None = None, *,
-               steps: int = DEFAULTS.steps, guidance: float = DEFAULTS.guidance, sampler: str = DEFAULTS.sampler,
+               steps: int | None = None, guidance: float = DEFAULTS.guidance, sampler: str = DEFAULTS.sampler,
                schedule: str = DEFAULTS.schedule, negative: str = DEFAULTS.negative,
                batch_size: int = DEFAULT_BATCH_SIZE, init_image: str | Path | None = None,
                strength: float | None = None, mask: str | Path | None = None, mask_blur: int = 0,
@@ -58,7 +61,8 @@ class Model:
                auto_layout: bool = True, upscale: bool = True, seeds: Sequence[int] | None = None,
                callback: Callable[[int, int], None] | None = None,
                adapters: Sequence[str | Path | tuple[str | Path, float]] = (),
-               adapter_dir: str | Path | None = None) -> list[Image.Image]:
+               adapter_dir: str | Path | None = None, fast: bool = False,
+               student: str | Path | None = None) -> list[Image.Image]:
         """``n`` images per prompt; image k (counted across prompts and repeats) uses seed + k.
 
         Without ``seed`` a random one is drawn; ``seeds`` gives every image its own instead (one per
@@ -75,7 +79,10 @@ class Model:
         and to do over all images (a progress bar's numbers). ``adapters`` (files from ``diffgen
         train --adapter``: ``"x.safetensors"``, ``"x.safetensors:0.8"`` or ``("x.safetensors", 0.8)``)
         and, where ``adapter_dir`` is given, ``<lora:NAME:WEIGHT>`` in the prompts (NAME in that
-        folder) apply for this call only.
+        folder) apply for this call only. ``fast=True`` samples with the model's distilled student
+        (one forward a step, ``steps`` default 4; docs/DISTILL.md): the file ``student``, else
+        ``NAME.student.safetensors`` beside the checkpoint; it takes no ``negative`` and no adapters.
+        ``steps`` defaults to 20 otherwise.
         """
         from dataclasses import replace
 
@@ -83,6 +90,7 @@ class Model:
         from diffgen.errors import InputError
         from diffgen.sampling.prompts import PromptSpec
         from diffgen.sampling.request import sample_request
+        from diffgen.sampling.settings import default_steps
         from diffgen.sampling.tasks import max_batch_size, plan_tasks
 
         if isinstance(adapters, (str, Path)):
@@ -97,10 +105,18 @@ class Model:
         if batch_size > (limit := max_batch_size(self.image_size)):
             raise InputError(f"batch_size {batch_size:,} is more than this {self.image_size} px model computes at "
                              f"once (at most {limit:,})")
-        request = sample_request(SamplingSettings(steps, sampler, schedule, guidance, negative), seed,
+        request = sample_request(SamplingSettings(default_steps(steps, fast is True), sampler, schedule, guidance,
+                                                  negative), seed,
                                  init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur,
                                  place=place, layout_strength=layout_strength, auto_layout=auto_layout,
-                                 upscale=upscale)
+                                 upscale=upscale, fast=fast)
+        if fast:
+            if specs:
+                raise InputError("fast samples with the distilled student, which adapters were not trained for: "
+                                 "drop adapters (and <lora:...>) or fast")
+            self._attach_student(student)
+        elif student is not None:
+            raise InputError("student is the student file of fast=True: add fast=True, or drop student")
         tasks = plan_tasks([PromptSpec(p, n) for p in prompt_list], request.seed, request.task())
         if seeds is not None:
             seeds = list(seeds) if isinstance(seeds, Sequence) and not isinstance(seeds, str) else None
@@ -114,6 +130,19 @@ class Model:
             return self._images(tasks, batch_size, callback)
         finally:
             detach_adapters(self.diffusion_model, attached)
+
+    def _attach_student(self, student: str | Path | None) -> None:
+        """Attach the student fast sampling uses (once per file)."""
+        from diffgen.errors import InputError
+        from diffgen.students import attach_student, find_student
+
+        given = _path(student, "student") if student is not None else None
+        if self.path is None and given is None:
+            raise InputError("fast=True: this model was not loaded from a file; give student=FILE")
+        path = find_student(self.path or Path(), given, "fast=True", "student=")
+        if path != self._student_file or self.diffusion_model.student is None:
+            attach_student(self.diffusion_model, path)
+            self._student_file = path
 
     def _images(self, tasks: list, batch_size: int, callback: Callable[[int, int], None] | None = None
                 ) -> list[Image.Image]:
@@ -195,7 +224,7 @@ def load(path: str | Path | None = None, device: str = "auto") -> Model:
 
     resolved = _path(path, "path") if path is not None else default_checkpoint()
     model = load_model(resolved, pick_device(device), image_tower=False)
-    return Model(model, model.display_name)
+    return Model(model, model.display_name, resolved)
 
 
 def _prompt_list(prompts: object, allow_empty: bool = False) -> list[str]:

@@ -28,8 +28,9 @@ from diffgen.fileio import atomic_write
 from diffgen.hashing import content_hash
 
 STATE_VERSION = 1
-_STATE_NAME = re.compile(r"^state-(clip|diffusion|layout|upscale|adapter)-(\d{8})\.json$")
-STAGE_ORDER = {"clip": 0, "diffusion": 1, "layout": 2, "upscale": 3, "adapter": 4}  # an adapter run has one stage
+_STATE_NAME = re.compile(r"^state-(clip|diffusion|layout|upscale|adapter|distill)-(\d{8})\.json$")
+# an adapter run and a distillation run have one stage each
+STAGE_ORDER = {"clip": 0, "diffusion": 1, "layout": 2, "upscale": 3, "adapter": 4, "distill": 5}
 # The prefixes of a state's averaged weights: what a run ships, and what loading a state as a model reads
 EMA_UNET_PREFIX, EMA_TEXT_PREFIX, EMA_UPSCALER_PREFIX = "ema", "ema_text", "ema_upscaler"
 # A state's JSON holds its config, optimizer settings and counters: kilobytes. Past this it is not

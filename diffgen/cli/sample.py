@@ -24,9 +24,11 @@ from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.sampling.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULTS,
+    FAST_STEPS,
     SAMPLER_NAMES,
     SCHEDULE_NAMES,
     SamplingSettings,
+    default_steps,
     option_name,
 )
 
@@ -40,13 +42,20 @@ def sample(
     seed: Annotated[Optional[int], typer.Option(
         help="Seed of the first image; image k gets seed + k. Default: random (printed).",
         show_default=False)] = None,
-    steps: Annotated[int, typer.Option(help="Sampler steps.")] = DEFAULTS.steps,
+    steps: Annotated[Optional[int], typer.Option(
+        help=f"Sampler steps (default {DEFAULTS.steps}; with --fast {FAST_STEPS}).", show_default=False)] = None,
     sampler: Annotated[str, typer.Option(help=f"One of: {', '.join(SAMPLER_NAMES)} (or an AUTOMATIC1111 "
                                               "name such as 'DPM++ 2M').")] = DEFAULTS.sampler,
     schedule: Annotated[str, typer.Option(help=f"Noise schedule: {', '.join(SCHEDULE_NAMES)}.")] = DEFAULTS.schedule,
     guidance: Annotated[float, typer.Option("-g", "--guidance",
                                             help="Classifier-free guidance scale (1 = none).")] = DEFAULTS.guidance,
     negative: Annotated[str, typer.Option(help="Negative prompt (what to steer away from).")] = DEFAULTS.negative,
+    fast: Annotated[bool, typer.Option(
+        help=f"Sample with the model's distilled student: one forward a step, {FAST_STEPS} steps unless --steps "
+        "says otherwise (the sampler and schedule do not apply; no negative prompt). docs/DISTILL.md")] = False,
+    student: Annotated[Optional[Path], typer.Option(
+        help="With --fast: the student file (default: NAME.student.safetensors beside the checkpoint).",
+        show_default=False)] = None,
     checkpoint: CheckpointOption = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("outputs"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (auto picks the best; "
@@ -102,7 +111,7 @@ def sample(
     """Generate images from prompts; PNGs carry their recipe (A1111 `parameters` + diffgen JSON)."""
     with user_errors(debug):
         check_run(num_images, batch_size)  # what needs no torch is refused before torch loads
-        settings = option_settings(SamplingSettings(steps, sampler, schedule, guidance, negative))
+        settings = option_settings(SamplingSettings(default_steps(steps, fast), sampler, schedule, guidance, negative))
         from diffgen.distributed import device_of, torchrun_env
         from diffgen.sampling.plan import plan_grid, plan_sample
         from diffgen.sampling.request import sample_request
@@ -112,7 +121,7 @@ def sample(
         request = sample_request(settings, seed,
                                  init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur,
                                  place=place, layout_strength=layout_strength, auto_layout=auto_layout,
-                                 upscale=upscale, name=option_name)
+                                 upscale=upscale, fast=fast, name=option_name)
         from diffgen.adapters import adapter_dir as adapters_folder
         from diffgen.adapters import replay_specs, run_adapters
 
@@ -131,10 +140,18 @@ def sample(
                 raise InputError(f"--replay: {replay} was made without adapters; drop --adapter")
             specs = replay_specs(plan.replay["adapters"], adapters_folder(adapter_dir), specs,
                                  plan.replay_source or Path("the image"))
+        student_path = _student_file(fast, plan.replay, checkpoint, student, bool(specs))
         apply_threads(threads)
         options = RunOptions(batch_size, overwrite, trajectory, grid, axes, quiet, shard)
         check_run_options(plan, options)
         model = load_model(checkpoint, device_of(shard, device), image_tower=False)
+        if student_path is not None:
+            from diffgen.students import attach_student, check_replayed_student
+
+            attached = attach_student(model, student_path)
+            if plan.replay is not None:
+                check_replayed_student(plan.replay.get("student"), attached, student_path,
+                                       plan.replay_source or Path("the image"))
         if specs:
             from diffgen.adapters import attach_adapters
 
@@ -153,3 +170,20 @@ def sample(
                 say(f"grid: {path}")
         if summary.skipped:
             say(f"{summary.skipped} image(s) already existed and were skipped (--overwrite to redo)")
+
+
+def _student_file(fast: bool, replay: dict | None, checkpoint: Path | None, student: Path | None,
+                  adapters: bool) -> Path | None:
+    """The student file a fast run (or a fast image's replay) samples with, found before the model
+    loads; None for a run that is not fast."""
+    if not (fast or (replay is not None and replay.get("fast") is True)):
+        if student is not None:
+            raise InputError("--student is the student file of --fast: add --fast, or drop --student")
+        return None
+    if adapters:
+        raise InputError("--fast samples with the distilled student, which adapters were not trained for: "
+                         "drop --adapter (and <lora:...>) or --fast")
+    from diffgen.checkpoint import default_checkpoint
+    from diffgen.students import find_student
+
+    return find_student(checkpoint or default_checkpoint(), student)

@@ -61,6 +61,10 @@ def train(
     trigger: Annotated[Optional[str], typer.Option(
         help="With --adapter: the word to teach (default: the word every caption shares).",
         show_default=False)] = None,
+    distill: Annotated[bool, typer.Option(
+        help="Distil a frozen model (--init, default: the default model) into a few-step student for "
+        "`diffgen sample --fast` instead of training a model; writes RUN/student.safetensors "
+        "(docs/DISTILL.md).")] = False,
     check: Annotated[bool, typer.Option(help="Only lint the data folder, do not train.")] = False,
     plan: Annotated[bool, typer.Option(
         help="Only print what the run would do: the data, the model, each stage's steps and how long "
@@ -83,7 +87,18 @@ def train(
         if adapter is not None and (config is not None or budget is not None or text_encoder is not None):
             raise InputError("--adapter trains on a frozen --init model: --config, --budget and --text-encoder "
                              "do not apply")
-        if adapter is not None:
+        if distill and (adapter is not None or config is not None or text_encoder is not None):
+            raise InputError("--distill trains a student of a frozen --init model: --adapter, --config and "
+                             "--text-encoder do not apply")
+        if distill:
+            from diffgen.training import distill_stage
+
+            cfg = Config()  # the teacher's own config is used; only the steps and batch size are read
+            steps = distill_stage.DEFAULT_STEPS if steps is None else steps
+            batch_size = distill_stage.DEFAULT_BATCH if batch_size is None else batch_size
+            if steps < 1:
+                raise InputError("--steps must be at least 1 with --distill")
+        elif adapter is not None:
             from diffgen.training.adapter_stage import DEFAULT_BATCH, DEFAULT_STEPS
 
             cfg = Config()  # the base model's own config is used; only the steps and batch size are read
@@ -128,6 +143,17 @@ def train(
                                time_limit=None if time_limit is None else 60 * time_limit,
                                budget=None if budget is None else 60 * budget, weights_dtype=weights_dtype,
                                init=init, name=name)
+        if distill:
+            from diffgen.training.distill_stage import train_distill
+
+            if plan:
+                raise InputError("--plan does not cover --distill runs yet")
+            check_output_dir(out)
+            summary = train_distill(options)
+            if not quiet:
+                typer.echo(f"student: {summary['student']}", err=True)
+            typer.echo(json.dumps(summary))
+            return
         if adapter is not None:
             from diffgen.training.adapter_stage import AdapterOptions, train_adapter
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from diffgen.config import Config
+from diffgen.engine.consistency import AttachedStudent
 from diffgen.engine.denoiser import Conditioning, Denoiser
 from diffgen.engine.layout_net import LayoutPredictor
 from diffgen.engine.text import TextEncoder, TextEncoding, build_text_encoder
@@ -33,6 +34,9 @@ class DiffusionModel(nn.Module):
         self.display_name = "model"  # what recipes call it: its metadata's name, else its file's stem
         # the adapters hooked in for sampling (name, weight, sha256: diffgen/adapters.py), for recipes
         self.adapters: list[dict] = []
+        # the distilled few-step student for fast sampling (diffgen/students.py), where one is attached;
+        # a plain attribute, not a submodule: it is not part of this model's weights or content hash
+        self.student: AttachedStudent | None = None
 
     @property
     def device(self) -> torch.device:

@@ -284,10 +284,15 @@ class UNet(nn.Module):
                 for m in self.modules() if isinstance(m, nn.ModuleDict) and "cross_attn" in m]
 
     def forward(
-        self, x: torch.Tensor, c_noise: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor
+        self, x: torch.Tensor, c_noise: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor,
+        extra_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B,C,H,W), c_noise (B,), tokens (B,L,D), pooled (B,E) -> (B,C,H,W)."""
+        """x (B,C,H,W), c_noise (B,), tokens (B,L,D), pooled (B,E) -> (B,C,H,W). ``extra_emb``
+        (B, 4 * base_channels), where given, is added to the noise-level embedding (a distilled
+        student's guidance scale: engine/consistency.py)."""
         emb = self.emb_mlp(self.noise_embed(c_noise).to(x.dtype)) + self.pooled_proj(pooled)
+        if extra_emb is not None:
+            emb = emb + extra_emb
         if self.text_mixer is not None:
             tokens = self.text_mixer(tokens)
         h = self.conv_in(x)

@@ -16,13 +16,14 @@ from typing import cast
 
 import torch
 
+from diffgen.engine.consistency import AttachedStudent, sample_consistency
 from diffgen.engine.edit import keep_known, sdedit_sigmas, sdedit_start
 from diffgen.engine.guidance import Denoise, classifier_free_guidance
 from diffgen.engine.layout_bias import LayoutBias, laid_out
 from diffgen.engine.model import DiffusionModel, PromptCache
 from diffgen.engine.pixels import require_finite
 from diffgen.engine.regions import Placement, TokenSpans
-from diffgen.engine.samplers import SAMPLERS, seeded_noise_sampler
+from diffgen.engine.samplers import SAMPLERS, Sampler, seeded_noise_sampler
 from diffgen.engine.schedule import SCHEDULES
 from diffgen.engine.upscaler import upscale, upscale_generator
 from diffgen.errors import InputError
@@ -91,12 +92,21 @@ def generate(
     for batch in batches(tasks, batch_size):
         first = batch[0]
         generators = [torch.Generator().manual_seed(t.seed) for t in batch]
-        sigmas = SCHEDULES[first.schedule](first.steps, model.denoiser.sigma_min, model.denoiser.sigma_max)
+        net: torch.nn.Module = model.denoiser.net
+        sampler: Sampler
+        if first.fast:  # batch_key: every task of the batch is fast when the first is
+            student = _student(model)
+            sigmas = student.sigmas(first.steps)
+            denoise = student.denoiser(text([t.prompt for t in batch]), first.guidance)
+            net, sampler = student.student.net, sample_consistency  # the layout bias goes into its attention
+        else:
+            sampler = SAMPLERS[first.sampler]
+            sigmas = SCHEDULES[first.schedule](first.steps, model.denoiser.sigma_min, model.denoiser.sigma_max)
+            denoise = classifier_free_guidance(
+                model.denoiser, text([t.prompt for t in batch]), text([t.negative for t in batch]),
+                first.guidance)
         noise = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])
         x = (noise * sigmas[0].item()).to(device)
-        denoise = classifier_free_guidance(
-            model.denoiser, text([t.prompt for t in batch]), text([t.negative for t in batch]),
-            first.guidance)
         upscaled = upscales(first, model)  # batch_key: every task of the batch asks the same
         if first.edit is not None:  # batch_key: every task of the batch has the same edit settings
             x, sigmas, denoise, known = _start_edit(batch, noise, sigmas, denoise, size, device)
@@ -120,10 +130,9 @@ def generate(
             if on_step is not None:
                 on_step(len(batch))
 
-        with torch.inference_mode(), autocast, laid_out(model.denoiser.net, denoise, layout) \
+        with torch.inference_mode(), autocast, laid_out(net, denoise, layout) \
                 if layout is not None else contextlib.nullcontext(denoise) as denoise:
-            out = SAMPLERS[first.sampler](denoise, x, sigmas, seeded_noise_sampler(generators, x),
-                                          callback)
+            out = sampler(denoise, x, sigmas, seeded_noise_sampler(generators, x), callback)
             if upscaled:
                 out = _upscale_batch(model, batch, out)
         out = out.float().cpu().contiguous()
@@ -131,6 +140,14 @@ def generate(
             require_finite(out[row], f"{task.prompt[:40]!r} (seed {task.seed})")
         for row, task in enumerate(batch):
             yield task, out[row], ([f[row] for f in frames] if trajectory else None)
+
+
+def _student(model: DiffusionModel) -> AttachedStudent:
+    """The model's distilled student (diffgen/students.py attaches it); InputError without one."""
+    if model.student is None:
+        raise InputError(f"fast sampling needs a distilled student, and model {model.display_name} has none "
+                         "attached (diffgen train --distill makes one; docs/DISTILL.md)")
+    return model.student
 
 
 def _upscale_batch(model: DiffusionModel, batch: list[ImageTask], images: torch.Tensor) -> torch.Tensor:

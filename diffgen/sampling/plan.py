@@ -82,9 +82,9 @@ def plan_sample(prompts: list[str], prompt_file: Path | None, replay: Path | Non
 
     if replay is not None:
         if prompts or prompt_file is not None or request.edit is not None or request.layout is not None \
-                or not request.auto_layout or not request.upscale:
+                or not request.auto_layout or not request.upscale or request.fast:
             raise InputError("--replay regenerates the image's own prompt and inputs: drop the prompts, -f, "
-                             "--init-image, --place, --no-auto-layout and --no-upscale")
+                             "--init-image, --place, --no-auto-layout, --no-upscale and --fast")
         recipe_data = read_recipe(replay)
         task = task_from_recipe(recipe_data)
         if task.edit is not None:  # its input files, checked before the run starts

@@ -43,11 +43,12 @@ class SampleRequest:
     layout: Layout | None = None
     auto_layout: bool = True
     upscale: bool = True
+    fast: bool = False  # the model's distilled student (engine/consistency.py)
 
     def task(self, index: int = 0, prompt: str = "", seed: int | None = None) -> ImageTask:
         """Image ``index`` of ``prompt`` from ``seed`` (default: the request's) under this request."""
         return ImageTask.of(index, prompt, self.seed if seed is None else seed, self.settings, self.edit,
-                            self.layout, self.auto_layout, self.upscale)
+                            self.layout, self.auto_layout, self.upscale, self.fast)
 
 
 def sample_request(settings: SamplingSettings = DEFAULTS, seed: int | None = None, *,
@@ -55,7 +56,8 @@ def sample_request(settings: SamplingSettings = DEFAULTS, seed: int | None = Non
                    mask: str | Path | None = None, mask_blur: int = 0,
                    place: Sequence[str] | Mapping[str, Sequence[float]] | None = None,
                    layout_strength: float = DEFAULT_LAYOUT_STRENGTH, auto_layout: bool = True,
-                   upscale: bool = True, name: Callable[[str], str] = python_name) -> SampleRequest:
+                   upscale: bool = True, fast: bool = False, name: Callable[[str], str] = python_name
+                   ) -> SampleRequest:
     """The request these values describe; InputError naming the first bad one with ``name``.
 
     ``place`` is either the command line's ``NAME=X0,Y0,X1,Y1`` texts or a mapping from names to
@@ -63,7 +65,7 @@ def sample_request(settings: SamplingSettings = DEFAULTS, seed: int | None = Non
     settings = checked_settings(settings, name)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
         raise InputError(f"{name('seed')} must be a whole number in [0, 2^63), got {seed!r}")
-    for flag, value in (("auto_layout", auto_layout), ("upscale", upscale)):
+    for flag, value in (("auto_layout", auto_layout), ("upscale", upscale), ("fast", fast)):
         if not isinstance(value, bool):
             raise InputError(f"{name(flag)} must be true or false, got {value!r}")
     edit = None
@@ -74,8 +76,11 @@ def sample_request(settings: SamplingSettings = DEFAULTS, seed: int | None = Non
                                      mask_blur)
     elif strength is not None or mask is not None or mask_blur:
         raise InputError(f"{name('strength')}, {name('mask')} and {name('mask_blur')} need an {name('init_image')}")
+    if fast and settings.negative:
+        raise InputError(f"{name('negative')} does not work with {name('fast')}: the student's guidance was "
+                         "distilled against the empty prompt")
     return SampleRequest(settings, draw_seed() if seed is None else seed, seed is None, edit,
-                         layout_of(place, layout_strength, name), auto_layout, upscale)
+                         layout_of(place, layout_strength, name), auto_layout, upscale, fast)
 
 
 def layout_of(place: Sequence[str] | Mapping[str, Sequence[float]] | None, strength: float,

@@ -1,5 +1,5 @@
 """Sampling settings: the sampler's choices (steps, sampler, schedule, guidance, negative prompt),
-their defaults and checks, and the default batch size.
+their defaults and checks, the default batch size and the fast path's step count.
 
 The CLI's option defaults, prompt-file lines, PNG recipes and ``--replay``, training-time sample
 grids, ``eval`` and the Python API all build a ``SamplingSettings``, so these defaults change here
@@ -83,6 +83,14 @@ class SamplingSettings:
 
 
 DEFAULTS = SamplingSettings()
+# Steps of fast sampling (--fast, fast=True: the model's distilled student, engine/consistency.py):
+# one student forward each, against DEFAULTS.steps x 2 forwards of the teacher with guidance.
+FAST_STEPS = 4
+
+
+def default_steps(steps: int | None, fast: bool) -> int:
+    """``steps`` where given, else the default of the chosen path (FAST_STEPS or DEFAULTS.steps)."""
+    return steps if steps is not None else FAST_STEPS if fast else DEFAULTS.steps
 
 
 def python_name(name: str) -> str:

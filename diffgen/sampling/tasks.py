@@ -52,14 +52,17 @@ class ImageTask:
     auto_layout: bool = True
     # enlarge the image with the model's upscaler (engine/upscaler.py), where it has one
     upscale: bool = True
+    # sample with the model's distilled student (consistency sampling, one forward a step; the
+    # sampler and schedule do not apply): engine/consistency.py
+    fast: bool = False
 
     @classmethod
     def of(cls, index: int, prompt: str, seed: int, settings: SamplingSettings = DEFAULTS,
            edit: EditSource | None = None, layout: Layout | None = None, auto_layout: bool = True,
-           upscale: bool = True) -> ImageTask:
+           upscale: bool = True, fast: bool = False) -> ImageTask:
         """The task for image ``index`` of ``prompt`` from ``seed`` with ``settings``."""
         return cls(index, prompt, seed, settings.negative, settings.steps, settings.sampler, settings.schedule,
-                   settings.guidance, edit, layout, auto_layout, upscale)
+                   settings.guidance, edit, layout, auto_layout, upscale, fast)
 
     @property
     def sampler_steps(self) -> int:
@@ -76,10 +79,10 @@ class ImageTask:
 
     def batch_key(self) -> tuple:
         """Tasks with equal keys can share a batch (same step count, sampler, guidance, edit, layout
-        strength and upscale; each image of a batch may have its own layout, or none)."""
+        strength, upscale and fast; each image of a batch may have its own layout, or none)."""
         strength = (self.layout.strength if self.layout is not None
                     else DEFAULT_LAYOUT_STRENGTH if self.auto_layout else None)
-        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit, strength, self.upscale)
+        return (self.steps, self.sampler, self.schedule, self.guidance, self.edit, strength, self.upscale, self.fast)
 
     def validate(self) -> ImageTask:
         """This task with checked settings (the sampler's registry name); InputError if it cannot run."""
@@ -91,10 +94,13 @@ class ImageTask:
             raise InputError(f"index must be a whole number from 0 to {MAX_INDEX:,}, got {self.index!r}")
         edit = self.edit.validate() if self.edit is not None else None
         layout = self.layout.validate(self.prompt) if self.layout is not None else None
-        for flag in ("auto_layout", "upscale"):
+        for flag in ("auto_layout", "upscale", "fast"):
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         settings = self.settings.validate()
+        if self.fast and settings.negative:
+            raise InputError("a negative prompt does not work with fast sampling: the student's guidance was "
+                             "distilled against the empty prompt (drop the negative prompt, or fast)")
         for what, text in (("prompt", self.prompt), ("negative prompt", settings.negative)):
             if len(text) > MAX_PROMPT_CHARS:
                 raise InputError(f"the {what} is {len(text):,} characters long; at most {MAX_PROMPT_CHARS:,} "
@@ -104,7 +110,7 @@ class ImageTask:
             except InputError as exc:
                 raise InputError(f"{what}: {exc}") from None
         return ImageTask.of(self.index, self.prompt, self.seed, settings, edit, layout,
-                            self.auto_layout, self.upscale)
+                            self.auto_layout, self.upscale, self.fast)
 
 
 def iter_tasks(specs: Iterable[PromptSpec], seed: int, defaults: ImageTask, first_index: int = 0
@@ -176,9 +182,14 @@ def recipe(task: ImageTask, model: DiffusionModel, model_name: str,
         del fields["auto_layout"]
     if model.upscaler is None:
         del fields["upscale"]
+    if not task.fast:  # only fast images say so (with the student they were made by)
+        del fields["fast"]
+    elif (student := getattr(model, "student", None)) is not None:
+        fields["student"] = student.recipe()
     return {
         **fields,
-        "sampler_label": A1111_SAMPLER_LABELS.get(task.sampler, task.sampler),
+        # consistency sampling is what AUTOMATIC1111 calls its LCM sampler
+        "sampler_label": "LCM" if task.fast else A1111_SAMPLER_LABELS.get(task.sampler, task.sampler),
         "width": size,
         "height": size,
         "model": model_name,
@@ -220,13 +231,15 @@ def placement_of(data: dict[str, Any]) -> tuple[int, int] | None:
 
 def task_from_recipe(data: dict[str, Any]) -> ImageTask:
     """Rebuild an ImageTask from a stored recipe, refusing incomplete ones."""
-    fields = [k for k in ImageTask.__dataclass_fields__ if k not in ("edit", "layout", "auto_layout", "upscale")]
+    fields = [k for k in ImageTask.__dataclass_fields__
+              if k not in ("edit", "layout", "auto_layout", "upscale", "fast")]
     try:
         edit = EditSource.from_recipe(data["edit"]) if data.get("edit") is not None else None
         layout = Layout.from_recipe(data["layout"]) if data.get("layout") is not None else None
         # a recipe without the entries was made without a predicted layout, and without an upscale
         task = ImageTask(**{k: data[k] for k in fields}, edit=edit, layout=layout,
-                         auto_layout=data.get("auto_layout", False), upscale=data.get("upscale", False)).validate()
+                         auto_layout=data.get("auto_layout", False), upscale=data.get("upscale", False),
+                         fast=data.get("fast", False)).validate()
     except (KeyError, TypeError) as exc:
         raise InputError(f"the diffgen recipe is incomplete or damaged ({exc})") from None
     placement_of(data)

@@ -86,7 +86,7 @@ class RunLog:
         """Each stage's loss by step, and the extra terms a stage logs beside its loss (the caption
         contrast's ``contrast``, the grounding loss's ``grounding``), whose scale the total hides."""
         series: dict[str, tuple[list[float], list[float]]] = {}
-        for stage in ("clip", "diffusion", "layout", "upscale", "adapter"):
+        for stage in ("clip", "diffusion", "layout", "upscale", "adapter", "distill"):
             rows = [r for r in self.rows if r["stage"] == stage]
             if rows:
                 series[f"{stage} loss"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
