@@ -126,6 +126,11 @@ class Student(nn.Module):
         return (c_skip * x.to(exact) + c_out * out.to(exact)).to(x.dtype)
 
 
+def _rows(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-row values (B,) shaped to broadcast over ``x`` (B, ...), in x's (at least float32) type."""
+    return values.to(x.device, torch.promote_types(x.dtype, torch.float32)).reshape(-1, *([1] * (x.dim() - 1)))
+
+
 def student_denoiser(student: nn.Module, cond: Conditioning, guidance: float | torch.Tensor) -> Denoise:
     """Bind the text and the guidance scale: ``denoise(x, sigma) -> f(x, sigma)``, one forward."""
     return lambda x, sigma: student(x, sigma, cond.expand(x.shape[0]), per_row(guidance, x))
@@ -140,8 +145,7 @@ def guided_denoiser(model: ConditionalDenoiser, cond: Conditioning, uncond: Cond
         batch = x.shape[0]
         paired = Conditioning.cat([cond.expand(batch), uncond.expand(batch)])
         x0_cond, x0_uncond = model(torch.cat([x, x]), torch.cat([sigma, sigma]), paired).chunk(2)
-        scale = w.to(x0_cond.device, x0_cond.dtype)[:, None, None, None]
-        return x0_uncond + scale * (x0_cond - x0_uncond)
+        return x0_uncond + _rows(w, x0_cond) * (x0_cond - x0_uncond)
 
     return denoise
 
@@ -150,8 +154,7 @@ def ode_step(denoise: Denoise, x: torch.Tensor, sigma: torch.Tensor, sigma_next:
              solver: str = "heun") -> torch.Tensor:
     """One step of dx/dsigma = (x - D(x, sigma)) / sigma from per-row ``sigma`` to ``sigma_next``
     (both (B,), positive): Euler, or Heun's second order (EDM's Algorithm 1) with one more call."""
-    s, n = (v.to(x.device, torch.promote_types(x.dtype, torch.float32))[:, None, None, None]
-            for v in (sigma, sigma_next))
+    s, n = _rows(sigma, x), _rows(sigma_next, x)
     slope = eps_from_x0(x, denoise(x, sigma), s)
     euler = x + (n - s) * slope
     if solver == "euler":
@@ -160,7 +163,7 @@ def ode_step(denoise: Denoise, x: torch.Tensor, sigma: torch.Tensor, sigma_next:
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
-    """sqrt(|a - b|^2 + c^2) - c per image (B,), |.| the L2 norm over the whole image."""
+    """sqrt(|a - b|^2 + c^2) - c per row (B,), |.| the L2 norm over the whole image."""
     return ((a.float() - b.float()).pow(2).flatten(1).sum(dim=1) + c * c).sqrt() - c
 
 
@@ -176,7 +179,7 @@ def consistency_loss(student: Denoise, target: Denoise, teacher: Denoise, x0: to
     target's f(x_n, sigma_low), x_n one teacher ODE step down from x_{n+1} = x0 + sigma_high noise.
     ``student``, ``target`` and ``teacher`` are denoise(x, sigma) callables with the text and the
     guidance bound (``student_denoiser``, ``guided_denoiser``)."""
-    x_high = x0 + sigma_high.to(x0)[:, None, None, None] * noise
+    x_high = x0 + _rows(sigma_high, x0) * noise
     with torch.no_grad():
         x_low = ode_step(teacher, x_high, sigma_high, sigma_low, solver)
         wanted = target(x_low, sigma_low)
