@@ -86,7 +86,7 @@ def cmd_data(args: argparse.Namespace) -> None:
         rng = random.Random(f"renders/{concept.name}")
         for k in range(RENDERS):
             composer.single_scene(rng, concept).image.save(folder / f"{k:02d}.png")
-            (folder / f"{k:02d}.txt").write_text(f"a {concept.name}\n")
+            (folder / f"{k:02d}.txt").write_text(f"{concept.with_article()}\n")
     print(f"{len(new)} concepts, {RENDERS} renders each at {size} px: {', '.join(c.name for c in new)}")
     if not (root / "judge.safetensors").is_file():
         judge, info = train_judge(composer, items, log=lambda m: print(m, file=sys.stderr))
@@ -155,9 +155,10 @@ def cmd_judge(args: argparse.Namespace) -> None:
         if args.only and concept.name != args.only:
             continue
         word = concept.name
-        pairs = [ImageAsk(f"a {word} to the left of a cat", pair_objects("left of", word, "cat", size), "left of")
+        named = concept.with_article()
+        pairs = [ImageAsk(f"{named} to the left of a cat", pair_objects("left of", word, "cat", size), "left of")
                  for _ in range(SEEDS // 2)]
-        pairs += [ImageAsk(f"a dog above a {word}", pair_objects("above", "dog", word, size), "above")
+        pairs += [ImageAsk(f"a dog above {named}", pair_objects("above", "dog", word, size), "above")
                   for _ in range(SEEDS // 2)]
         key = f"{word}/base"
         if key not in results:

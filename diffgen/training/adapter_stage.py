@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from diffgen import distributed
+from diffgen import devices, distributed
 from diffgen.adapters import KINDS, save_adapter
 from diffgen.checkpoint import default_checkpoint, load_model
 from diffgen.config import TrainConfig
@@ -174,22 +174,27 @@ def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str)
     prior = PromptCache(text)
     prior.encode_all(list(PRIOR_PROMPTS))
     denoiser, d = model.denoiser, cfg.denoiser
+    # bf16 where the CPU (AVX512-BF16, AMX) or GPU has the units, as every training stage does
+    autocast = devices.autocast(device, cfg.train.precision)
 
     def loss(idx: list[int], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0 = image_batch(run.data, idx, device)
         captions = pick_captions(run.data, idx, gen)
         noisy, sigma = noised(x0, d.p_mean, d.p_std, gen)
-        encoding = text.encode(captions)  # each step: the word's vectors are trained
-        own = denoising_loss(denoiser, noisy, sigma, x0, Conditioning(encoding.tokens, encoding.pooled)).mean()
+        with autocast:
+            encoding = text.encode(captions)  # each step: the word's vectors are trained
+            own = denoising_loss(denoiser, noisy, sigma, x0, Conditioning(encoding.tokens, encoding.pooled)).mean()
         if not prior_weight:
             return own, {"denoising": own.detach()}
         picks = [PRIOR_PROMPTS[int(torch.randint(len(PRIOR_PROMPTS), (1,), generator=gen))] for _ in idx]
         other = prior(picks)
         noisy_p, sigma_p = noised(x0, d.p_mean, d.p_std, gen)
-        with torch.no_grad(), attached.disabled():
-            target = denoiser(noisy_p, sigma_p, other)
+        with torch.no_grad(), attached.disabled(), autocast:
+            target = denoiser(noisy_p, sigma_p, other).float()
         s = sigma_p[:, None, None, None]
-        kept = (loss_weight(s, denoiser.sigma_data) * (denoiser(noisy_p, sigma_p, other) - target) ** 2).mean()
+        with autocast:
+            adapted = denoiser(noisy_p, sigma_p, other).float()
+        kept = (loss_weight(s, denoiser.sigma_data) * (adapted - target) ** 2).mean()
         return own + prior_weight * kept, {"denoising": own.detach(), "prior": kept.detach()}
 
     recorded = _recorded(adapter_opts, trigger)
