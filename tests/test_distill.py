@@ -277,6 +277,27 @@ def test_resume_is_exact(tmp_path, tiny_checkpoint, distilled):
                    2, "drop --init")
 
 
+def test_sigterm_saves_the_state_after_the_step(tmp_path, distilled, tiny_checkpoint):
+    import signal
+    import subprocess
+    import sys
+
+    from diffgen.state import load_latest_state
+
+    from .helpers import wait_for
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "diffgen", "train", str(distilled["data"]), "--distill", "-o",
+                             str(out), "--init", str(tiny_checkpoint), "--steps", "100000", "--device", "cpu", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "terminated", stderr
+    state = load_latest_state(out / "state")
+    assert state is not None and state.stage == "distill" and 0 < state.step < 100000
+
+
 def test_fast_sampling_replays_byte_for_byte_and_says_what_made_it(tmp_path, distilled, tiny_checkpoint):
     made = sample(tmp_path / "a", tiny_checkpoint, "--fast", "--student", str(distilled["student"]))
     recipe = json.loads(Image.open(made[0]).info["diffgen"])

@@ -45,6 +45,7 @@ from diffgen.engine.denoiser import Conditioning
 from diffgen.engine.layout_bias import attention_biased
 from diffgen.engine.regions import TokenSpans
 from diffgen.errors import InputError
+from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.state import require_state, with_prefix
 from diffgen.students import save_student
 from diffgen.training.batches import NoiseGenerator, image_batch, pick_captions
@@ -105,8 +106,11 @@ def train_distill(opts: TrainOptions, distill: DistillOptions = DistillOptions()
     dist = distributed.torchrun_env()
     if dist.enabled:
         raise InputError("--distill trains in one process: run it without torchrun")
+    from diffgen.training import _stop_on_sigterm
+
     with contextlib.ExitStack() as stack:
         run, layout_bias = _prepare(opts, distill, device, dist, started, stack)
+        stack.enter_context(_stop_on_sigterm(run))  # SIGTERM: the state after this step, then the end
         return _train(run, distill, layout_bias)
 
 
@@ -128,8 +132,6 @@ def _prepare(opts: TrainOptions, distill: DistillOptions, device: torch.device, 
     if state is not None and teacher.content_hash != (state.info.get("init") or {}).get("content_hash"):
         raise InputError(f"--resume: the teacher {teacher_path} has changed since the run began")
     has_layouts = teacher.layout is not None and int(teacher.layout.trained_steps) > 0
-    from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
-
     layout_bias = distill.layout_bias if distill.layout_bias is not None else \
         DEFAULT_LAYOUT_STRENGTH if has_layouts else 0.0
     if state is not None and state.info.get("distill") != distill.settings(layout_bias):
