@@ -96,15 +96,15 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     for concept in load_concepts(args.root):
-        if args.only and concept.name != args.only:
+        if args.only and concept.name not in args.only.split(","):
             continue
         for kind in args.kinds.split(","):
-            run = args.root / f"run-{concept.name}-{kind}"
+            run = args.root / f"run-{concept.name}-{kind}{args.tag}"
             if (run / "adapter.safetensors").is_file():
                 continue
             command = [sys.executable, "-m", "diffgen", "train", str(args.root / f"data-{concept.name}"),
                        "--adapter", kind, "-o", str(run), "--steps", str(args.steps), "--threads", str(args.threads),
-                       "--device", "cpu", "-q"]
+                       "--device", "cpu", "-q", "--scenes", str(args.scenes)]
             if args.time_limit:
                 command += ["--time-limit", str(args.time_limit)]
             if (run / "state").is_dir():
@@ -152,7 +152,7 @@ def cmd_judge(args: argparse.Namespace) -> None:
     if args.known and "base_known" not in results:
         results["base_known"] = score(singles([c.name for c in known], 1), "known")
     for concept in new:
-        if args.only and concept.name != args.only:
+        if args.only and concept.name not in args.only.split(","):
             continue
         word = concept.name
         named = concept.with_article()
@@ -164,7 +164,7 @@ def cmd_judge(args: argparse.Namespace) -> None:
         if key not in results:
             results[key] = {"singles": score(singles([word], SEEDS), "new"), "pairs": score(pairs, "pairs")}
         for kind in args.kinds.split(","):
-            run, key = root / f"run-{word}-{kind}", f"{word}/{kind}"
+            run, key = root / f"run-{word}-{kind}{args.tag}", f"{word}/{kind}{args.tag}"
             if key in results or not (run / "adapter.safetensors").is_file():
                 continue
             attached = attach_adapters(model, [AdapterSpec(run / "adapter.safetensors")])
@@ -190,11 +190,13 @@ def main() -> None:
     for name in ("data", "train", "judge"):
         p = sub.add_parser(name)
         p.add_argument("root", type=Path)
-        p.add_argument("--only", default=None, help="one concept's word")
+        p.add_argument("--only", default=None, help="these concepts' words (comma-separated)")
         p.add_argument("--kinds", default="lora,embedding,both")
+        p.add_argument("--tag", default="", help="suffix of the run folders (a variant's runs)")
     sub.choices["data"].add_argument("--concepts", type=int, default=10)
     sub.choices["train"].add_argument("--threads", type=int, default=2)
     sub.choices["train"].add_argument("--steps", type=int, default=300)
+    sub.choices["train"].add_argument("--scenes", type=float, default=0.5, help="train --scenes")
     sub.choices["train"].add_argument("--time-limit", type=float, default=None, help="minutes per run")
     sub.choices["judge"].add_argument("--known", type=int, default=131, help="known concepts checked for drift")
     sub.choices["judge"].add_argument("--sample-steps", type=int, default=20)

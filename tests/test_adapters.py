@@ -191,3 +191,51 @@ def test_trigger_must_be_found(tmp_path, tiny_checkpoint):
     one_error_line(result, 2, "--trigger")
     one_error_line(train(data, tmp_path / "run1", tiny_checkpoint, "lora", "--trigger", "zorblat"), 2, "no caption")
     one_error_line(train(data, tmp_path / "run2", tiny_checkpoint, "lora", "--config", "tiny"), 2, "--config")
+
+
+def test_a_scene_fits_the_pictures_foreground_into_its_box_and_masks_the_other_object():
+    from diffgen.training.adapter_scenes import compose, foreground, masked_loss
+
+    image = torch.full((3, 32, 32), -0.5)
+    image[:, 20:30, 4:12] = 0.8  # a 10 x 8 thing on a plain background
+    assert foreground(image, torch.full((3, 1, 1), -0.5)) == (20, 30, 4, 12)
+    canvas, mask = compose(image, (0.5, 0.0, 1.0, 0.5), (0.0, 0.5, 0.5, 1.0))
+    inside = (canvas - (-0.5)).abs().amax(dim=0) > 0.1
+    rows, cols = inside.any(dim=1).nonzero(), inside.any(dim=0).nonzero()
+    assert int(rows[0]) >= 0 and int(rows[-1]) < 16 and int(cols[0]) >= 16  # within the top-right box
+    assert int(rows[-1]) - int(rows[0]) + 1 == 16  # grown to the box's height, shape kept (10:8)
+    assert 12 <= int(cols[-1]) - int(cols[0]) + 1 <= 14
+    assert mask[0, 16:, :16].sum() == 0 and mask.sum() == 32 * 32 - 16 * 16
+    # a picture without a plain background keeps its whole frame
+    noisy = torch.rand(3, 32, 32) * 2 - 1
+    assert foreground(noisy, noisy[:, :1, :1]) == (0, 32, 0, 32)
+    # the loss counts only the mask's pixels: an error inside the other object's box costs nothing
+    target, guess = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)
+    guess[..., 16:, :16] = 5.0
+    assert float(masked_loss(guess, target, torch.ones(1), mask[None])[0]) == 0.0
+    guess[..., :16, 16:] = 1.0
+    assert float(masked_loss(guess, target, torch.ones(1), mask[None])[0]) == pytest.approx(256 / 768)
+
+
+def test_scenes_name_the_word_and_the_other_object_with_their_boxes(tiny_checkpoint):
+    from diffgen.checkpoint import load_model
+    from diffgen.training.adapter_scenes import OTHERS, SceneMaker
+
+    model = load_model(tiny_checkpoint, torch.device("cpu"))
+    maker = SceneMaker(model, "otter")
+    images, captions, masks, placements = maker.make(torch.rand(6, 3, 16, 16) * 2 - 1,
+                                                     torch.Generator().manual_seed(0))
+    assert images.shape == (6, 3, 16, 16) and masks.shape == (6, 1, 16, 16)
+    for caption, placed, mask in zip(captions, placements, masks):
+        assert "an otter" in caption and any(other in caption for other in OTHERS)
+        names = sorted(caption[p.start:p.end] for p in placed)
+        assert "otter" in names and len(names) == 2
+        assert 0 < float(mask.mean()) < 1  # the other object's box is left out of the loss
+    again = maker.make(torch.rand(6, 3, 16, 16) * 2 - 1, torch.Generator().manual_seed(0))[1]
+    assert again == captions  # the step's generator decides: a resumed run makes the same scenes
+
+
+def test_scenes_share_is_checked(tmp_path, tiny_checkpoint):
+    data = concept_folder(tmp_path / "d", "zorblat")
+    result = train(data, tmp_path / "r", tiny_checkpoint, "lora", "--scenes", "1.5")
+    one_error_line(result, 2, "--scenes must be from 0 to 1")

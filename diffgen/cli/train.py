@@ -61,6 +61,9 @@ def train(
     trigger: Annotated[Optional[str], typer.Option(
         help="With --adapter: the word to teach (default: the word every caption shares).",
         show_default=False)] = None,
+    scenes: Annotated[float, typer.Option(
+        help="With --adapter: the share of each batch shrunk into two-object scenes (\"a WORD above a dog\"), "
+        "so the word also works beside other objects; 0 turns them off.")] = 0.5,
     distill: Annotated[bool, typer.Option(
         help="Distil a frozen model (--init, default: the default model) into a few-step student for "
         "`diffgen sample --fast` instead of training a model; writes RUN/student.safetensors "
@@ -160,7 +163,7 @@ def train(
             if plan:
                 raise InputError("--plan does not cover --adapter runs yet")
             check_output_dir(out)
-            summary = train_adapter(options, AdapterOptions(adapter, rank, trigger))
+            summary = train_adapter(options, AdapterOptions(adapter, rank, trigger, scene_share=scenes))
             if not quiet:
                 typer.echo(f"adapter: {summary['adapter']}", err=True)
             typer.echo(json.dumps(summary))

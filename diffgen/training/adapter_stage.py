@@ -34,10 +34,14 @@ from diffgen.adapters import KINDS, save_adapter
 from diffgen.checkpoint import default_checkpoint, load_model
 from diffgen.config import TrainConfig
 from diffgen.engine.adapters import Adapter, attach, lora_layers
-from diffgen.engine.denoiser import Conditioning, denoising_loss, loss_weight, noised
+from diffgen.engine.denoiser import Conditioning, loss_weight, noised
+from diffgen.engine.layout_bias import LayoutBias, attention_biased
 from diffgen.engine.model import PromptCache
+from diffgen.engine.regions import Placement, TokenSpans
 from diffgen.errors import InputError
+from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.state import require_state, with_prefix
+from diffgen.training.adapter_scenes import SceneMaker, masked_loss, scene_rows
 from diffgen.training.batches import image_batch, pick_captions
 from diffgen.training.metrics import RunLog
 from diffgen.training.run import Run, TrainOptions, check_resume, hold_run_folder, load_data, scan_data
@@ -63,10 +67,13 @@ class AdapterOptions:
     trigger: str | None = None
     lr: float | None = None
     prior_weight: float = 1.0
+    scene_share: float = 0.5
 
     def check(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"--adapter must be one of {', '.join(KINDS)}, got '{self.kind}'")
+        if not 0.0 <= self.scene_share <= 1.0:
+            raise InputError(f"--scenes must be from 0 to 1, got {self.scene_share}")
         if not 1 <= self.rank <= 64:
             raise InputError(f"--rank must be from 1 to 64, got {self.rank}")
         if self.trigger is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.trigger):
@@ -152,7 +159,7 @@ def _prepare(opts: TrainOptions, adapter_opts: AdapterOptions, device: torch.dev
 def _recorded(adapter_opts: AdapterOptions, trigger: str) -> dict[str, Any]:
     """The adapter settings a state keeps (a resumed run must be given the same)."""
     return {"kind": adapter_opts.kind, "rank": adapter_opts.rank, "trigger": trigger,
-            "prior_weight": adapter_opts.prior_weight}
+            "prior_weight": adapter_opts.prior_weight, "scene_share": adapter_opts.scene_share}
 
 
 def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str) -> dict[str, Any]:
@@ -177,13 +184,28 @@ def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str)
     # bf16 where the CPU (AVX512-BF16, AMX) or GPU has the units, as every training stage does
     autocast = devices.autocast(device, cfg.train.precision)
 
+    scenes = SceneMaker(model, trigger)
+    spans = TokenSpans(text.tokenizer, text.context_length)
+
     def loss(idx: list[int], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0 = image_batch(run.data, idx, device)
         captions = pick_captions(run.data, idx, gen)
+        rows = scene_rows(len(idx), adapter_opts.scene_share, gen)
+        mask = torch.ones_like(x0[:, :1])
+        placements: list[list[Placement]] = [[] for _ in idx]
+        if rows:  # those rows become two-object scenes (adapter_scenes.py), under the layout bias
+            made, made_captions, made_masks, made_placements = scenes.make(x0[rows], gen)
+            x0, mask = x0.clone(), mask.clone()
+            x0[rows], mask[rows] = made, made_masks
+            for row, caption, placed in zip(rows, made_captions, made_placements):
+                captions[row], placements[row] = caption, placed
         noisy, sigma = noised(x0, d.p_mean, d.p_std, gen)
-        with autocast:
+        bias = LayoutBias.of(captions, placements, spans, DEFAULT_LAYOUT_STRENGTH, device)
+        bias.active = True
+        with autocast, attention_biased(unet, bias):
             encoding = text.encode(captions)  # each step: the word's vectors are trained
-            own = denoising_loss(denoiser, noisy, sigma, x0, Conditioning(encoding.tokens, encoding.pooled)).mean()
+            x0_hat = denoiser(noisy, sigma, Conditioning(encoding.tokens, encoding.pooled))
+        own = masked_loss(x0_hat, x0, loss_weight(sigma, denoiser.sigma_data), mask).mean()
         if not prior_weight:
             return own, {"denoising": own.detach()}
         picks = [PRIOR_PROMPTS[int(torch.randint(len(PRIOR_PROMPTS), (1,), generator=gen))] for _ in idx]
@@ -208,6 +230,7 @@ def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str)
         attached.remove()
     recipe = {"steps": done, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "seed": cfg.train.seed,
               "prior_weight": prior_weight, "prior_prompts": list(PRIOR_PROMPTS) if prior_weight else [],
+              "scene_share": adapter_opts.scene_share,
               "images": len(run.train_idx), "data": str(run.opts.data)}
     path = run.opts.out / "adapter.safetensors"
     name = run.opts.name or run.opts.out.resolve().name
