@@ -205,7 +205,8 @@ def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str)
         with autocast, attention_biased(unet, bias):
             encoding = text.encode(captions)  # each step: the word's vectors are trained
             x0_hat = denoiser(noisy, sigma, Conditioning(encoding.tokens, encoding.pooled))
-        own = masked_loss(x0_hat, x0, loss_weight(sigma, denoiser.sigma_data), mask).mean()
+        weight = torch.as_tensor(loss_weight(sigma, denoiser.sigma_data))
+        own = masked_loss(x0_hat, x0, weight, mask).mean()
         if not prior_weight:
             return own, {"denoising": own.detach()}
         picks = [PRIOR_PROMPTS[int(torch.randint(len(PRIOR_PROMPTS), (1,), generator=gen))] for _ in idx]
