@@ -30,7 +30,7 @@ from diffgen.errors import InputError
 from diffgen.sampling.edits import EditSource
 from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.sampling.predicted_layout import PredictedLayout, predict_layout
-from diffgen.sampling.settings import DEFAULT_BATCH_SIZE
+from diffgen.sampling.settings import DEFAULT_BATCH_SIZE, FAST_UPSCALE_STEPS
 from diffgen.sampling.tasks import ImageTask, batches, recipe, same_image, upscales
 
 
@@ -161,7 +161,9 @@ def _upscale_batch(model: DiffusionModel, batch: list[ImageTask], images: torch.
     pixels the base image kept)."""
     assert model.upscaler is not None
     levels = ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-    high = upscale(model.upscaler, levels, [upscale_generator(t.seed) for t in batch])
+    # batch_key: every task of the batch is fast when the first is
+    steps = FAST_UPSCALE_STEPS if batch[0].fast else None  # None: the upscaler's own
+    high = upscale(model.upscaler, levels, [upscale_generator(t.seed) for t in batch], steps=steps)
     edit = batch[0].edit
     if edit is not None and edit.mask and min(_image_size(edit.init_image)) >= high.shape[-1]:
         loaded = [cast(EditSource, t.edit).load(high.shape[-1]) for t in batch]  # batch_key: all have one

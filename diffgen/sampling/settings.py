@@ -86,6 +86,11 @@ DEFAULTS = SamplingSettings()
 # Steps of fast sampling (--fast, fast=True: the model's distilled student, engine/consistency.py):
 # one student forward each, against DEFAULTS.steps x 2 forwards of the teacher with guidance.
 FAST_STEPS = 4
+# Upscaler steps of a fast image: one DPM-Solver++ step from the upscaler's sigma_max is its mean
+# detail given the base image, 0.1 dB PSNR below the two steps of a full-quality image on held-out
+# scenes (docs/BENCHMARKS.md, the upscaling stage), at half the cost, which at 4 student steps is
+# a sixth of the image's (docs/DISTILL.md).
+FAST_UPSCALE_STEPS = 1
 
 
 def default_steps(steps: int | None, fast: bool) -> int:
