@@ -18,6 +18,8 @@ ones (renders only, never generated images):
     .venv/bin/python benchmarks/adapters.py train runs/adapters-bench [--kinds lora,embedding,both] [--threads 2]
         [--steps 300] [--time-limit MINUTES] [--only WORD]
     .venv/bin/python benchmarks/adapters.py judge runs/adapters-bench [--only WORD] [--known 131]
+    .venv/bin/python benchmarks/adapters.py picture runs/adapters-bench --only kangaroo --kinds lora --tag=-s50
+    .venv/bin/python benchmarks/adapters.py table runs/adapters-bench --kinds lora,embedding,both,lora-s50
 
 ``data`` also trains the judge once (runs/adapters-bench/judge.safetensors) and prints its accuracy
 on fresh renders. ``judge`` prints one JSON line per (concept, kind) and writes results.json; each
@@ -148,9 +150,17 @@ def cmd_judge(args: argparse.Namespace) -> None:
         return [ImageAsk(by_name[w].with_article(), (ObjectAsk(w, (0, 0, size, size), None),))
                 for w in words for _ in range(seeds)]
 
-    results = json.loads((root / "results.json").read_text()) if (root / "results.json").is_file() else {}
+    path = root / args.results
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results["judge"] = judge_info
+    results["settings"] = {"sample_steps": args.sample_steps, "guidance": args.guidance, "seeds": SEEDS}
+
+    def save() -> None:  # after each entry: a long call stopped halfway keeps what it judged
+        path.write_text(json.dumps(results, indent=1))
     if args.known and "base_known" not in results:
         results["base_known"] = score(singles([c.name for c in known], 1), "known")
+        results["base_known"]["known_concepts"] = len(known)
+        save()
     for concept in new:
         if args.only and concept.name not in args.only.split(","):
             continue
@@ -163,41 +173,107 @@ def cmd_judge(args: argparse.Namespace) -> None:
         key = f"{word}/base"
         if key not in results:
             results[key] = {"singles": score(singles([word], SEEDS), "new"), "pairs": score(pairs, "pairs")}
+            save()
         for kind in args.kinds.split(","):
             run, key = root / f"run-{word}-{kind}{args.tag}", f"{word}/{kind}{args.tag}"
-            if key in results or not (run / "adapter.safetensors").is_file():
+            key += f"@{args.weight:g}" if args.weight != 1.0 else ""
+            done = results.get(key, {})
+            if not (run / "adapter.safetensors").is_file() or (done and (not args.known or "known" in done)):
                 continue
-            attached = attach_adapters(model, [AdapterSpec(run / "adapter.safetensors")])
+            attached = attach_adapters(model, [AdapterSpec(run / "adapter.safetensors", args.weight)])
             try:
-                entry = {"singles": score(singles([word], SEEDS), "new"), "pairs": score(pairs, "pairs")}
-                if args.known:
+                entry = done or {"singles": score(singles([word], SEEDS), "new"), "pairs": score(pairs, "pairs")}
+                if args.known:  # an earlier call without --known may have judged the rest
                     entry["known"] = score(singles([c.name for c in known], 1), "known")
+                    entry["known_concepts"] = len(known)
             finally:
                 detach_adapters(model, attached)
             entry.update(json.loads((run / "cost.json").read_text()) if (run / "cost.json").is_file() else {})
             entry["bytes"] = (run / "adapter.safetensors").stat().st_size
             results[key] = entry
+            save()
             print(json.dumps({"concept": word, "kind": kind, **entry}))
-    results["judge"] = judge_info
-    results["settings"] = {"sample_steps": args.sample_steps, "guidance": args.guidance, "seeds": SEEDS,
-                           "known": args.known}
-    (root / "results.json").write_text(json.dumps(results, indent=1))
+    save()
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    """results.json as Markdown: a row per concept and variant, then each variant's mean."""
+    results: dict[str, Any] = {}
+    for path in sorted(args.root.glob("results*.json")):  # judge --results: a second judge's file
+        results.update({k: v for k, v in json.loads(path.read_text()).items() if k not in results})
+    variants = [v for v in ["base", *args.kinds.split(",")]]
+    rows, sums = [], {}
+    head = ("| concept | variant | \"a WORD\" top-1 | top-5 | pairs: both | each | known top-5 (base) "
+            "| CPU-s | KB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    base_known = results.get("base_known", {}).get("judge_top5")
+    for concept in load_concepts(args.root):
+        for variant in variants:
+            entry = results.get(f"{concept.name}/{variant}")
+            if entry is None:
+                continue
+            single, pair, known = entry["singles"], entry["pairs"], entry.get("known", {}).get("judge_top5")
+            values = [single["judge_top1"], single["judge_top5"], pair["judge_all"], pair["judge_top1"]]
+            sums.setdefault(variant, []).append(values + [known])
+            known_text = "" if known is None else f"{known:.3f} ({base_known:.3f})"
+            rows.append(f"| {concept.name} | {variant} | {values[0]:.3f} | {values[1]:.3f} | {values[2]:.3f} | "
+                        f"{values[3]:.3f} | {known_text} | {entry.get('cpu_seconds', '')} | "
+                        f"{round(entry['bytes'] / 1000) if 'bytes' in entry else ''} |")
+    print(head)
+    print("\n".join(rows))
+    for variant, values in sums.items():
+        n = len(values)
+        means = [sum(v[i] for v in values) / n for i in range(4)]
+        knowns = [v[4] for v in values if v[4] is not None]
+        known_text = f"{sum(knowns) / len(knowns):.3f} ({len(knowns)} adapters)" if knowns else ""
+        print(f"| **mean of {n}** | {variant} | {means[0]:.3f} | {means[1]:.3f} | {means[2]:.3f} | {means[3]:.3f} "
+              f"| {known_text} | | |")
+
+
+def cmd_picture(args: argparse.Namespace) -> None:
+    """The README's walk-through picture: the folder's 8 pictures, then the same prompts and seeds
+    without the adapter and with it."""
+    from PIL import Image
+
+    import diffgen
+    from diffgen.sampling.images import labelled_grid
+
+    word = args.only or "kangaroo"
+    concept = next(c for c in load_concepts(args.root) if c.name == word)
+    adapter = args.root / f"run-{word}-{args.kinds.split(',')[0]}{args.tag}" / "adapter.safetensors"
+    model = diffgen.load(device="cpu")
+    named = concept.with_article()
+    prompts = [named, named, named, f"{named} to the left of a cat", f"a dog above {named}",
+               f"{named} next to a tree", f"{named} riding a bicycle", f"two {concept.plural}"]
+    folder = sorted((args.root / f"data-{word}").glob("*.png"))
+    images = [Image.open(p).convert("RGB") for p in folder]
+    labels = [f"folder: {(p.with_suffix('.txt')).read_text().strip()}" for p in folder]
+    for adapters, tag in (((), "without"), ([(adapter, args.weight)], f"adapter at {args.weight:g}")):
+        for k, prompt in enumerate(prompts):
+            images += model.sample(prompt, n=1, seed=k, adapters=adapters)
+            labels.append(f"{prompt} ({tag})")
+    labelled_grid(images, labels, columns=8, cell=128).save(args.out)
+    print(f"wrote {args.out}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("data", "train", "judge"):
+    for name in ("data", "train", "judge", "picture", "table"):
         p = sub.add_parser(name)
         p.add_argument("root", type=Path)
         p.add_argument("--only", default=None, help="these concepts' words (comma-separated)")
         p.add_argument("--kinds", default="lora,embedding,both")
         p.add_argument("--tag", default="", help="suffix of the run folders (a variant's runs)")
     sub.choices["data"].add_argument("--concepts", type=int, default=10)
+    sub.choices["picture"].add_argument("--weight", type=float, default=0.8, help="the adapter's weight")
+    sub.choices["picture"].add_argument("--out", type=Path, default=ROOT / "docs/images/adapter-walkthrough.png")
     sub.choices["train"].add_argument("--threads", type=int, default=2)
     sub.choices["train"].add_argument("--steps", type=int, default=300)
     sub.choices["train"].add_argument("--scenes", type=float, default=0.5, help="train --scenes")
     sub.choices["train"].add_argument("--time-limit", type=float, default=None, help="minutes per run")
+    sub.choices["judge"].add_argument("--results", default="results.json",
+                                      help="file under root (another name lets two judges run at once)")
+    sub.choices["judge"].add_argument("--weight", type=float, default=1.0, help="the adapters' weight")
     sub.choices["judge"].add_argument("--known", type=int, default=131, help="known concepts checked for drift")
     sub.choices["judge"].add_argument("--sample-steps", type=int, default=20)
     sub.choices["judge"].add_argument("--guidance", type=float, default=3.0)
@@ -205,7 +281,8 @@ def main() -> None:
     from diffgen.threads import apply_threads
 
     apply_threads(1)  # this process samples and judges on one thread; training runs use --threads
-    {"data": cmd_data, "train": cmd_train, "judge": cmd_judge}[args.command](args)
+    {"data": cmd_data, "train": cmd_train, "judge": cmd_judge, "picture": cmd_picture,
+     "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":
