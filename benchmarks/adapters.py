@@ -200,7 +200,8 @@ def cmd_table(args: argparse.Namespace) -> None:
     """results.json as Markdown: a row per concept and variant, then each variant's mean."""
     results: dict[str, Any] = {}
     for path in sorted(args.root.glob("results*.json")):  # judge --results: a second judge's file
-        results.update({k: v for k, v in json.loads(path.read_text()).items() if k not in results})
+        for key, value in json.loads(path.read_text()).items():  # an entry's parts may be in two files
+            results[key] = {**value, **results[key]} if isinstance(results.get(key), dict) else value
     variants = [v for v in ["base", *args.kinds.split(",")]]
     rows, sums = [], {}
     head = ("| concept | variant | \"a WORD\" top-1 | top-5 | pairs: both | each | known top-5 (base) "
@@ -247,7 +248,7 @@ def cmd_picture(args: argparse.Namespace) -> None:
     folder = sorted((args.root / f"data-{word}").glob("*.png"))
     images = [Image.open(p).convert("RGB") for p in folder]
     labels = [f"folder: {(p.with_suffix('.txt')).read_text().strip()}" for p in folder]
-    for adapters, tag in (((), "without"), ([(adapter, args.weight)], f"adapter at {args.weight:g}")):
+    for adapters, tag in (((), "without"), *(([(adapter, w)], f"adapter at {w:g}") for w in args.weight)):
         for k, prompt in enumerate(prompts):
             images += model.sample(prompt, n=1, seed=k, adapters=adapters)
             labels.append(f"{prompt} ({tag})")
@@ -265,7 +266,8 @@ def main() -> None:
         p.add_argument("--kinds", default="lora,embedding,both")
         p.add_argument("--tag", default="", help="suffix of the run folders (a variant's runs)")
     sub.choices["data"].add_argument("--concepts", type=int, default=10)
-    sub.choices["picture"].add_argument("--weight", type=float, default=0.8, help="the adapter's weight")
+    sub.choices["picture"].add_argument("--weight", type=float, nargs="+", default=[1.0, 0.8],
+                                        help="the adapter's weights, a row each")
     sub.choices["picture"].add_argument("--out", type=Path, default=ROOT / "docs/images/adapter-walkthrough.png")
     sub.choices["train"].add_argument("--threads", type=int, default=2)
     sub.choices["train"].add_argument("--steps", type=int, default=300)
