@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                 continue
             command = [sys.executable, "-m", "diffgen", "train", str(args.root / f"data-{concept.name}"),
                        "--adapter", kind, "-o", str(run), "--steps", str(args.steps), "--threads", str(args.threads),
-                       "--device", "cpu", "-q", "--scenes", str(args.scenes)]
+                       "--device", "cpu", "-q", "--scenes", str(args.scenes), "--prior-weight", str(args.prior_weight)]
             if args.time_limit:
                 command += ["--time-limit", str(args.time_limit)]
             if (run / "state").is_dir():
@@ -272,6 +272,7 @@ def main() -> None:
     sub.choices["train"].add_argument("--threads", type=int, default=2)
     sub.choices["train"].add_argument("--steps", type=int, default=300)
     sub.choices["train"].add_argument("--scenes", type=float, default=0.5, help="train --scenes")
+    sub.choices["train"].add_argument("--prior-weight", type=float, default=1.0, help="train --prior-weight")
     sub.choices["train"].add_argument("--time-limit", type=float, default=None, help="minutes per run")
     sub.choices["judge"].add_argument("--results", default="results.json",
                                       help="file under root (another name lets two judges run at once)")

@@ -235,7 +235,9 @@ def test_scenes_name_the_word_and_the_other_object_with_their_boxes(tiny_checkpo
     assert again == captions  # the step's generator decides: a resumed run makes the same scenes
 
 
-def test_scenes_share_is_checked(tmp_path, tiny_checkpoint):
+def test_scenes_share_and_prior_weight_are_checked(tmp_path, tiny_checkpoint):
     data = concept_folder(tmp_path / "d", "zorblat")
     result = train(data, tmp_path / "r", tiny_checkpoint, "lora", "--scenes", "1.5")
     one_error_line(result, 2, "--scenes must be from 0 to 1")
+    result = train(data, tmp_path / "r", tiny_checkpoint, "lora", "--prior-weight", "-1")
+    one_error_line(result, 2, "--prior-weight must be from 0 to 100")

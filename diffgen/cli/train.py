@@ -64,6 +64,8 @@ def train(
     scenes: Annotated[float, typer.Option(
         help="With --adapter: the share of each batch shrunk into two-object scenes (\"a WORD above a dog\"), "
         "so the word also works beside other objects; 0 turns them off.")] = 0.5,
+    prior_weight: Annotated[float, typer.Option(
+        help="With --adapter: the weight of the term that keeps the base model's answers to other prompts.")] = 1.0,
     distill: Annotated[bool, typer.Option(
         help="Distil a frozen model (--init, default: the default model) into a few-step student for "
         "`diffgen sample --fast` instead of training a model; writes RUN/student.safetensors "
@@ -163,7 +165,8 @@ def train(
             if plan:
                 raise InputError("--plan does not cover --adapter runs yet")
             check_output_dir(out)
-            summary = train_adapter(options, AdapterOptions(adapter, rank, trigger, scene_share=scenes))
+            summary = train_adapter(options, AdapterOptions(adapter, rank, trigger, prior_weight=prior_weight,
+                                                               scene_share=scenes))
             if not quiet:
                 typer.echo(f"adapter: {summary['adapter']}", err=True)
             typer.echo(json.dumps(summary))

@@ -72,6 +72,8 @@ class AdapterOptions:
     def check(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"--adapter must be one of {', '.join(KINDS)}, got '{self.kind}'")
+        if not 0.0 <= self.prior_weight <= 100.0:
+            raise InputError(f"--prior-weight must be from 0 to 100, got {self.prior_weight}")
         if not 0.0 <= self.scene_share <= 1.0:
             raise InputError(f"--scenes must be from 0 to 1, got {self.scene_share}")
         if not 1 <= self.rank <= 64:
