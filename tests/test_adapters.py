@@ -241,3 +241,24 @@ def test_scenes_share_and_prior_weight_are_checked(tmp_path, tiny_checkpoint):
     one_error_line(result, 2, "--scenes must be from 0 to 1")
     result = train(data, tmp_path / "r", tiny_checkpoint, "lora", "--prior-weight", "-1")
     one_error_line(result, 2, "--prior-weight must be from 0 to 100")
+
+
+def test_sigterm_saves_the_adapters_state_after_the_step(tmp_path, tiny_checkpoint):
+    import signal
+    import subprocess
+    import sys
+
+    from diffgen.state import load_latest_state
+
+    from .helpers import wait_for
+
+    data, out = concept_folder(tmp_path / "d", "zorblat"), tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "diffgen", "train", str(data), "--adapter", "lora", "-o", str(out),
+                             "--init", str(tiny_checkpoint), "--steps", "100000", "--device", "cpu", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "terminated", stderr
+    state = load_latest_state(out / "state")
+    assert state is not None and state.stage == "adapter" and 0 < state.step < 100000

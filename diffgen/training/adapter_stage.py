@@ -105,8 +105,11 @@ def train_adapter(opts: TrainOptions, adapter_opts: AdapterOptions) -> dict[str,
     dist = distributed.torchrun_env()
     if dist.enabled:
         raise InputError("--adapter trains in one process: run it without torchrun")
+    from diffgen.training import _stop_on_sigterm
+
     with contextlib.ExitStack() as stack:
         run, base_hash, trigger = _prepare(opts, adapter_opts, device, dist, started, stack)
+        stack.enter_context(_stop_on_sigterm(run))  # SIGTERM: the state after this step, then the end
         return _train(run, adapter_opts, base_hash, trigger)
 
 
