@@ -27,6 +27,7 @@ from diffgen.engine.adapters import Adapter, Attached, attach, lora_layers
 from diffgen.errors import CheckpointError, InputError
 from diffgen.fileio import atomic_write
 from diffgen.hashing import content_hash, file_sha256
+from diffgen.side_files import read_side_file
 
 FORMAT_NAME = "diffgen-adapter"
 FORMAT_VERSION = 1
@@ -116,23 +117,7 @@ class AdapterFile:
 
 def read_adapter(path: Path) -> AdapterFile:
     """Read and check an adapter file; every problem is one line (exit 2)."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise InputError(f"adapter {path} not found")
-    if path.stat().st_size > MAX_ADAPTER_BYTES:
-        raise CheckpointError(f"{path} is not a diffgen adapter (larger than {MAX_ADAPTER_BYTES >> 20} MB)")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception:  # noqa: BLE001 - SafetensorError and friends: the file is damaged
-        raise CheckpointError(f"{path} is not a diffgen adapter (not a readable safetensors file)") from None
-    if metadata.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path} is not a diffgen adapter (format {metadata.get('format')!r})")
-    if metadata.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(f"{path} is adapter format version {metadata.get('format_version')}; "
-                              f"this diffgen reads version {FORMAT_VERSION}")
+    metadata, tensors = read_side_file(path, "adapter", MAX_ADAPTER_BYTES, FORMAT_NAME, FORMAT_VERSION)
     if content_hash(tensors) != metadata.get("content_hash"):
         raise CheckpointError(f"{path} is damaged: its tensors do not match its content hash")
     try:

@@ -29,6 +29,7 @@ from diffgen.engine.unet import UNet
 from diffgen.errors import CheckpointError, InputError
 from diffgen.fileio import atomic_write
 from diffgen.hashing import content_hash, file_sha256
+from diffgen.side_files import read_side_file
 
 FORMAT_NAME = "diffgen-student"
 FORMAT_VERSION = 1
@@ -75,23 +76,7 @@ def save_student(path: Path, student: Student, base_hash: str, settings: dict[st
 def read_student(path: Path, model: DiffusionModel) -> AttachedStudent:
     """The student in ``path``, checked (format, content hash, made from ``model``, shapes) and
     loaded onto the model's device; every problem is one line (exit 2)."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise InputError(f"student {path} not found")
-    if path.stat().st_size > MAX_STUDENT_BYTES:
-        raise CheckpointError(f"{path} is not a diffgen student (larger than {MAX_STUDENT_BYTES >> 20} MB)")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception:  # noqa: BLE001 - SafetensorError and friends: the file is damaged
-        raise CheckpointError(f"{path} is not a diffgen student (not a readable safetensors file)") from None
-    if metadata.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path} is not a diffgen student (format {metadata.get('format')!r})")
-    if metadata.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(f"{path} is student format version {metadata.get('format_version')}; "
-                              f"this diffgen reads version {FORMAT_VERSION}")
+    metadata, tensors = read_side_file(path, "student", MAX_STUDENT_BYTES, FORMAT_NAME, FORMAT_VERSION)
     if content_hash(tensors, metadata.get("settings", "")) != metadata.get("content_hash"):
         raise CheckpointError(f"{path} is damaged: its tensors and settings do not match its content hash")
     base = metadata.get("base_model_hash", "")
