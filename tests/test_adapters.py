@@ -233,6 +233,13 @@ def test_scenes_name_the_word_and_the_other_object_with_their_boxes(tiny_checkpo
         assert 0 < float(mask.mean()) < 1  # the other object's box is left out of the loss
     again = maker.make(torch.rand(6, 3, 16, 16) * 2 - 1, torch.Generator().manual_seed(0))[1]
     assert again == captions  # the step's generator decides: a resumed run makes the same scenes
+    # a word that holds another object's name ("a catfish" holds "a cat") is still placed by its own span
+    fish = SceneMaker(model, "catfish")
+    for relation, other in fish.options():
+        scene = fish.scene(relation, other)
+        names = {scene.caption[p.start:p.end]: p.box for p in scene.placements}
+        assert set(names) == {"catfish", other.split(" ", 1)[1]}, scene.caption
+        assert names["catfish"] == scene.new_box
 
 
 def test_scenes_share_and_prior_weight_are_checked(tmp_path, tiny_checkpoint):

@@ -62,35 +62,36 @@ class SceneMaker:
 
     model: DiffusionModel
     trigger: str
-    _scenes: dict[str, Scene | None] = field(default_factory=dict)
+    _scenes: dict[tuple[str, str], Scene] = field(default_factory=dict)
 
-    def captions(self) -> list[str]:
-        """Every caption a scene may take."""
-        new = with_article(self.trigger)
-        return [r.format(new=new, other=o) for r in RELATIONS for o in OTHERS]
+    def options(self) -> list[tuple[str, str]]:
+        """Every (relation, other object) a scene may take."""
+        return [(relation, other) for relation in RELATIONS for other in OTHERS]
 
-    def scene(self, caption: str) -> Scene | None:
-        """The caption's placements, or None where the new word's box cannot be found."""
-        if caption not in self._scenes:
-            self._scenes[caption] = self._read(caption)
-        return self._scenes[caption]
+    def scene(self, relation: str, other: str) -> Scene:
+        """The scene of ``relation`` with ``other``: its caption and both objects' boxes."""
+        if (relation, other) not in self._scenes:
+            self._scenes[(relation, other)] = self._read(relation, other)
+        return self._scenes[(relation, other)]
 
-    def _read(self, caption: str) -> Scene | None:
+    def _read(self, relation: str, other: str) -> Scene:
         from diffgen.sampling.predicted_layout import predict_layout
 
         new = with_article(self.trigger)
-        start = caption.index(new) + len(new) - len(self.trigger)
-        new_span = (start, start + len(self.trigger))
-        other = next(o for o in OTHERS if o in caption)
-        o_start = caption.index(other) + len(other.split(" ", 1)[0]) + 1
-        other_span = (o_start, o_start + len(other.split(" ", 1)[1]))
+        caption = relation.format(new=new, other=other)
+        other_name = other.split(" ", 1)[1]
+        # every relation starts with one object and ends with the other: their characters follow
+        new_first = relation.startswith("{new}")
+        new_end = len(new) if new_first else len(caption)
+        other_end = len(caption) if new_first else len(other)
+        new_span = (new_end - len(self.trigger), new_end)
+        other_span = (other_end - len(other_name), other_end)
         layout = predict_layout(self.model, caption)
         if layout is not None and set(layout.spans) == {new_span, other_span}:
             boxes = dict(zip(layout.spans, layout.boxes[0]))
             new_box, other_box = boxes[new_span], boxes[other_span]
-        else:
-            first, second = FALLBACK["above" if " above " in caption else "left of"]
-            new_first = caption.index(new) < caption.index(other)
+        else:  # the predictor did not find the two names: the relation's usual halves
+            first, second = FALLBACK["above" if " above " in relation else "left of"]
             new_box, other_box = (first, second) if new_first else (second, first)
         return Scene(caption, [Placement(*new_span, new_box), Placement(*other_span, other_box)], new_box, other_box)
 
@@ -98,12 +99,10 @@ class SceneMaker:
              ) -> tuple[torch.Tensor, list[str], torch.Tensor, list[list[Placement]]]:
         """Scenes from ``images`` (B, C, H, W in [-1, 1]): the scene images, their captions, the
         loss masks (B, 1, H, W: 0 in the other object's box) and their placements."""
-        options = self.captions()
+        options = self.options()
         out, captions, masks, placements = [], [], [], []
         for image in images:
-            scene = None
-            while scene is None:  # a caption without a box for the word is skipped
-                scene = self.scene(options[int(torch.randint(len(options), (1,), generator=gen))])
+            scene = self.scene(*options[int(torch.randint(len(options), (1,), generator=gen))])
             canvas, mask = compose(image, scene.new_box, scene.other_box)
             out.append(canvas)
             masks.append(mask)
