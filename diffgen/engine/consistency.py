@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffgen.engine.denoiser import Conditioning, Denoiser, eps_from_x0
+from diffgen.engine.denoiser import Conditioning, Denoiser, eps_from_x0, per_row
 from diffgen.engine.schedule import karras_sigmas
 from diffgen.engine.unet import zero_init
 
@@ -84,12 +84,6 @@ def consistency_scalings(sigma: torch.Tensor, sigma_data: float, sigma_min: floa
     c_out = sigma_data * (s - sigma_min) / (s**2 + sigma_data**2).sqrt()
     c_in = 1 / (s**2 + sigma_data**2).sqrt()
     return c_skip, c_out, c_in, sigma.to(x.device).log() / 4
-
-
-def per_row(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """A scalar or (B,) value as a float32 (B,) tensor on x's device."""
-    value = torch.as_tensor(value, dtype=torch.float32, device=x.device).reshape(-1)
-    return value.expand(x.shape[0]) if value.numel() == 1 else value
 
 
 class Student(nn.Module):

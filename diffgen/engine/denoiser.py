@@ -71,10 +71,11 @@ def edm_scalings(sigma: torch.Tensor, sigma_data: float, x: torch.Tensor
     return c_skip, c_out, c_in, sigma.to(x.device).log() / 4
 
 
-def _per_sample_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """sigma as a float32 (B,) tensor on x's device; a scalar is broadcast over the batch."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
-    return sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+def per_row(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """A scalar or (B,) value (a sigma, a guidance scale) as a float32 (B,) tensor on x's device;
+    a scalar is broadcast over the batch."""
+    value = torch.as_tensor(value, dtype=torch.float32, device=x.device).reshape(-1)
+    return value.expand(x.shape[0]) if value.numel() == 1 else value
 
 
 class Denoiser(nn.Module):
@@ -98,7 +99,7 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Conditioning) -> torch.Tensor:
         """x (B,C,H,W) noisy image, sigma (B,) or scalar, cond of batch B -> x0_hat (B,C,H,W)."""
-        sigma = _per_sample_sigma(sigma, x)
+        sigma = per_row(sigma, x)
         exact = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 input
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data, x)
         net_dtype = next(self.net.parameters()).dtype

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from diffgen import devices, distributed
+from diffgen import devices
 from diffgen.adapters import KINDS, save_adapter
 from diffgen.checkpoint import default_checkpoint, load_model
 from diffgen.config import TrainConfig
@@ -44,7 +44,15 @@ from diffgen.state import require_state, with_prefix
 from diffgen.training.adapter_scenes import SceneMaker, masked_loss, scene_rows
 from diffgen.training.batches import image_batch, pick_captions
 from diffgen.training.metrics import RunLog
-from diffgen.training.run import Run, TrainOptions, check_resume, hold_run_folder, load_data, scan_data
+from diffgen.training.run import (
+    Run,
+    TrainOptions,
+    check_resume,
+    hold_run_folder,
+    load_data,
+    one_process_start,
+    scan_data,
+)
 from diffgen.training.stages import Stage, main_lr, resumed_at, run_stage
 
 # Prompts the adapted U-Net must keep answering as the base does: guidance's empty prompt and a few
@@ -95,16 +103,10 @@ def infer_trigger(captions: Sequence[Sequence[str]]) -> str:
 
 def train_adapter(opts: TrainOptions, adapter_opts: AdapterOptions) -> dict[str, Any]:
     """The adapter run end to end on one process; returns its summary."""
-    from diffgen.devices import pick_device
-
     adapter_opts.check()
     if opts.budget is not None or opts.text_encoder is not None:
         raise InputError("--adapter trains on a frozen --init model: --budget and --text-encoder do not apply")
-    started = time.perf_counter()
-    device = pick_device(opts.device)
-    dist = distributed.torchrun_env()
-    if dist.enabled:
-        raise InputError("--adapter trains in one process: run it without torchrun")
+    started, device, dist = one_process_start(opts, "--adapter")
     from diffgen.training import _stop_on_sigterm
 
     with contextlib.ExitStack() as stack:

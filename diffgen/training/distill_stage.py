@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from diffgen import devices, distributed
+from diffgen import devices
 from diffgen.checkpoint import default_checkpoint, load_model
 from diffgen.config import TrainConfig
 from diffgen.engine.consistency import (
@@ -51,7 +51,16 @@ from diffgen.students import save_student
 from diffgen.training.batches import NoiseGenerator, image_batch, pick_captions
 from diffgen.training.diffusion_loss import layout_bias_of
 from diffgen.training.metrics import RunLog
-from diffgen.training.run import WEIGHT_DTYPES, Run, TrainOptions, check_resume, hold_run_folder, load_data, scan_data
+from diffgen.training.run import (
+    WEIGHT_DTYPES,
+    Run,
+    TrainOptions,
+    check_resume,
+    hold_run_folder,
+    load_data,
+    one_process_start,
+    scan_data,
+)
 from diffgen.training.stages import Stage, ema_decay_of, main_lr, resumed_at, run_stage
 
 DEFAULT_STEPS = 4000
@@ -96,16 +105,10 @@ class DistillOptions:
 
 def train_distill(opts: TrainOptions, distill: DistillOptions = DistillOptions()) -> dict[str, Any]:
     """The distillation run end to end on one process; returns its summary."""
-    from diffgen.devices import pick_device
-
     distill.check()
     if opts.text_encoder is not None:
         raise InputError("--distill trains a student of a frozen --init model: --text-encoder does not apply")
-    started = time.perf_counter()
-    device = pick_device(opts.device)
-    dist = distributed.torchrun_env()
-    if dist.enabled:
-        raise InputError("--distill trains in one process: run it without torchrun")
+    started, device, dist = one_process_start(opts, "--distill")
     from diffgen.training import _stop_on_sigterm
 
     with contextlib.ExitStack() as stack:

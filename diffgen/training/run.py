@@ -120,6 +120,19 @@ def _without_schedule(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "train": train, "upscale": upscale}
 
 
+def one_process_start(opts: TrainOptions, flag: str) -> tuple[float, torch.device, distributed.DistInfo]:
+    """The start time, device and process info of a run on a frozen model (``flag``: --adapter,
+    --distill), which trains in one process: under torchrun it is refused."""
+    from diffgen.devices import pick_device
+
+    started = time.perf_counter()
+    device = pick_device(opts.device)
+    dist = distributed.torchrun_env()
+    if dist.enabled:
+        raise InputError(f"{flag} trains in one process: run it without torchrun")
+    return started, device, dist
+
+
 def check_resume(state_dir: Path, cfg: Config, num_images: int, data: Path,
                   say: Callable[[str], None]) -> TrainingState:
     resume = require_state(state_dir, say)
