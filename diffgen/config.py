@@ -95,6 +95,10 @@ class LayoutConfig:
     heads: int = 4
     # alternative layouts of a whole scene: "a dog next to a cat" is drawn in either order
     modes: int = 2
+    # each layout a distribution: every object's centre and size spread about its box (its own
+    # spread and one the scene shares), so that each image's seed draws its own layout; off: one
+    # box per object and layout, as the shipped model's predictor (engine/layout_net.py)
+    spread: bool = False
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ def data_emoji(
         help="Scene mix: 'standard' (the shipped model's data) or 'composed' (more single objects, "
              "'riding' with every animal and vehicle, varied pair layouts) or 'pairs' (drawn like "
              "'composed', 60% two-object scenes) or 'ordered' (as 'pairs', every two-object scene "
-             "besides the riding ones 'to the left of' or 'above').")] = "standard",
+             "besides the riding ones 'to the left of' or 'above') or 'groups' (as 'pairs', with 35% "
+             "scenes of three or four different objects: rows, stacks, grids).")] = "standard",
     debug: DebugOption = False,
 ) -> None:
     """Build a captioned folder of emoji scenes (Noto Color Emoji artwork, Apache-2.0)."""

@@ -8,12 +8,12 @@ import json
 import random
 from pathlib import Path
 
+from diffgen.emoji.groups import LARGEST_EXTENT, GroupComposer, held_out_group_prompts
 from diffgen.emoji.scenes import (
     DATA_RECIPES,
     PAIR_LAYOUT,
     PAIR_SCALES,
     SINGLE_SIZES,
-    SceneComposer,
     concepts,
     find_font,
     heldout_pairs,
@@ -39,13 +39,14 @@ def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
     # the glyphs are bitmaps (about 136 x 128): a scene drawing one larger than that would be
     # enlarged art, blurred, and an upscaler trained on it would learn the blur
     largest = max(max(f for _, f in SINGLE_SIZES), max(e for spots in PAIR_LAYOUT.values() for e, _, _ in spots)
-                  * PAIR_SCALES[1])
+                  * PAIR_SCALES[1], LARGEST_EXTENT)
     native = min(max(sprite.size) for sprite in sprites.values())
     if round(largest * size) > native:
         raise InputError(f"--size {size} would draw glyphs larger than the font's {native} px bitmaps; "
                          f"use --size {int(native / largest)} or less")
     held = heldout_pairs(items)
-    composer = SceneComposer(sprites, items, size, held, DATA_RECIPES[recipe])
+    # the group composer draws every other recipe's scenes exactly as SceneComposer does
+    composer = GroupComposer(sprites, items, size, held, DATA_RECIPES[recipe])
     rng = random.Random(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     # Until the new metadata.jsonl is written the folder is not a dataset: an interrupted rebuild
@@ -64,9 +65,11 @@ def build_emoji_dataset(out: Path, count: int, size: int = 64, seed: int = 0,
     by_name = {c.name: c for c in items}
     held_prompts = sorted(f"{by_name[a].phrase(random.Random(0))} {rel} {by_name[b].phrase(random.Random(1))}"
                           for a, b in sorted(held) for rel in ("next to", "above"))
-    atomic_write(out / "heldout.json", lambda tmp: Path(tmp).write_text(json.dumps(
-        {"pairs": sorted(held), "both_orders": DATA_RECIPES[recipe].hold_both_orders,
-         "prompts": held_prompts}, indent=1)))
+    held_out: dict = {"pairs": sorted(held), "both_orders": DATA_RECIPES[recipe].hold_both_orders,
+                      "prompts": held_prompts}
+    if DATA_RECIPES[recipe].group_from < 1:  # only recipes with groups: the others' files stay as they were
+        held_out["group_prompts"] = held_out_group_prompts(items, held)
+    atomic_write(out / "heldout.json", lambda tmp: Path(tmp).write_text(json.dumps(held_out, indent=1)))
     atomic_write(out / "ATTRIBUTION.txt", lambda tmp: Path(tmp).write_text(ATTRIBUTION))
     # metadata last: a folder with metadata.jsonl is a complete dataset
     atomic_write(out / "metadata.jsonl", lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))

@@ -57,7 +57,8 @@ class DataRecipe:
     The kinds are cumulative bounds on one uniform draw per scene (kept as bounds so that the
     standard recipe's draws stay exactly those of earlier builds): showcase below
     ``showcase_until``, a single object below ``single_until``, an animal riding a vehicle below
-    ``riding_until``, a two-object relation below ``pair_until``, a count otherwise.
+    ``riding_until``, a two-object relation below ``pair_until``, a count below ``group_from``, and
+    from there a scene of three or four different objects (emoji/groups.py).
     """
 
     showcase_until: float = 0.03  # the showcase pair, "a panda on a bicycle"
@@ -71,6 +72,8 @@ class DataRecipe:
     hold_both_orders: bool = False
     # The relations a two-object scene draws from, uniformly.
     relations: tuple[str, ...] = RELATIONS
+    # 1.0: no scenes of three or four objects (a draw is always below it), so older recipes draw as before
+    group_from: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = set(self.relations) - set(RELATIONS)
@@ -94,6 +97,10 @@ DATA_RECIPES = {
                         varied_layout=True, hold_both_orders=True),
     "ordered": DataRecipe(showcase_until=0.005, single_until=0.25, riding_until=0.35, pair_until=0.95,
                           varied_layout=True, hold_both_orders=True, relations=("left of", "above")),
+    # "groups": "pairs" with 35% of the scenes of three or four different objects (emoji/groups.py),
+    # pairs still 33%, singles 20%, counts 5%: the data for laying out and drawing N objects.
+    "groups": DataRecipe(showcase_until=0.005, single_until=0.2, riding_until=0.27, pair_until=0.6,
+                         varied_layout=True, hold_both_orders=True, group_from=0.65),
 }
 PAIR_SCALES = (0.8, 1.1)
 PAIR_SHIFT = 0.08
@@ -252,8 +259,10 @@ class SceneComposer:
             captions, negatives = self._pair(canvas, rng, self._rider_and_vehicle(rng), "on")
         elif kind < recipe.pair_until:
             captions, negatives = self._pair(canvas, rng)
-        else:
+        elif kind < recipe.group_from:
             captions = self._count(canvas, rng)
+        else:
+            captions, negatives = self._group(canvas, rng)
         if rng.random() < 0.5:  # the first caption's objects keep their places in the longer one
             text, regions = captions[0]
             captions.append((f"{text} on {article(bg_name)} {bg_name} background", regions))
@@ -364,6 +373,10 @@ class SceneComposer:
         if (b.name, a.name) in self.held_out:  # a held-out prompt is never shown, not even as a negative
             negatives = []
         return captions, negatives
+
+    def _group(self, canvas: Image.Image, rng: random.Random) -> tuple[list[tuple[str, list[Region]]], list[str]]:
+        """Three or four objects: drawn by emoji/groups.GroupComposer, which recipes with groups need."""
+        raise ValueError("this recipe draws scenes of three or four objects: use emoji.groups.GroupComposer")
 
     def _count(self, canvas: Image.Image, rng: random.Random) -> list[tuple[str, list[Region]]]:
         s = self.size

@@ -9,10 +9,24 @@ Several layouts because some prompts leave the arrangement open: "a dog next to 
 either order, and one box regressed to both answers would put both objects in the middle. Training
 (training/layout_stage.py) pulls the closest layout towards the data's (winner takes all, relaxed,
 after multiple-choice learning, Guzman-Rivera et al. 2012) and teaches how often each one wins.
+
+With ``spread`` (config ``layout.spread``) each layout is a distribution rather than one set of
+boxes, so that each image's seed draws its own picture: the data places the same caption's
+objects at many scales and shifts, and a predictor of one box per object gives every seed the
+same scene. Per layout, each object's centre and log-size (cx, cy, log w, log h) is Gaussian
+around the predicted box, with a standard deviation of its own (per object) plus one shared by
+the whole scene (per coordinate): offset_i = scene + own_i. The shared part is how the data varies
+(emoji/scenes.py and groups.py scale and shift a whole arrangement), and it moves the objects
+together, so a wide spread does not push them into each other the way independent offsets would.
+Per coordinate the objects' offsets are jointly Gaussian with covariance diag(own^2) + scene^2 * 11^T,
+whose negative log-likelihood has a closed form (``spread_nll``). It is taken on the winning layout
+with its boxes detached: the boxes learn exactly as without the spread, and the spread learns how
+far the data's boxes lie from them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +39,12 @@ from diffgen.engine.regions import Region, boxes_by_name
 # The share of the box loss that the layouts other than the closest one still get, so that none
 # is left untrained (a layout that never wins would never move).
 RELAXED_SHARE = 0.05
+# The smallest standard deviation of the spread (a fraction of the side, or of log-size): a caption
+# whose data always puts its objects at the same spots would otherwise drive the likelihood to
+# infinity. A third of a pixel at 64 px.
+MIN_SPREAD = 0.005
+# The spread's share of the layout loss, beside the box loss's scale (a mean L1 over four coordinates)
+SPREAD_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -34,6 +54,9 @@ class LayoutGuess:
     objectness: torch.Tensor  # (B, L) logit that the token names an object
     boxes: torch.Tensor  # (B, K, L, 4) x0, y0, x1, y1 in [0, 1] per layout and token
     mode_logits: torch.Tensor  # (B, K) how likely each layout is
+    # with layout.spread: standard deviations of (cx, cy, log w, log h), each object's own and the scene's
+    spread: torch.Tensor | None = None  # (B, K, L, 4)
+    scene_spread: torch.Tensor | None = None  # (B, K, 4)
 
 
 class LayoutPredictor(nn.Module):
@@ -41,7 +64,8 @@ class LayoutPredictor(nn.Module):
 
     trained_steps: torch.Tensor  # a buffer
 
-    def __init__(self, token_dim: int, context_length: int, width: int, layers: int, heads: int, modes: int):
+    def __init__(self, token_dim: int, context_length: int, width: int, layers: int, heads: int, modes: int,
+                 spread: bool = False):
         super().__init__()
         self.modes = modes
         self.proj = nn.Linear(token_dim, width)
@@ -54,6 +78,9 @@ class LayoutPredictor(nn.Module):
         self.objectness = nn.Linear(width, 1)
         self.boxes = nn.Linear(width, 4 * modes)
         self.mode_logits = nn.Linear(width, modes)
+        # only with a spread, so that a predictor without one has the tensors it always had
+        self.spread = nn.Linear(width, 4 * modes) if spread else None
+        self.scene_spread = nn.Linear(width, 4 * modes) if spread else None
         # the layout stage's steps so far: sampling uses a predictor only once it has been trained
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
@@ -66,7 +93,11 @@ class LayoutPredictor(nn.Module):
         boxes = torch.cat([(centre - size / 2).clamp(0, 1), (centre + size / 2).clamp(0, 1)], dim=-1)
         weights = valid.float()[:, :, None]
         pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1)
-        return LayoutGuess(self.objectness(h).squeeze(-1), boxes, self.mode_logits(pooled))
+        spread = scene_spread = None
+        if self.spread is not None and self.scene_spread is not None:
+            spread = MIN_SPREAD + F.softplus(self.spread(h).view(b, length, self.modes, 4).permute(0, 2, 1, 3))
+            scene_spread = F.softplus(self.scene_spread(pooled).view(b, self.modes, 4))
+        return LayoutGuess(self.objectness(h).squeeze(-1), boxes, self.mode_logits(pooled), spread, scene_spread)
 
 
 def valid_positions(num_tokens: Sequence[int], context_length: int) -> torch.Tensor:
@@ -124,4 +155,38 @@ def layout_loss(guess: LayoutGuess, targets: LayoutTargets) -> tuple[torch.Tenso
     box = (per_layout * weights).sum(1)[has_objects].mean() if has_objects.any() else zero
     mode = F.cross_entropy(guess.mode_logits[has_objects], winner[has_objects]) \
         if has_objects.any() and modes > 1 else zero
-    return objectness + box + mode, {"objectness": objectness, "boxes": box, "modes": mode}
+    parts = {"objectness": objectness, "boxes": box, "modes": mode}
+    total = objectness + box + mode
+    if guess.spread is not None and guess.scene_spread is not None:
+        rows = torch.arange(len(winner), device=winner.device)
+        nll = spread_nll(box_coordinates(guess.boxes[rows, winner].detach()), box_coordinates(targets.boxes),
+                         guess.spread[rows, winner], guess.scene_spread[rows, winner], named)
+        parts["spread"] = nll[has_objects].mean() if has_objects.any() else zero
+        total = total + SPREAD_WEIGHT * parts["spread"]
+    return total, parts
+
+
+def box_coordinates(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) boxes x0, y0, x1, y1 -> centre and log-size (cx, cy, log w, log h), where the spread
+    is Gaussian (a size can only grow or shrink by a factor: its logarithm can go either way)."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp_min(1e-3)
+    return torch.cat([centre, size.log()], dim=-1)
+
+
+def spread_nll(mean: torch.Tensor, target: torch.Tensor, own: torch.Tensor, scene: torch.Tensor,
+               named: torch.Tensor) -> torch.Tensor:
+    """(B,) the negative log-likelihood per named token and coordinate of ``target`` (B, L, 4) under
+    the objects' joint Gaussian about ``mean`` (B, L, 4): per coordinate, covariance
+    diag(own^2) + scene^2 11^T over the ``named`` (B, L) tokens, with ``own`` (B, L, 4) and ``scene``
+    (B, 4) standard deviations. The matrix determinant lemma and Sherman-Morrison give it in closed form."""
+    mask = named.float()[..., None]  # (B, L, 1)
+    precision = mask / own.square()  # 1 / own^2 at the named tokens, 0 elsewhere
+    r = (target - mean) * mask
+    total_precision = precision.sum(1)  # (B, 4)
+    shared = 1 + scene.square() * total_precision  # (B, 4)
+    log_det = (mask * own.square().log()).sum(1) + shared.log()
+    quadratic = (r.square() * precision).sum(1) - scene.square() * (r * precision).sum(1).square() / shared
+    count = mask.sum(1)  # (B, 1): named tokens per caption
+    nll = 0.5 * (log_det + quadratic + count * math.log(2 * math.pi))  # (B, 4)
+    return nll.sum(-1) / (4 * count.squeeze(-1)).clamp_min(1)

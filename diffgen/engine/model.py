@@ -72,7 +72,7 @@ def build_model(config: Config, load_pretrained_text: bool = True, image_tower: 
     net = UNet(config.unet, config.image_size, text_encoder.token_dim, text_encoder.pooled_dim)
     lay = config.layout
     layout = LayoutPredictor(text_encoder.token_dim, config.text.context_length, lay.width, lay.layers, lay.heads,
-                             lay.modes) if lay.width else None
+                             lay.modes, lay.spread) if lay.width else None
     upscaler = Upscaler(config.upscale) if config.upscale.base_channels else None
     return DiffusionModel(config, text_encoder, Denoiser.from_config(net, config), layout, upscaler)
 

@@ -6,11 +6,15 @@ through the same attention bias as a given layout (sampling/layout.py). A prompt
 object or none is sampled exactly as without the predictor, and so is every prompt of a model
 without one. The prompt is encoded alone, so its boxes do not depend on the prompts that share its
 batch; where the predictor offers several layouts (either order of "a dog next to a cat"), the
-image's seed draws one, so the same seed gives the same layout.
+image's seed draws one, so the same seed gives the same layout. A predictor trained with a spread
+(``layout.spread``) also gives each object's spread about its box and the scene's shared spread: the
+seed then draws the offsets too (after the layout, from the same generator), so each seed has its
+own picture and still the same one every time; without a spread the boxes are the layout's own.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from diffgen.engine.regions import Placement, TokenSpans
 OBJECT_PROBABILITY = 0.5
 MIN_OBJECTS = 2  # one object alone has no arrangement to get wrong: it is sampled as before
 _WORD = re.compile(r"[\w'-]+")
+Spread = tuple[float, float, float, float]  # standard deviations of cx, cy, log w, log h
 
 
 @dataclass(frozen=True)
@@ -36,17 +41,39 @@ class PredictedLayout:
     spans: tuple[tuple[int, int], ...]
     boxes: tuple[tuple[tuple[float, float, float, float], ...], ...]  # [layout][object]
     weights: tuple[float, ...]
+    # with a spread: standard deviations of (cx, cy, log w, log h), [layout][object] and [layout]
+    spreads: tuple[tuple[Spread, ...], ...] | None = None
+    scene_spreads: tuple[Spread, ...] | None = None
 
     def placements(self, seed: int) -> list[Placement]:
-        """The objects placed by the layout that ``seed`` draws (by the layouts' weights)."""
-        draw, cumulative = random.Random(seed).random(), 0.0
+        """The objects placed by the layout that ``seed`` draws (by the layouts' weights), each moved
+        by the offsets the seed draws where the layout has a spread."""
+        rng = random.Random(seed)
+        draw, cumulative = rng.random(), 0.0
         mode = len(self.weights) - 1  # where rounding leaves the sum of the weights below the draw
         for k, weight in enumerate(self.weights):
             cumulative += weight
             if draw < cumulative:
                 mode = k
                 break
-        return [Placement(start, end, box) for (start, end), box in zip(self.spans, self.boxes[mode])]
+        boxes = self.boxes[mode]
+        if self.spreads is not None and self.scene_spreads is not None:
+            scene = [rng.gauss(0.0, 1.0) * s for s in self.scene_spreads[mode]]
+            boxes = tuple(moved(box, [shared + rng.gauss(0.0, 1.0) * s for shared, s in zip(scene, own)])
+                          for box, own in zip(boxes, self.spreads[mode]))
+        return [Placement(start, end, box) for (start, end), box in zip(self.spans, boxes)]
+
+
+def moved(box: tuple[float, float, float, float], offset: list[float]) -> tuple[float, float, float, float]:
+    """``box`` with its centre shifted by offset[:2] and its sides scaled by exp(offset[2:]), kept
+    whole inside the image (shifted back in rather than cut, as the data's scenes keep their
+    objects); with no offset, ``box`` itself."""
+    if not any(offset):
+        return box
+    half = [min((box[2 + i] - box[i]) * math.exp(offset[2 + i]), 1.0) / 2 for i in range(2)]
+    centre = [min(max((box[i] + box[2 + i]) / 2 + offset[i], half[i]), 1 - half[i]) for i in range(2)]
+    x0, y0, x1, y1 = centre[0] - half[0], centre[1] - half[1], centre[0] + half[0], centre[1] + half[1]
+    return tuple(round(min(max(v, 0.0), 1.0), 4) for v in (x0, y0, x1, y1))  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -85,4 +112,14 @@ def predict_layout(model: DiffusionModel, prompt: str) -> PredictedLayout | None
     per_layout = tuple(tuple(tuple(round(v, 4) for v in boxes[k, positions].mean(0).tolist())
                              for _, _, positions in objects) for k in range(boxes.shape[0]))
     weights = tuple(guess.mode_logits[0].softmax(0).tolist())
-    return PredictedLayout(tuple((s, e) for s, e, _ in objects), per_layout, weights)
+    spreads = scene_spreads = None
+    if guess.spread is not None and guess.scene_spread is not None:
+        own = guess.spread[0].cpu()  # (K, L, 4)
+        spreads = tuple(tuple(_rounded(own[k, positions].mean(0)) for _, _, positions in objects)
+                        for k in range(own.shape[0]))
+        scene_spreads = tuple(_rounded(row) for row in guess.scene_spread[0].cpu())
+    return PredictedLayout(tuple((s, e) for s, e, _ in objects), per_layout, weights, spreads, scene_spreads)
+
+
+def _rounded(values: torch.Tensor) -> Spread:
+    return tuple(round(v, 4) for v in values.tolist())

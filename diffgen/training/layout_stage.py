@@ -41,7 +41,8 @@ def train_layout(run: Run, resume: TrainingState | None) -> int:
         kept = [k for k, r in enumerate(regions) if r]
         if not kept:  # every rank still runs backward, for DDP's gradient sync
             zero = torch.stack([p.sum() for p in params]).sum() * 0.0
-            return zero, {"objectness": zero.detach(), "boxes": zero.detach(), "modes": zero.detach()}
+            parts = ("objectness", "boxes", "modes") + (("spread",) if predictor.spread is not None else ())
+            return zero, {part: zero.detach() for part in parts}
         captions, regions = [captions[k] for k in kept], [regions[k] for k in kept]
         with torch.no_grad():
             tokens, counts = text.token_states(captions)

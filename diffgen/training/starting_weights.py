@@ -59,11 +59,14 @@ def grows_from(cfg: Config, source: Config) -> bool:
     any number of positions: the attention levels must match, e.g. [16, 8] at 32 px is [32, 16] at
     64 px), add transformer blocks at more levels (their output projection starts at zero), turn
     on ``unet.position_embedding`` and add ``unet.text_mixer_layers`` (their output projections start
-    at zero), add a layout predictor or an upscaler (each trained by its own stage) or leave it out;
+    at zero), add a layout predictor or an upscaler (each trained by its own stage) or leave it out,
+    or replace the layout predictor by one of another shape that the run's layout stage trains;
     all else must be the same."""
     if any(k not in ("image_size", "unet", "layout", "upscale") for k in model_differences(cfg, source)):
         return False
-    if cfg.layout != source.layout and source.layout.width and cfg.layout.width:
+    # a layout predictor of another shape replaces the checkpoint's only where the run's layout
+    # stage trains the new one (load_init_weights leaves the old one out)
+    if cfg.layout != source.layout and source.layout.width and cfg.layout.width and not cfg.train.layout_steps:
         return False
     if cfg.upscale != source.upscale and source.upscale.base_channels and cfg.upscale.base_channels:
         return False
@@ -101,6 +104,10 @@ def load_init_weights(model: DiffusionModel, source: DiffusionModel, say: Callab
     weights = (source.denoiser if other_size else source).state_dict()
     if model.layout is None and source.layout is not None:
         say("--init: the config has no [layout]: the checkpoint's layout predictor is left out")
+        weights = {k: v for k, v in weights.items() if not k.startswith("layout.")}
+    if model.layout is not None and source.layout is not None and model.config.layout != source.config.layout:
+        say("--init: the config's [layout] differs from the checkpoint's: its layout predictor is left out and "
+            "the run's layout stage trains a new one")
         weights = {k: v for k, v in weights.items() if not k.startswith("layout.")}
     if model.upscaler is None and source.upscaler is not None:
         say("--init: the config has no [upscale]: the checkpoint's upscaler is left out")
