@@ -34,31 +34,31 @@ from .helpers import run, scene_items, scene_sprites, train_config
 
 def test_the_spread_nll_of_one_object_is_a_gaussian_with_both_variances():
     """One named token: per coordinate a Gaussian of variance own^2 + scene^2."""
-    mean = torch.tensor([[[0.5, 0.5, -1.0, -1.0]]])
-    target = torch.tensor([[[0.6, 0.4, -0.8, -1.3]]])
-    own, scene = torch.tensor([[[0.1, 0.2, 0.3, 0.1]]]), torch.tensor([[0.05, 0.0, 0.1, 0.2]])
+    mean = torch.tensor([[[0.5, 0.5, -1.0]]])
+    target = torch.tensor([[[0.6, 0.4, -1.3]]])
+    own, scene = torch.tensor([[[0.1, 0.2, 0.3]]]), torch.tensor([[0.05, 0.0, 0.2]])
     nll = spread_nll(mean, target, own, scene, torch.tensor([[True]]))
     expected = 0.0
-    for r, o, s in zip((0.1, -0.1, 0.2, -0.3), (0.1, 0.2, 0.3, 0.1), (0.05, 0.0, 0.1, 0.2)):
+    for r, o, s in zip((0.1, -0.1, -0.3), (0.1, 0.2, 0.3), (0.05, 0.0, 0.2)):
         variance = o**2 + s**2
         expected += 0.5 * (math.log(variance) + r**2 / variance + math.log(2 * math.pi))
-    assert nll.item() == pytest.approx(expected / 4, rel=1e-5)
+    assert nll.item() == pytest.approx(expected / 3, rel=1e-5)
 
 
 def test_the_spread_nll_of_several_objects_is_their_joint_gaussians():
     """Three named tokens of five: the closed form equals torch's multivariate normal with
     covariance diag(own^2) + scene^2 11^T, per coordinate; unnamed tokens count for nothing."""
     gen = torch.Generator().manual_seed(0)
-    mean, target = torch.rand(1, 5, 4, generator=gen), torch.rand(1, 5, 4, generator=gen)
-    own, scene = 0.05 + torch.rand(1, 5, 4, generator=gen) / 5, torch.rand(1, 4, generator=gen) / 5
+    mean, target = torch.rand(1, 5, 3, generator=gen), torch.rand(1, 5, 3, generator=gen)
+    own, scene = 0.05 + torch.rand(1, 5, 3, generator=gen) / 5, torch.rand(1, 3, generator=gen) / 5
     named = torch.tensor([[False, True, True, False, True]])
     expected = 0.0
-    for c in range(4):
+    for c in range(3):
         index = named[0].nonzero().squeeze(1)
         covariance = torch.diag(own[0, index, c] ** 2) + scene[0, c] ** 2
         normal = torch.distributions.MultivariateNormal(mean[0, index, c].double(), covariance.double())
         expected -= normal.log_prob(target[0, index, c].double()).item()
-    assert spread_nll(mean, target, own, scene, named).item() == pytest.approx(expected / 12, rel=1e-5)
+    assert spread_nll(mean, target, own, scene, named).item() == pytest.approx(expected / 9, rel=1e-5)
 
 
 def predictor_and_targets(spread: bool):
@@ -75,8 +75,8 @@ def predictor_and_targets(spread: bool):
 def test_the_spread_trains_its_own_heads_and_leaves_the_boxes_to_the_box_loss():
     predictor, tokens, targets = predictor_and_targets(spread=True)
     guess = predictor(tokens, targets.valid)
-    assert guess.spread is not None and guess.spread.shape == (3, 2, 8, 4) and guess.spread.min() >= MIN_SPREAD
-    assert guess.scene_spread is not None and guess.scene_spread.shape == (3, 2, 4)
+    assert guess.spread is not None and guess.spread.shape == (3, 2, 8, 3) and guess.spread.min() >= MIN_SPREAD
+    assert guess.scene_spread is not None and guess.scene_spread.shape == (3, 2, 3)
     total, parts = layout_loss(guess, targets)
     parts["spread"].backward(retain_graph=True)
     assert predictor.spread.weight.grad.abs().sum() > 0 and predictor.scene_spread.weight.grad.abs().sum() > 0
@@ -95,7 +95,7 @@ def test_the_spread_trains_its_own_heads_and_leaves_the_boxes_to_the_box_loss():
 
 def test_box_coordinates_are_centre_and_log_size():
     coords = box_coordinates(torch.tensor([[0.2, 0.4, 0.6, 0.5]]))
-    torch.testing.assert_close(coords, torch.tensor([[0.4, 0.45, math.log(0.4), math.log(0.1)]]))
+    torch.testing.assert_close(coords, torch.tensor([[0.4, 0.45, math.log(0.2)]]))  # 0.2 = sqrt(0.4 x 0.1)
 
 
 LAYOUT = PredictedLayout(((2, 5), (20, 23), (30, 35)),
@@ -104,15 +104,20 @@ LAYOUT = PredictedLayout(((2, 5), (20, 23), (30, 35)),
 
 
 def test_a_seed_draws_its_own_layout_and_the_same_one_every_time():
-    spread = dataclasses.replace(LAYOUT, spreads=(((0.03, 0.03, 0.1, 0.1),) * 3,) * 2,
-                                 scene_spreads=((0.05, 0.05, 0.1, 0.1),) * 2)
+    spread = dataclasses.replace(LAYOUT, spreads=(((0.03, 0.03, 0.1),) * 3,) * 2,
+                                 scene_spreads=((0.05, 0.05, 0.1),) * 2)
     drawn = [spread.placements(seed) for seed in range(8)]
     assert drawn == [spread.placements(seed) for seed in range(8)]
     assert len({tuple(p.box for p in placements) for placements in drawn}) == 8
-    for placements in drawn:
+    for seed, placements in enumerate(drawn):
+        mode = 0 if random.Random(seed).random() < 0.7 else 1
         assert [(p.start, p.end) for p in placements] == list(LAYOUT.spans)
         assert all(0 <= v <= 1 for p in placements for v in p.box)
         assert all(p.box[2] > p.box[0] and p.box[3] > p.box[1] for p in placements)
+        # an object keeps its shape where it is not pushed against the image's edge
+        inside = [(p, q) for p, q in zip(placements, LAYOUT.boxes[mode]) if 0 < p.box[0] and p.box[2] < 1]
+        assert all(abs((p.box[2] - p.box[0]) / (p.box[3] - p.box[1]) - (q[2] - q[0]) / (q[3] - q[1])) < 0.01
+                   for p, q in inside if 0 < p.box[1] and p.box[3] < 1)
     # the layout the seed draws is the one it drew without a spread; the boxes move about it
     for seed in range(8):
         plain = LAYOUT.placements(seed)
@@ -120,7 +125,7 @@ def test_a_seed_draws_its_own_layout_and_the_same_one_every_time():
 
 
 def test_no_spread_gives_the_layouts_own_boxes_exactly():
-    zero = dataclasses.replace(LAYOUT, spreads=(((0.0,) * 4,) * 3,) * 2, scene_spreads=((0.0,) * 4,) * 2)
+    zero = dataclasses.replace(LAYOUT, spreads=(((0.0,) * 3,) * 3,) * 2, scene_spreads=((0.0,) * 3,) * 2)
     for seed in range(20):
         assert zero.placements(seed) == LAYOUT.placements(seed)
         mode = 0 if random.Random(seed).random() < 0.7 else 1
@@ -180,3 +185,23 @@ def test_the_layout_stage_learns_a_spread_on_group_scenes_replacing_an_older_pre
                                tokens.shape[1])
     assert model.layout is not None and model.layout(tokens, targets.valid).spread is not None
     assert build_model(model.config, load_pretrained_text=False).layout.spread is not None
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_a_comma_ends_an_object_for_a_predictor_with_a_spread_only(tiny_config, spread):
+    """Every word made an object: the shipped reading joins adjacent object words ("dog, a cat"
+    is one object); a predictor trained on lists (with a spread) reads two."""
+    config = dataclasses.replace(tiny_config, layout=LayoutConfig(width=32, layers=1, heads=2, modes=2, spread=spread))
+    torch.manual_seed(0)
+    model = build_model(config)
+    assert model.layout is not None
+    with torch.no_grad():
+        model.layout.objectness.weight.zero_()
+        model.layout.objectness.bias.fill_(10.0)
+    model.layout.trained_steps.fill_(1)
+    layout = predict_layout(model, "a dog, a cat")
+    if spread:
+        assert layout is not None and layout.spans == ((0, 5), (7, 12)) and layout.spreads is not None
+        assert layout.placements(0) != layout.placements(1)
+    else:
+        assert layout is None  # one object: "a dog, a cat"

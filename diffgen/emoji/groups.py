@@ -146,19 +146,32 @@ class GroupComposer(SceneComposer):
         return captions, negatives
 
 
-def held_out_group_prompts(items: list[Concept], held: set[tuple[str, str]], count: int = 8) -> list[str]:
-    """Prompts of three and four objects that each hold a held-out pair (so no training scene shows
-    them), for evaluation: ``count`` rows of three and ``count`` lists of four, chosen by hash."""
-    by_name = {c.name: c for c in items}
-    prompts = []
+def held_out_groups(items: list[Concept], held: set[tuple[str, str]], count: int = 8) -> list[tuple[str, ...]]:
+    """Groups of three and of four objects (names, in prompt order) that each begin with a held-out
+    pair (so no training scene shows them): ``count`` of each size, the others chosen by hash."""
+    out: list[tuple[str, ...]] = []
     for a, b in sorted(held)[:count]:
         digest = hashlib.sha256(f"{a}|{b}|group".encode()).digest()
         others = [c.name for c in items if c.name not in (a, b)]
         c, d = others[digest[0] % len(others)], others[(digest[1] + 1 + digest[0]) % len(others)]
         if d == c:
             d = others[(others.index(c) + 1) % len(others)]
-        three = [by_name[x].with_article() for x in (a, b, c)]
-        four = [by_name[x].with_article() for x in (a, b, c, d)]
-        prompts.append(f"{three[0]}, {three[1]} and {three[2]} in a row")
-        prompts.append(f"{four[0]}, {four[1]}, {four[2]} and {four[3]}")
-    return prompts
+        out += [(a, b, c), (a, b, c, d)]
+    return out
+
+
+def group_prompt(items: list[Concept], names: Sequence[str], arrangement: str = "list") -> str:
+    """The prompt of ``names`` as the data words it: "A, B and C" ("list"), "... in a row" ("row"),
+    "A above B above C" ("stack")."""
+    by_name = {c.name: c for c in items}
+    phrases = [by_name[n].with_article() for n in names]
+    if arrangement == "stack":
+        return " above ".join(phrases)
+    text = ", ".join(phrases[:-1]) + f" and {phrases[-1]}"
+    return text + " in a row" if arrangement == "row" else text
+
+
+def held_out_group_prompts(items: list[Concept], held: set[tuple[str, str]], count: int = 8) -> list[str]:
+    """The held_out_groups as prompts for evaluation: rows of three, lists of four."""
+    return [group_prompt(items, names, "row" if len(names) == 3 else "list")
+            for names in held_out_groups(items, held, count)]

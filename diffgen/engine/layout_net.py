@@ -13,15 +13,17 @@ after multiple-choice learning, Guzman-Rivera et al. 2012) and teaches how often
 With ``spread`` (config ``layout.spread``) each layout is a distribution rather than one set of
 boxes, so that each image's seed draws its own picture: the data places the same caption's
 objects at many scales and shifts, and a predictor of one box per object gives every seed the
-same scene. Per layout, each object's centre and log-size (cx, cy, log w, log h) is Gaussian
-around the predicted box, with a standard deviation of its own (per object) plus one shared by
-the whole scene (per coordinate): offset_i = scene + own_i. The shared part is how the data varies
+same scene. Per layout, each object's centre and log-size (cx, cy, log sqrt(w h)) is Gaussian
+around the predicted box (one size: an object keeps its shape, as the data scales a sprite and
+never stretches it), with a standard deviation of its own (per object) plus one shared by the
+whole scene (per coordinate): offset_i = scene + own_i. The shared part is how the data varies
 (emoji/scenes.py and groups.py scale and shift a whole arrangement), and it moves the objects
 together, so a wide spread does not push them into each other the way independent offsets would.
-Per coordinate the objects' offsets are jointly Gaussian with covariance diag(own^2) + scene^2 * 11^T,
+Per coordinate the objects' offsets are jointly Gaussian with covariance diag(own^2) + scene^2 11^T,
 whose negative log-likelihood has a closed form (``spread_nll``). It is taken on the winning layout
 with its boxes detached: the boxes learn exactly as without the spread, and the spread learns how
-far the data's boxes lie from them.
+far the data's boxes lie from them. More modes alone would give a few fixed pictures per prompt;
+a spread gives every seed its own, at the cost of two small linear heads.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ RELAXED_SHARE = 0.05
 MIN_SPREAD = 0.005
 # The spread's share of the layout loss, beside the box loss's scale (a mean L1 over four coordinates)
 SPREAD_WEIGHT = 0.1
+SPREAD_COORDINATES = 3  # centre x, centre y, log size
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ class LayoutGuess:
     objectness: torch.Tensor  # (B, L) logit that the token names an object
     boxes: torch.Tensor  # (B, K, L, 4) x0, y0, x1, y1 in [0, 1] per layout and token
     mode_logits: torch.Tensor  # (B, K) how likely each layout is
-    # with layout.spread: standard deviations of (cx, cy, log w, log h), each object's own and the scene's
-    spread: torch.Tensor | None = None  # (B, K, L, 4)
-    scene_spread: torch.Tensor | None = None  # (B, K, 4)
+    # with layout.spread: standard deviations of (cx, cy, log size), each object's own and the scene's
+    spread: torch.Tensor | None = None  # (B, K, L, 3)
+    scene_spread: torch.Tensor | None = None  # (B, K, 3)
 
 
 class LayoutPredictor(nn.Module):
@@ -79,8 +82,8 @@ class LayoutPredictor(nn.Module):
         self.boxes = nn.Linear(width, 4 * modes)
         self.mode_logits = nn.Linear(width, modes)
         # only with a spread, so that a predictor without one has the tensors it always had
-        self.spread = nn.Linear(width, 4 * modes) if spread else None
-        self.scene_spread = nn.Linear(width, 4 * modes) if spread else None
+        self.spread = nn.Linear(width, SPREAD_COORDINATES * modes) if spread else None
+        self.scene_spread = nn.Linear(width, SPREAD_COORDINATES * modes) if spread else None
         # the layout stage's steps so far: sampling uses a predictor only once it has been trained
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
@@ -95,8 +98,9 @@ class LayoutPredictor(nn.Module):
         pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1)
         spread = scene_spread = None
         if self.spread is not None and self.scene_spread is not None:
-            spread = MIN_SPREAD + F.softplus(self.spread(h).view(b, length, self.modes, 4).permute(0, 2, 1, 3))
-            scene_spread = F.softplus(self.scene_spread(pooled).view(b, self.modes, 4))
+            own = self.spread(h).view(b, length, self.modes, SPREAD_COORDINATES).permute(0, 2, 1, 3)
+            spread = MIN_SPREAD + F.softplus(own)
+            scene_spread = F.softplus(self.scene_spread(pooled).view(b, self.modes, SPREAD_COORDINATES))
         return LayoutGuess(self.objectness(h).squeeze(-1), boxes, self.mode_logits(pooled), spread, scene_spread)
 
 
@@ -167,26 +171,26 @@ def layout_loss(guess: LayoutGuess, targets: LayoutTargets) -> tuple[torch.Tenso
 
 
 def box_coordinates(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) boxes x0, y0, x1, y1 -> centre and log-size (cx, cy, log w, log h), where the spread
-    is Gaussian (a size can only grow or shrink by a factor: its logarithm can go either way)."""
+    """(..., 4) boxes x0, y0, x1, y1 -> (..., 3) centre and log-size (cx, cy, log sqrt(w h)), where
+    the spread is Gaussian (a size grows or shrinks by a factor: its logarithm goes either way)."""
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2
     size = (boxes[..., 2:] - boxes[..., :2]).clamp_min(1e-3)
-    return torch.cat([centre, size.log()], dim=-1)
+    return torch.cat([centre, size.log().mean(-1, keepdim=True)], dim=-1)
 
 
 def spread_nll(mean: torch.Tensor, target: torch.Tensor, own: torch.Tensor, scene: torch.Tensor,
                named: torch.Tensor) -> torch.Tensor:
-    """(B,) the negative log-likelihood per named token and coordinate of ``target`` (B, L, 4) under
-    the objects' joint Gaussian about ``mean`` (B, L, 4): per coordinate, covariance
-    diag(own^2) + scene^2 11^T over the ``named`` (B, L) tokens, with ``own`` (B, L, 4) and ``scene``
-    (B, 4) standard deviations. The matrix determinant lemma and Sherman-Morrison give it in closed form."""
+    """(B,) the negative log-likelihood per named token and coordinate of ``target`` (B, L, C) under
+    the objects' joint Gaussian about ``mean`` (B, L, C): per coordinate, covariance
+    diag(own^2) + scene^2 11^T over the ``named`` (B, L) tokens, with ``own`` (B, L, C) and ``scene``
+    (B, C) standard deviations. The matrix determinant lemma and Sherman-Morrison give it in closed form."""
     mask = named.float()[..., None]  # (B, L, 1)
     precision = mask / own.square()  # 1 / own^2 at the named tokens, 0 elsewhere
     r = (target - mean) * mask
-    total_precision = precision.sum(1)  # (B, 4)
-    shared = 1 + scene.square() * total_precision  # (B, 4)
+    total_precision = precision.sum(1)  # (B, C)
+    shared = 1 + scene.square() * total_precision  # (B, C)
     log_det = (mask * own.square().log()).sum(1) + shared.log()
     quadratic = (r.square() * precision).sum(1) - scene.square() * (r * precision).sum(1).square() / shared
     count = mask.sum(1)  # (B, 1): named tokens per caption
-    nll = 0.5 * (log_det + quadratic + count * math.log(2 * math.pi))  # (B, 4)
-    return nll.sum(-1) / (4 * count.squeeze(-1)).clamp_min(1)
+    nll = 0.5 * (log_det + quadratic + count * math.log(2 * math.pi))  # (B, C)
+    return nll.sum(-1) / (mean.shape[-1] * count.squeeze(-1)).clamp_min(1)

@@ -30,7 +30,7 @@ from diffgen.engine.regions import Placement, TokenSpans
 OBJECT_PROBABILITY = 0.5
 MIN_OBJECTS = 2  # one object alone has no arrangement to get wrong: it is sampled as before
 _WORD = re.compile(r"[\w'-]+")
-Spread = tuple[float, float, float, float]  # standard deviations of cx, cy, log w, log h
+Spread = tuple[float, float, float]  # standard deviations of centre x, centre y, log size
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class PredictedLayout:
     spans: tuple[tuple[int, int], ...]
     boxes: tuple[tuple[tuple[float, float, float, float], ...], ...]  # [layout][object]
     weights: tuple[float, ...]
-    # with a spread: standard deviations of (cx, cy, log w, log h), [layout][object] and [layout]
+    # with a spread: standard deviations of (cx, cy, log size), [layout][object] and [layout]
     spreads: tuple[tuple[Spread, ...], ...] | None = None
     scene_spreads: tuple[Spread, ...] | None = None
 
@@ -65,12 +65,12 @@ class PredictedLayout:
 
 
 def moved(box: tuple[float, float, float, float], offset: list[float]) -> tuple[float, float, float, float]:
-    """``box`` with its centre shifted by offset[:2] and its sides scaled by exp(offset[2:]), kept
+    """``box`` with its centre shifted by offset[:2] and both sides scaled by exp(offset[2]), kept
     whole inside the image (shifted back in rather than cut, as the data's scenes keep their
     objects); with no offset, ``box`` itself."""
     if not any(offset):
         return box
-    half = [min((box[2 + i] - box[i]) * math.exp(offset[2 + i]), 1.0) / 2 for i in range(2)]
+    half = [min((box[2 + i] - box[i]) * math.exp(offset[2]), 1.0) / 2 for i in range(2)]
     centre = [min(max((box[i] + box[2 + i]) / 2 + offset[i], half[i]), 1 - half[i]) for i in range(2)]
     x0, y0, x1, y1 = centre[0] - half[0], centre[1] - half[1], centre[0] + half[0], centre[1] + half[1]
     return tuple(round(min(max(v, 0.0), 1.0), 4) for v in (x0, y0, x1, y1))  # type: ignore[return-value]
@@ -95,11 +95,16 @@ def predict_layout(model: DiffusionModel, prompt: str) -> PredictedLayout | None
     spans = TokenSpans(text.tokenizer, text.context_length)
     objects: list[tuple[int, int, list[int]]] = []
     follows = False  # whether the previous word named an object too
+    # A predictor with a spread was trained on lists ("a penguin, tropical fish and an octopus"): a
+    # comma between two object words ends the first object. The shipped predictor's reading is kept.
+    lists = guess.spread is not None
     for word in _WORD.finditer(prompt):
         positions = spans.positions(prompt, word.start(), word.end())
         if not positions or float(probability[positions].mean()) <= OBJECT_PROBABILITY:
             follows = False
             continue
+        if follows and lists and prompt[objects[-1][1]:word.start()].strip():
+            follows = False
         if follows:
             start, _, joined = objects[-1]
             objects[-1] = (start, word.end(), joined + positions)
