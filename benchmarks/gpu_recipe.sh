@@ -12,6 +12,10 @@
 # The upscaler of the default model (configs/upscale-stage.toml: its stage alone, on 128 px scenes):
 #   SIZE=128 RECIPE=pairs COUNT=20000 CONFIG=upscale-stage UPSCALE_BATCH=512 MINUTES=8 OUT=$OUT \
 #       bash benchmarks/gpu_recipe.sh
+# The U-Net continuation for three- and four-object scenes (docs/SCENES.md; INIT: the layout-groups
+# model, carried to the machine):
+#   RECIPE=groups COUNT=20000 CONFIG=groups-tune INIT=runs/layout-groups/model.safetensors MINUTES=8 \
+#       OUT=$OUT bash benchmarks/gpu_recipe.sh
 # A dry run of the plumbing on a CPU:
 #   DEVICE=cpu MINUTES=0.3 COUNT=200 BATCH=4 PY=.venv/bin/python OUT=/tmp/dry bash benchmarks/gpu_recipe.sh
 set -euo pipefail
@@ -26,6 +30,7 @@ CONFIG=${CONFIG:-gpu64-continue}
 SIZE=${SIZE:-64}
 UPSCALE_BATCH=${UPSCALE_BATCH:-}
 PY=${PY:-python3}
+INIT=${INIT:-checkpoints/default.safetensors}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT"
 {
@@ -38,7 +43,7 @@ mkdir -p "$OUT"
     sed -i "s/^upscale_batch_size = .*/upscale_batch_size = $UPSCALE_BATCH/" "$WORK/recipe.toml"
   fi
   $PY -m diffgen train "$WORK/data" -o "$WORK/run" --config "$WORK/recipe.toml" --device "$DEVICE" \
-    --init checkpoints/default.safetensors --batch-size "$BATCH" --time-limit "$MINUTES" --weights-dtype float16
+    --init "$INIT" --batch-size "$BATCH" --time-limit "$MINUTES" --weights-dtype float16
   date -u +"trained %H:%M:%S"
 } 2>&1 | tee "$OUT/log.txt"
 split -b 15000000 -d "$WORK/run/model.safetensors" "$OUT/model.safetensors.part"
