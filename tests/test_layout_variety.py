@@ -187,10 +187,8 @@ def test_the_layout_stage_learns_a_spread_on_group_scenes_replacing_an_older_pre
     assert build_model(model.config, load_pretrained_text=False).layout.spread is not None
 
 
-@pytest.mark.parametrize("spread", [False, True])
-def test_a_comma_ends_an_object_for_a_predictor_with_a_spread_only(tiny_config, spread):
-    """Every word made an object: the shipped reading joins adjacent object words ("dog, a cat"
-    is one object); a predictor trained on lists (with a spread) reads two."""
+def every_word_an_object(tiny_config, spread: bool):
+    """A tiny model whose (untrained, but marked trained) predictor calls every word an object."""
     config = dataclasses.replace(tiny_config, layout=LayoutConfig(width=32, layers=1, heads=2, modes=2, spread=spread))
     torch.manual_seed(0)
     model = build_model(config)
@@ -199,9 +197,35 @@ def test_a_comma_ends_an_object_for_a_predictor_with_a_spread_only(tiny_config, 
         model.layout.objectness.weight.zero_()
         model.layout.objectness.bias.fill_(10.0)
     model.layout.trained_steps.fill_(1)
+    return model
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_a_comma_ends_an_object_for_a_predictor_with_a_spread_only(tiny_config, spread):
+    """Every word made an object: the shipped reading joins adjacent object words ("dog, a cat"
+    is one object); a predictor trained on lists (with a spread) reads two."""
+    model = every_word_an_object(tiny_config, spread)
     layout = predict_layout(model, "a dog, a cat")
     if spread:
         assert layout is not None and layout.spans == ((0, 5), (7, 12)) and layout.spreads is not None
         assert layout.placements(0) != layout.placements(1)
     else:
         assert layout is None  # one object: "a dog, a cat"
+
+
+def test_images_laid_out_with_a_spread_replay_byte_for_byte(tiny_config, tmp_path):
+    from diffgen.checkpoint import save_model
+
+    from .helpers import pngs, randomize_zero_params, sample
+
+    model = every_word_an_object(tiny_config, True)
+    randomize_zero_params(model.denoiser)
+    path = tmp_path / "spread.safetensors"
+    save_model(path, model.requires_grad_(False))
+    assert sample(path, tmp_path / "a", "a dog, a cat", "-n", "2").exit_code == 0
+    assert sample(path, tmp_path / "b", "a dog, a cat", "-n", "2").exit_code == 0
+    first = pngs(tmp_path / "a")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in pngs(tmp_path / "b")]
+    result = run("sample", "--replay", first[1], "-c", path, "-o", tmp_path / "replay", "-q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "replay" / first[1].name).read_bytes() == first[1].read_bytes()
