@@ -13,7 +13,9 @@ its log-size, averaged over objects and prompts, and the mean IoU between two ob
 (how often a draw piles them up). With --images also the mean pairwise distance between the seeds'
 images in the shape judge's features, for generated and for real scenes, as they are ("features")
 and with each image's background made one grey ("objects_features": the background colour, which
-every seed changes, otherwise dominates the distance).
+every seed changes, otherwise dominates the distance; the judge pools its features over the
+image, so they hardly see where objects are), and the mean 1 - IoU of two seeds' foregrounds
+("masks": where things are drawn).
 objects: three- and four-object prompts (seen groups and held-out ones: emoji/groups.held_out_groups)
 x --seeds seeds, sampled with the model (20 steps, guidance 3, base size); each object judged in the
 box its layout gave it (the predictor's draw for that seed, with a margin; real scenes: their own
@@ -162,6 +164,21 @@ def feature_distance(bench: Bench, images: list) -> float:
     return torch.pdist(features).mean().item()
 
 
+def mask_distance(images: list) -> float:
+    """Mean over pairs of images of 1 - IoU of their foregrounds (the pixels that differ from the
+    image's background): where things are drawn, which the judge's pooled features do not see."""
+    import numpy as np
+
+    from diffgen.emoji.matching import background_colour, object_mask
+
+    masks = []
+    for image in images:
+        pixels = np.asarray(image.convert("RGB"))
+        masks.append(object_mask(pixels, background_colour(pixels)))
+    distances = [1 - (a & b).sum() / max(1, (a | b).sum()) for a, b in itertools.combinations(masks, 2)]
+    return float(statistics.fmean(distances))
+
+
 def one_background(image: Any, grey: int = 128) -> Any:
     """``image`` with the pixels near its background colour made one grey: the seeds' background
     colours differ more than anything else, and would hide how the objects vary."""
@@ -195,6 +212,7 @@ def cmd_variety(args: argparse.Namespace, model: Any, bench: Bench) -> dict:
                                  ("generated", sample(model, [prompt] * len(seeds), seeds) if laid_out else [])):
                 if images:
                     entry[side][-1]["features"] = feature_distance(bench, images)
+                    entry[side][-1]["masks"] = mask_distance(images)
                     entry[side][-1]["objects_features"] = feature_distance(bench, [one_background(i) for i in images])
         print(f"{kind}: {prompt!r}: predictor {'found ' + str(len(drawn[0])) if drawn else 'found <2'} objects",
               flush=True)
@@ -309,7 +327,7 @@ def main() -> None:
 
 def variety_table(result: dict) -> str:
     """The variety summary as Markdown: generated / real per measure and prompt kind."""
-    keys = ("cx", "cy", "log_size", "iou", "features", "objects_features")
+    keys = ("cx", "cy", "log_size", "iou", "features", "objects_features", "masks")
     lines = ["| objects: form | prompts laid out | " + " | ".join(f"{k} gen / real" for k in keys) + " |",
              "|---" * (len(keys) + 2) + "|"]
     for kind, sides in result.items():
