@@ -217,48 +217,8 @@ def test_a_scene_fits_the_pictures_foreground_into_its_box_and_masks_the_other_o
     assert float(masked_loss(guess, target, torch.ones(1), mask[None])[0]) == pytest.approx(256 / 768)
 
 
-def test_a_scene_with_a_prior_picture_draws_the_other_object_and_trains_the_whole_image():
-    from diffgen.training.adapter_scenes import compose
-
-    image = torch.full((3, 32, 32), -0.5)
-    image[:, 20:30, 4:12] = 0.8
-    other = torch.full((3, 32, 32), 0.9)  # another background colour, a dark 8 x 8 thing
-    other[:, 4:12, 20:28] = -0.9
-    canvas, mask = compose(image, (0.5, 0.0, 1.0, 0.5), (0.0, 0.5, 0.5, 1.0), other)
-    assert mask.sum() == 32 * 32  # nothing is left out of the loss
-    assert torch.allclose(canvas[:, 16:, :16], torch.tensor(-0.9).expand(3, 16, 16))  # grown to fill its box
-    assert torch.allclose(canvas[:, 16:, 16:], torch.tensor(-0.5).expand(3, 16, 16))  # the picture's background
-    assert float(canvas[:, :16, 16:].amax()) == pytest.approx(0.8)  # the new thing in its own box
-
-
-def test_prior_pictures_are_the_base_models_own_drawn_once_and_kept_for_a_resume(tmp_path, tiny_checkpoint,
-                                                                               monkeypatch):
-    from diffgen.checkpoint import load_model
-    from diffgen.errors import InputError
-    from diffgen.training import adapter_prior
-    from diffgen.training.adapter_scenes import OTHERS
-
-    model = load_model(tiny_checkpoint, torch.device("cpu"))
-    first = adapter_prior.prior_pictures(model, tmp_path, seed=3, say=lambda _: None)
-    assert first.prompts == tuple(p for p in OTHERS for _ in range(adapter_prior.PRIOR_SEEDS))
-    assert first.of("a dog") == [2, 3] and first.images.shape[:2] == (len(first.prompts), 3)
-    # the base model's own images at the sampling defaults: the CLI's pixels for the same seed
-    again = adapter_prior.draw(model, ["a dog"], [3 * 1000 + 2])
-    assert torch.allclose(again[0], first.images[2], atol=1e-4)  # batch of 1 vs 24: rounding only
-
-    def no_drawing(*args):
-        raise AssertionError("drawn again")
-
-    monkeypatch.setattr(adapter_prior, "draw", no_drawing)
-    kept = adapter_prior.prior_pictures(model, tmp_path, seed=3, say=lambda _: None)
-    assert torch.equal(kept.images, first.images)
-    with pytest.raises(InputError, match="another run's prior pictures"):
-        adapter_prior.prior_pictures(model, tmp_path, seed=4, say=lambda _: None)
-
-
 def test_scenes_name_the_word_and_the_other_object_with_their_boxes(tiny_checkpoint):
     from diffgen.checkpoint import load_model
-    from diffgen.training.adapter_prior import PriorPictures
     from diffgen.training.adapter_scenes import OTHERS, SceneMaker
 
     model = load_model(tiny_checkpoint, torch.device("cpu"))
@@ -273,10 +233,6 @@ def test_scenes_name_the_word_and_the_other_object_with_their_boxes(tiny_checkpo
         assert 0 < float(mask.mean()) < 1  # the other object's box is left out of the loss
     again = maker.make(torch.rand(6, 3, 16, 16) * 2 - 1, torch.Generator().manual_seed(0))[1]
     assert again == captions  # the step's generator decides: a resumed run makes the same scenes
-    # with prior pictures, the other object is drawn and the whole scene is trained
-    prior = PriorPictures(torch.rand(len(OTHERS), 3, 16, 16) * 2 - 1, OTHERS)
-    masks = maker.make(torch.rand(6, 3, 16, 16) * 2 - 1, torch.Generator().manual_seed(0), prior)[2]
-    assert bool((masks == 1).all())
     # a word that holds another object's name ("a catfish" holds "a cat") is still placed by its own span
     fish = SceneMaker(model, "catfish")
     for relation, other in fish.options():

@@ -7,16 +7,15 @@ came out as a smudge (docs/BENCHMARKS.md, "Adapters"). So a share of each batch 
 scenes like the ones the prompts ask for: the picture shrunk into the box that the model's layout
 predictor reads from a two-object caption ("a kangaroo above a dog", "a car to the left of a
 kangaroo", ...), on its own background colour, trained under that caption with the same layout
-bias that sampling applies. The other object is the base model's own drawing of it (a prior
-picture, adapter_prior.py) in its box, so the whole scene is trained; without prior pictures the
-loss leaves the other object's box out, and the adapter learns nothing about it.
+bias that sampling applies. The other object has no picture, so the loss leaves its box out:
+the adapter learns where and how big the new thing goes, and nothing about the other object,
+whose drawing the base model keeps (the prior term of adapter_stage.py guards it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +23,9 @@ import torch.nn.functional as F
 from diffgen.engine.model import DiffusionModel
 from diffgen.engine.regions import Box, Placement
 
-if TYPE_CHECKING:
-    from diffgen.training.adapter_prior import PriorPictures
-
-# Everyday subjects the default model draws well (each one of its concepts, by its own name), as the
-# other object of a scene and the subjects of the prior pictures (adapter_prior.py).
-OTHERS = ("a cat", "a dog", "a car", "a house", "a tree", "a sunflower", "a bird", "an apple", "a star",
-          "a fish", "a soccer ball", "a heart")
+# Everyday subjects the default model draws well, as the other object of a scene.
+OTHERS = ("a cat", "a dog", "a car", "a house", "a tree", "a flower", "a bird", "an apple", "a star",
+          "a fish", "a ball", "a heart")
 # {new}: the taught word with its article; {other}: one of OTHERS.
 RELATIONS = ("{new} to the left of {other}", "{other} to the left of {new}", "{new} above {other}",
              "{other} above {new}", "{new} next to {other}", "{other} next to {new}")
@@ -100,22 +95,15 @@ class SceneMaker:
             new_box, other_box = (first, second) if new_first else (second, first)
         return Scene(caption, [Placement(*new_span, new_box), Placement(*other_span, other_box)], new_box, other_box)
 
-    def make(self, images: torch.Tensor, gen: torch.Generator, prior: PriorPictures | None = None
+    def make(self, images: torch.Tensor, gen: torch.Generator
              ) -> tuple[torch.Tensor, list[str], torch.Tensor, list[list[Placement]]]:
         """Scenes from ``images`` (B, C, H, W in [-1, 1]): the scene images, their captions, the
-        loss masks (B, 1, H, W) and their placements. With ``prior``, the other object is one of
-        its pictures of that subject and the masks are all ones; without, the masks are 0 in the
-        other object's box."""
+        loss masks (B, 1, H, W: 0 in the other object's box) and their placements."""
         options = self.options()
         out, captions, masks, placements = [], [], [], []
         for image in images:
-            relation, other = options[int(torch.randint(len(options), (1,), generator=gen))]
-            scene = self.scene(relation, other)
-            other_image = None
-            if prior is not None:
-                rows = prior.of(other)
-                other_image = prior.images[rows[int(torch.randint(len(rows), (1,), generator=gen))]]
-            canvas, mask = compose(image, scene.new_box, scene.other_box, other_image)
+            scene = self.scene(*options[int(torch.randint(len(options), (1,), generator=gen))])
+            canvas, mask = compose(image, scene.new_box, scene.other_box)
             out.append(canvas)
             masks.append(mask)
             captions.append(scene.caption)
@@ -123,35 +111,14 @@ class SceneMaker:
         return torch.stack(out), captions, torch.stack(masks), placements
 
 
-def compose(image: torch.Tensor, box: Box, other: Box, other_image: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def compose(image: torch.Tensor, box: Box, other: Box) -> tuple[torch.Tensor, torch.Tensor]:
     """``image`` (C, H, W)'s foreground fitted into ``box`` (keeping its shape, centred) on the
-    image's own border colour, and ``other_image``'s foreground fitted into ``other``; and the loss
-    mask (1, H, W): all ones, or 0 inside ``other`` when there is no ``other_image``."""
+    image's own border colour; and the loss mask (1, H, W), 0 inside ``other``."""
     _, h, w = image.shape
-    colour = border_colour(image)
-    canvas = colour.expand_as(image).clone()
-    mask = torch.ones(1, h, w, dtype=image.dtype, device=image.device)
-    if other_image is not None:
-        paste(canvas, other_image.to(canvas), other)
-    else:
-        ox0, oy0, ox1, oy1 = (round(v * s) for v, s in zip(other, (w, h, w, h)))
-        mask[:, oy0:oy1, ox0:ox1] = 0
-    paste(canvas, image, box)
-    return canvas, mask
-
-
-def border_colour(image: torch.Tensor) -> torch.Tensor:
-    """The median colour of ``image``'s outermost pixels, (C, 1, 1)."""
     border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)
-    return border.median(dim=1).values[:, None, None]
-
-
-def paste(canvas: torch.Tensor, image: torch.Tensor, box: Box) -> None:
-    """``image``'s foreground (against its own border colour) shrunk into ``box`` of ``canvas``
-    (same size), keeping its shape, centred; in place."""
-    _, h, w = canvas.shape
-    top, bottom, left, right = foreground(image, border_colour(image))
+    colour = border.median(dim=1).values[:, None, None]
+    canvas = colour.expand_as(image).clone()
+    top, bottom, left, right = foreground(image, colour)
     thing = image[:, top:bottom, left:right]
     x0, y0, x1, y1 = box
     scale = min((x1 - x0) * w / thing.shape[2], (y1 - y0) * h / thing.shape[1])
@@ -161,6 +128,10 @@ def paste(canvas: torch.Tensor, image: torch.Tensor, box: Box) -> None:
     small = F.interpolate(thing[None].float(), size=(sh, sw), mode="bilinear", antialias=True,
                           align_corners=False)[0]
     canvas[:, top:top + sh, left:left + sw] = small.to(canvas.dtype)
+    mask = torch.ones(1, h, w, dtype=image.dtype, device=image.device)
+    ox0, oy0, ox1, oy1 = (round(v * s) for v, s in zip(other, (w, h, w, h)))
+    mask[:, oy0:oy1, ox0:ox1] = 0
+    return canvas, mask
 
 
 def foreground(image: torch.Tensor, colour: torch.Tensor, tolerance: float = 0.1) -> tuple[int, int, int, int]:

@@ -7,13 +7,12 @@ shared step loop (``stages.run_stage``), so its states, exact resume, SIGTERM, t
 metrics are those of every stage; it writes ``adapter.safetensors`` (diffgen/adapters.py) instead
 of a model.
 
-The guard against drift (prior preservation): LoRA changes the U-Net for every prompt, so each
-step also noises a batch of the base model's own pictures of everyday subjects (drawn once at the
-start, adapter_prior.py) and asks the adapted U-Net, under each picture's caption or guidance's
-empty prompt (half each), for the base U-Net's own prediction (computed with the adapters switched
-off). It costs one more forward pass of the batch. An embedding alone changes only prompts that
-contain its word, so it needs no guard. The same pictures give the two-object scenes their other
-object (adapter_scenes.py).
+The guard against drift (prior preservation by distillation): LoRA changes the U-Net for every
+prompt, so each step also noises the same images again and asks the adapted U-Net, under other
+prompts (``PRIOR_PROMPTS``, the empty prompt that guidance uses among them), for the base U-Net's
+own prediction (computed with the adapters switched off). It needs no generated pictures and
+costs one more forward pass of the batch. An embedding alone changes only prompts that contain
+its word, so it needs no guard.
 """
 
 from __future__ import annotations
@@ -42,8 +41,7 @@ from diffgen.engine.regions import Placement, TokenSpans
 from diffgen.errors import InputError
 from diffgen.sampling.layout import DEFAULT_LAYOUT_STRENGTH
 from diffgen.state import require_state, with_prefix
-from diffgen.training.adapter_prior import prior_pictures
-from diffgen.training.adapter_scenes import OTHERS, SceneMaker, masked_loss, scene_rows
+from diffgen.training.adapter_scenes import SceneMaker, masked_loss, scene_rows
 from diffgen.training.batches import image_batch, pick_captions
 from diffgen.training.metrics import RunLog
 from diffgen.training.run import (
@@ -57,9 +55,10 @@ from diffgen.training.run import (
 )
 from diffgen.training.stages import Stage, main_lr, resumed_at, run_stage
 
-# The share of the prior term's rows asked under guidance's empty prompt (the rest: the picture's
-# own caption): guided sampling uses the empty prompt's prediction as much as the prompt's.
-PRIOR_EMPTY_SHARE = 0.5
+# Prompts the adapted U-Net must keep answering as the base does: guidance's empty prompt and a few
+# everyday subjects (the default model knows each of them).
+PRIOR_PROMPTS = ("", "a cat", "a dog", "a car", "a house", "a tree", "a flower", "a bird", "an apple",
+                 "a star", "a fish", "a bicycle")
 STOPWORDS = frozenset("a an the of on in at to with and or by for is photo picture image".split())
 DEFAULT_STEPS = 300
 DEFAULT_BATCH = 4
@@ -180,16 +179,14 @@ def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str)
     ids = text.tokenizer.encode(trigger) if kind in ("embedding", "both") else []
     adapter = Adapter(lora, adapter_opts.rank, ids, embedding.weight[ids].detach().cpu() if ids else None,
                       seed=cfg.train.seed).to(device)
+    attached = attach(adapter, unet, embedding, 1.0)
     prior_weight = adapter_opts.prior_weight if lora else 0.0
     run.say(f"teaching '{trigger}' ({kind}, {sum(p.numel() for p in adapter.parameters()):,} parameters) "
             f"from {len(run.train_idx)} images; prior preservation weight {prior_weight}")
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.train.lr, weight_decay=0.0)
     start = resumed_at(run.resume, optimizer, {"adapter": adapter})
-    pictures = (prior_pictures(model, run.opts.out, cfg.train.seed, run.say)
-                if lora or adapter_opts.scene_share > 0 else None)
     prior = PromptCache(text)
-    prior.encode_all(["", *OTHERS])
-    attached = attach(adapter, unet, embedding, 1.0)  # after the prior pictures: the base drew them
+    prior.encode_all(list(PRIOR_PROMPTS))
     denoiser, d = model.denoiser, cfg.denoiser
     # bf16 where the CPU (AVX512-BF16, AMX) or GPU has the units, as every training stage does
     autocast = devices.autocast(device, cfg.train.precision)
@@ -204,7 +201,7 @@ def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str)
         mask = torch.ones_like(x0[:, :1])
         placements: list[list[Placement]] = [[] for _ in idx]
         if rows:  # those rows become two-object scenes (adapter_scenes.py), under the layout bias
-            made, made_captions, made_masks, made_placements = scenes.make(x0[rows], gen, pictures)
+            made, made_captions, made_masks, made_placements = scenes.make(x0[rows], gen)
             x0, mask = x0.clone(), mask.clone()
             x0[rows], mask[rows] = made, made_masks
             for row, caption, placed in zip(rows, made_captions, made_placements):
@@ -219,11 +216,9 @@ def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str)
         own = masked_loss(x0_hat, x0, weight, mask).mean()
         if not prior_weight:
             return own, {"denoising": own.detach()}
-        assert pictures is not None  # drawn whenever there is LoRA
-        rows_p = torch.randint(len(pictures.prompts), (len(idx),), generator=gen).tolist()
-        empty = (torch.rand(len(idx), generator=gen) < PRIOR_EMPTY_SHARE).tolist()
-        other = prior(["" if e else pictures.prompts[r] for r, e in zip(rows_p, empty)])
-        noisy_p, sigma_p = noised(pictures.images[rows_p], d.p_mean, d.p_std, gen)
+        picks = [PRIOR_PROMPTS[int(torch.randint(len(PRIOR_PROMPTS), (1,), generator=gen))] for _ in idx]
+        other = prior(picks)
+        noisy_p, sigma_p = noised(x0, d.p_mean, d.p_std, gen)
         with torch.no_grad(), attached.disabled(), autocast:
             target = denoiser(noisy_p, sigma_p, other).float()
         s = sigma_p[:, None, None, None]
@@ -242,8 +237,7 @@ def _train(run: Run, adapter_opts: AdapterOptions, base_hash: str, trigger: str)
     finally:
         attached.remove()
     recipe = {"steps": done, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "seed": cfg.train.seed,
-              "prior_weight": prior_weight, "prior_prompts": list(pictures.prompts) if pictures is not None else [],
-              "prior_empty_share": PRIOR_EMPTY_SHARE if prior_weight else 0.0,
+              "prior_weight": prior_weight, "prior_prompts": list(PRIOR_PROMPTS) if prior_weight else [],
               "scene_share": adapter_opts.scene_share,
               "images": len(run.train_idx), "data": str(run.opts.data)}
     path = run.opts.out / "adapter.safetensors"
